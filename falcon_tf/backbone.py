@@ -1,0 +1,194 @@
+"""FalconBackbone: the Falcon-RW decoder as a Keras functional model."""
+
+from falcon_tf import presets as _presets
+from falcon_tf._keras import keras, tf
+from falcon_tf.attention_bias import FalconAttentionBias
+from falcon_tf.config import DTYPE_NAMES, FalconConfig
+from falcon_tf.decoder_block import FalconDecoderBlock
+from falcon_tf.token_embedding import FalconTokenEmbedding
+
+# Keyword arguments keras.Model itself understands; anything else is a mistake.
+_MODEL_KWARGS = ("name", "trainable")
+
+
+def resolve_dtype(dtype):
+    """`dtype` argument -> keras.DTypePolicy, or ValueError naming the argument.
+
+    Takes None (Keras's global policy), a name from DTYPE_NAMES, a DTypePolicy,
+    or the dict keras-hub writes into config.json for one.
+    """
+    if dtype is None:
+        return keras.config.dtype_policy()
+    if isinstance(dtype, keras.DTypePolicy):
+        name = dtype.name
+    elif isinstance(dtype, dict) and dtype.get("class_name") == "DTypePolicy":
+        name = (dtype.get("config") or {}).get("name")
+    else:
+        name = dtype
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"`dtype` must be one of {', '.join(DTYPE_NAMES)} or a "
+                         f"keras.DTypePolicy with one of those names; received {dtype!r}.")
+    return keras.DTypePolicy(name)
+
+
+class FalconBackbone(keras.Model):
+    """The Falcon-RW decoder (keras-hub's `FalconBackbone`, argument for argument).
+
+    Token embedding, then `num_layers` blocks of pre-LayerNorm multi-head
+    self-attention with ALiBi and a causal + padding mask, and an exact-GELU
+    MLP, then a final LayerNorm. Biases everywhere.
+
+    Args:
+        vocabulary_size: int. Rows of the token embedding.
+        num_layers: int. Number of decoder blocks.
+        num_attention_heads: int. Attention heads; must divide `hidden_dim`.
+        hidden_dim: int. Width of the embeddings and hidden states.
+        intermediate_dim: int. Width of each MLP's hidden layer.
+        layer_norm_epsilon: float. Epsilon of every LayerNorm.
+        attention_dropout_rate: float in [0, 1). Dropout on attention
+            probabilities; only when training.
+        feedforward_dropout_rate: float in [0, 1). Dropout on each MLP output;
+            only when training.
+        dtype: None, "float32", "bfloat16", "float16", "mixed_bfloat16",
+            "mixed_float16" or a `keras.DTypePolicy`. Softmax and LayerNorm
+            compute in float32 whatever it is.
+
+    Inputs are a dict of int32 `token_ids` and `padding_mask`, each
+    (batch, seq); the output is (batch, seq, hidden_dim).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from falcon_tf import FalconBackbone
+    >>> model = FalconBackbone(vocabulary_size=10, num_layers=2,
+    ...     num_attention_heads=2, hidden_dim=32, intermediate_dim=128)
+    >>> input_data = {
+    ...     "token_ids": np.ones(shape=(1, 12), dtype="int32"),
+    ...     "padding_mask": np.array([[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]]),
+    ... }
+    >>> tuple(model(input_data).shape)
+    (1, 12, 32)
+    >>> tuple(model.compiled_call(input_data).shape)  # the same, through XLA
+    (1, 12, 32)
+    """
+
+    presets = _presets.BACKBONE_PRESETS
+
+    def __init__(self, vocabulary_size, num_layers, num_attention_heads, hidden_dim,
+                 intermediate_dim, layer_norm_epsilon=1e-05, attention_dropout_rate=0,
+                 feedforward_dropout_rate=0, dtype=None, **kwargs):
+        unknown = sorted(set(kwargs) - set(_MODEL_KWARGS))
+        if unknown:
+            raise ValueError(
+                f"FalconBackbone got unknown argument(s) {', '.join(unknown)}; it takes "
+                f"{', '.join(FalconConfig.field_names())}, dtype, name and trainable.")
+        config = FalconConfig(
+            vocabulary_size=vocabulary_size, num_layers=num_layers,
+            num_attention_heads=num_attention_heads, hidden_dim=hidden_dim,
+            intermediate_dim=intermediate_dim, layer_norm_epsilon=layer_norm_epsilon,
+            attention_dropout_rate=attention_dropout_rate,
+            feedforward_dropout_rate=feedforward_dropout_rate)
+        policy = resolve_dtype(dtype)
+
+        # === Layers ===
+        embedding = FalconTokenEmbedding(
+            config.vocabulary_size, config.hidden_dim, dtype=policy, name="token_embedding")
+        attention_bias = FalconAttentionBias(
+            config.num_attention_heads, config.head_dim, dtype="float32",
+            name="attention_bias")
+        blocks = [
+            FalconDecoderBlock(
+                hidden_dim=config.hidden_dim,
+                num_attention_heads=config.num_attention_heads,
+                intermediate_dim=config.intermediate_dim,
+                layer_norm_epsilon=config.layer_norm_epsilon,
+                attention_dropout_rate=config.attention_dropout_rate,
+                feedforward_dropout_rate=config.feedforward_dropout_rate,
+                dtype=policy, name=f"transformer_layer_{i}")
+            for i in range(config.num_layers)
+        ]
+        final_layernorm = keras.layers.LayerNormalization(
+            epsilon=config.layer_norm_epsilon, dtype=policy, name="final_layernorm")
+
+        # === Functional graph ===
+        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
+        x = embedding(token_ids)  # (b, s, hidden)
+        bias = attention_bias(padding_mask)  # computed once, shared by all blocks
+        for block in blocks:
+            x = block(x, *bias)
+        sequence_output = final_layernorm(x)
+        super().__init__(
+            inputs={"token_ids": token_ids, "padding_mask": padding_mask},
+            outputs=sequence_output, dtype=policy, **kwargs)
+
+        # keras.Functional does not keep `dtype`; the model's policy is ours.
+        self.dtype_policy = policy
+        self.falcon_config = config
+        # keras-hub exposes the architecture as attributes; so do we.
+        for field, value in config.to_dict().items():
+            setattr(self, field, value)
+        self._token_embedding = embedding
+        self.transformer_layers = blocks
+        self.final_layernorm = final_layernorm
+        # model.predict(...) runs the forward through XLA.
+        self.jit_compile = True
+        self._compiled_forward = None
+
+    @property
+    def token_embedding(self):
+        """The embedding layer; `token_embedding(x, reverse=True)` is the tied LM head."""
+        return self._token_embedding
+
+    def compiled_call(self, inputs):
+        """The inference forward, compiled with XLA (`tf.function(jit_compile=True)`).
+
+        Same inputs and output as `model(inputs)`; compiled once per input shape.
+        """
+        if self._compiled_forward is None:
+            self._compiled_forward = tf.function(
+                lambda x: self(x, training=False), jit_compile=True, reduce_retracing=True)
+        return self._compiled_forward({
+            "token_ids": tf.convert_to_tensor(inputs["token_ids"], tf.int32),
+            "padding_mask": tf.convert_to_tensor(inputs["padding_mask"], tf.int32),
+        })
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            **self.falcon_config.to_dict(),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Builds the model from a preset.
+
+        Args:
+            preset: a builtin name (see `FalconBackbone.presets`), a
+                `kaggle://owner/model/framework/variation[/version]` handle
+                (downloaded and cached by kagglehub), or a local directory in
+                keras-hub's preset format (config.json, model.weights.h5).
+            load_weights: False gives freshly initialized weights.
+            **kwargs: override config fields, e.g. `dtype="bfloat16"`.
+
+        >>> from falcon_tf import FalconBackbone
+        >>> model = FalconBackbone.from_preset("falcon_tiny_random")
+        >>> model.num_layers
+        2
+        """
+        from falcon_tf import preset_io
+
+        return preset_io.load_backbone(cls, preset, load_weights=load_weights, **kwargs)
+
+    def save_to_preset(self, preset_dir):
+        """Writes config.json, metadata.json and model.weights.h5 in keras-hub's
+        format, so keras-hub's `FalconBackbone.from_preset(preset_dir)` loads it."""
+        from falcon_tf import preset_io
+
+        preset_io.save_backbone(self, preset_dir)

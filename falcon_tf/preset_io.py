@@ -1,0 +1,360 @@
+"""Reading and writing presets in keras-hub's format.
+
+A preset directory holds:
+  config.json        {"class_name": "FalconBackbone", "config": {...}, ...}
+  metadata.json      versions and parameter count
+  model.weights.h5   Keras 3's weights file, laid out as keras-hub's model saves it
+  (tokenizer files, untouched here)
+
+The weights are read with h5py through one declarative map between keras-hub's
+dataset paths and this package's variables: every dataset is checked for
+presence and shape, and any dataset the map does not know is an error. No
+code named by a config is ever imported: `module` and `registered_name` are
+checked as data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import tempfile
+
+import h5py
+import numpy as np
+
+from falcon_tf import presets as _presets
+from falcon_tf.config import FalconConfig
+
+CONFIG_FILE = "config.json"
+METADATA_FILE = "metadata.json"
+WEIGHTS_FILE = "model.weights.h5"
+
+# What config.json may name; keras-hub's identity is written so its loader
+# accepts our presets.
+KERAS_HUB_MODULE = "keras_hub.src.models.falcon.falcon_backbone"
+KERAS_HUB_REGISTERED_NAME = "keras_hub>FalconBackbone"
+_REGISTERED_NAMES = (KERAS_HUB_REGISTERED_NAME, "falcon_tf>FalconBackbone", None)
+_MODEL_FIELDS = {"name": str, "trainable": bool}
+
+
+# --------------------------------------------------------------------------
+# Handles
+# --------------------------------------------------------------------------
+
+def _local_dir_hint(preset):
+    return (f"To load a preset you already have on disk, pass its local directory "
+            f"(holding {CONFIG_FILE} and {WEIGHTS_FILE}), e.g. "
+            f"FalconBackbone.from_preset('/path/to/{os.path.basename(str(preset).rstrip('/'))}').")
+
+
+def download_kaggle(handle):
+    """`kaggle://owner/model/framework/variation[/version]` -> local directory."""
+    path = handle[len("kaggle://"):].strip("/")
+    if len(path.split("/")) not in (4, 5) or "" in path.split("/"):
+        raise ValueError(
+            f"Invalid Kaggle handle {handle!r}: expected "
+            f"kaggle://owner/model/framework/variation[/version]. {_local_dir_hint(handle)}")
+    try:
+        import kagglehub
+
+        return kagglehub.model_download(path)
+    except Exception as err:  # network, auth, unknown model: all end the same way
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"Could not download preset {handle!r} with kagglehub ({type(err).__name__}: "
+            f"{reason}). {_local_dir_hint(handle)}") from None
+
+
+def resolve(preset):
+    """A preset argument -> ("random", builtin entry) or ("dir", local directory)."""
+    if not isinstance(preset, (str, os.PathLike)):
+        raise ValueError(f"`preset` must be a string or path; received {preset!r}.")
+    preset = os.fspath(preset)
+    if preset in _presets.BACKBONE_PRESETS:
+        entry = _presets.BACKBONE_PRESETS[preset]
+        if "random_seed" in entry:
+            return "random", entry
+        preset = entry["kaggle_handle"]
+    if preset.startswith("kaggle://"):
+        return "dir", download_kaggle(preset)
+    if os.path.isdir(preset):
+        return "dir", preset
+    if os.path.exists(preset):
+        raise ValueError(f"Preset {preset!r} is a file; pass the directory that holds "
+                         f"{CONFIG_FILE} and {WEIGHTS_FILE}.")
+    raise ValueError(
+        f"Unknown preset {preset!r}: not a builtin preset "
+        f"({', '.join(sorted(_presets.BACKBONE_PRESETS))}), a kaggle:// handle, or an "
+        f"existing directory. {_local_dir_hint(preset)}")
+
+
+# --------------------------------------------------------------------------
+# config.json / metadata.json
+# --------------------------------------------------------------------------
+
+def _read_json(path):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Preset file missing: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def read_config(directory):
+    """config.json -> FalconBackbone keyword arguments, fully validated."""
+    path = os.path.join(directory, CONFIG_FILE)
+    data = _read_json(path)
+    if not isinstance(data, dict) or data.get("class_name") != "FalconBackbone":
+        found = data.get("class_name") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path}: field `class_name` must be 'FalconBackbone'; found {found!r}.")
+    if data.get("registered_name") not in _REGISTERED_NAMES:
+        raise ValueError(f"{path}: field `registered_name` is {data.get('registered_name')!r}; "
+                         f"expected one of {_REGISTERED_NAMES}.")
+    config = data.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: field `config` must be an object.")
+    known = set(FalconConfig.field_names()) | set(_MODEL_FIELDS) | {"dtype"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {', '.join('config.' + k for k in unknown)}; "
+                         f"a FalconBackbone config has {', '.join(sorted(known))}.")
+    for field, kind in _MODEL_FIELDS.items():
+        if field in config and not isinstance(config[field], kind):
+            raise ValueError(f"{path}: field `config.{field}` must be {kind.__name__}; "
+                             f"found {config[field]!r}.")
+    required = [f.name for f in dataclasses.fields(FalconConfig) if f.default is dataclasses.MISSING]
+    absent = [k for k in required if k not in config]
+    if absent:
+        raise ValueError(f"{path}: required field(s) {', '.join('config.' + k for k in absent)} missing.")
+    try:
+        FalconConfig(**{k: config[k] for k in FalconConfig.field_names() if k in config})
+    except ValueError as err:  # names the field, e.g. `hidden_dim`
+        raise ValueError(f"{path}: invalid config: {err}") from None
+    if "dtype" in config:
+        from falcon_tf.backbone import resolve_dtype
+
+        try:
+            resolve_dtype(config["dtype"])
+        except ValueError as err:
+            raise ValueError(f"{path}: field `config.dtype`: {err}") from None
+    return dict(config)
+
+
+def _write_json(path, data):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=4)
+        f.write("\n")
+
+
+# --------------------------------------------------------------------------
+# Weights: keras-hub's model.weights.h5 <-> our variables
+# --------------------------------------------------------------------------
+
+def _block_group(i):
+    # Keras names a container's children by snake-cased class name, then _1, _2 ...
+    return "layers/falcon_transformer_decoder" + (f"_{i}" if i else "")
+
+
+def keras_hub_layout(config: FalconConfig):
+    """keras-hub dataset path -> (shape, our variable name, q/k/v slot or None).
+
+    Slot 0/1/2 marks the query/key/value part of our fused projection.
+    """
+    h, n, d, inter = config.hidden_dim, config.num_attention_heads, config.head_dim, \
+        config.intermediate_dim
+    layout = {
+        "layers/reversible_embedding/vars/0": ((config.vocabulary_size, h),
+                                               "token_embedding/embeddings", None),
+        "layers/layer_normalization/vars/0": ((h,), "final_layernorm/gamma", None),
+        "layers/layer_normalization/vars/1": ((h,), "final_layernorm/beta", None),
+    }
+    direct = [  # (keras-hub sub-path, our sub-path, shape)
+        ("input_layernorm/vars/0", "input_layernorm/gamma", (h,)),
+        ("input_layernorm/vars/1", "input_layernorm/beta", (h,)),
+        ("attention_layer/output_dense/vars/0", "attention/output_dense/kernel", (h, h)),
+        ("attention_layer/output_dense/vars/1", "attention/output_dense/bias", (h,)),
+        ("post_attention_layernorm/vars/0", "post_attention_layernorm/gamma", (h,)),
+        ("post_attention_layernorm/vars/1", "post_attention_layernorm/beta", (h,)),
+        ("dense_h_to_4h/vars/0", "dense_h_to_4h/kernel", (h, inter)),
+        ("dense_h_to_4h/vars/1", "dense_h_to_4h/bias", (inter,)),
+        ("dense_4h_to_h/vars/0", "dense_4h_to_h/kernel", (inter, h)),
+        ("dense_4h_to_h/vars/1", "dense_4h_to_h/bias", (h,)),
+    ]
+    for i in range(config.num_layers):
+        group, ours = _block_group(i), f"transformer_layer_{i}"
+        for theirs, mine, shape in direct:
+            layout[f"{group}/{theirs}"] = (shape, f"{ours}/{mine}", None)
+        for slot, part in enumerate(("query", "key", "value")):
+            layout[f"{group}/attention_layer/{part}_dense/vars/0"] = (
+                (h, n, d), f"{ours}/attention/query_key_value/kernel", slot)
+            layout[f"{group}/attention_layer/{part}_dense/vars/1"] = (
+                (n, d), f"{ours}/attention/query_key_value/bias", slot)
+    return layout
+
+
+def named_variables(model):
+    """Our canonical variable names -> keras Variables of a FalconBackbone."""
+    def layer_vars(prefix, layer, names):
+        return {f"{prefix}/{name}": var for name, var in zip(names, layer.weights)}
+
+    out = {"token_embedding/embeddings": model.token_embedding.embeddings}
+    for i, block in enumerate(model.transformer_layers):
+        p = f"transformer_layer_{i}"
+        out.update(layer_vars(f"{p}/input_layernorm", block.input_layernorm, ("gamma", "beta")))
+        out.update(layer_vars(f"{p}/attention/query_key_value",
+                              block.attention.query_key_value, ("kernel", "bias")))
+        out.update(layer_vars(f"{p}/attention/output_dense", block.attention.output_dense,
+                              ("kernel", "bias")))
+        out.update(layer_vars(f"{p}/post_attention_layernorm", block.post_attention_layernorm,
+                              ("gamma", "beta")))
+        out.update(layer_vars(f"{p}/dense_h_to_4h", block.dense_h_to_4h, ("kernel", "bias")))
+        out.update(layer_vars(f"{p}/dense_4h_to_h", block.dense_4h_to_h, ("kernel", "bias")))
+    out.update(layer_vars("final_layernorm", model.final_layernorm, ("gamma", "beta")))
+    return out
+
+
+def read_weights(path, config: FalconConfig):
+    """model.weights.h5 (keras-hub layout) -> {our name: float32 array}."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Preset file missing: {path}")
+    layout = keras_hub_layout(config)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as err:
+        raise ValueError(f"{path} is not a readable HDF5 weights file: {err}") from None
+    with f:
+        found = {}
+
+        def collect(name, obj):  # returns None: a value would stop visititems
+            if isinstance(obj, h5py.Dataset):
+                found[name] = obj
+
+        f.visititems(collect)
+        unused = sorted(set(found) - set(layout))
+        if unused:
+            raise ValueError(f"{path}: dataset(s) not part of a FalconBackbone with this "
+                             f"config: {', '.join(unused[:5])}" + (" ..." if len(unused) > 5 else ""))
+        fused = {}
+        weights = {}
+        for h5_path, (shape, ours, slot) in layout.items():
+            if h5_path not in found:
+                raise ValueError(f"{path}: dataset {h5_path} is missing (needed for {ours}).")
+            dataset = found[h5_path]
+            if tuple(dataset.shape) != shape:
+                raise ValueError(f"{path}: dataset {h5_path} has shape {tuple(dataset.shape)}; "
+                                 f"the config needs {shape}.")
+            try:
+                array = np.asarray(dataset[()], dtype="float32")
+            except (OSError, TypeError, ValueError) as err:
+                raise ValueError(f"{path}: dataset {h5_path} cannot be read: {err}") from None
+            if slot is None:
+                weights[ours] = array
+            else:  # (h, n, d) -> (h, n*d); (n, d) -> (n*d,)
+                flat = array.reshape(shape[0], -1) if len(shape) == 3 else array.reshape(-1)
+                fused.setdefault(ours, [None] * 3)[slot] = flat
+    for ours, parts in fused.items():
+        weights[ours] = np.concatenate(parts, axis=-1)
+    return weights
+
+
+def write_weights(path, weights, config: FalconConfig):
+    """{our name: array} -> model.weights.h5 in keras-hub's layout."""
+    with h5py.File(path, "w") as f:
+        for h5_path, (shape, ours, slot) in keras_hub_layout(config).items():
+            array = np.asarray(weights[ours])
+            if slot is not None:
+                width = array.shape[-1] // 3
+                array = array[..., slot * width:(slot + 1) * width].reshape(shape)
+            f.create_dataset(h5_path, data=array)
+
+
+def assign_weights(model, weights, source):
+    """Sets every variable of `model` from `weights`, checking names and shapes."""
+    variables = named_variables(model)
+    missing = sorted(set(variables) - set(weights))
+    extra = sorted(set(weights) - set(variables))
+    if missing or extra:
+        raise ValueError(f"{source}: weights do not match the model: missing {missing[:5]}, "
+                         f"unexpected {extra[:5]}.")
+    for name, var in variables.items():
+        if tuple(weights[name].shape) != tuple(var.shape):
+            raise ValueError(f"{source}: weight {name} has shape {tuple(weights[name].shape)}; "
+                             f"the model needs {tuple(var.shape)}.")
+        var.assign(weights[name])
+
+
+def random_weights(model, seed):
+    """Deterministic random weights for every variable, drawn in name order."""
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for name, var in sorted(named_variables(model).items()):
+        shape = tuple(var.shape)
+        if name.endswith("/gamma"):
+            weights[name] = 1.0 + 0.1 * rng.standard_normal(shape, dtype="float32")
+        else:
+            weights[name] = 0.02 * rng.standard_normal(shape, dtype="float32")
+    return weights
+
+
+# --------------------------------------------------------------------------
+# The two entry points used by FalconBackbone
+# --------------------------------------------------------------------------
+
+def load_backbone(cls, preset, load_weights=True, **overrides):
+    kind, found = resolve(preset)
+    if kind == "random":
+        config = dict(found["config"])
+    else:
+        config = read_config(found)
+    config.update(overrides)
+    model = cls(**config)
+    if not load_weights:
+        return model
+    if kind == "random":
+        assign_weights(model, random_weights(model, found["random_seed"]), f"preset {preset!r}")
+    else:
+        path = os.path.join(found, WEIGHTS_FILE)
+        assign_weights(model, read_weights(path, model.falcon_config), path)
+    return model
+
+
+def save_backbone(model, preset_dir):
+    """Writes the preset atomically: into a temporary sibling, then renamed in."""
+    import keras
+
+    from falcon_tf import __version__
+
+    preset_dir = os.path.abspath(os.fspath(preset_dir))
+    if os.path.exists(preset_dir) and not os.path.isdir(preset_dir):
+        raise ValueError(f"`preset_dir` {preset_dir} exists and is not a directory.")
+    parent = os.path.dirname(preset_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(preset_dir)}.tmp-", dir=parent)
+    try:
+        _write_json(os.path.join(tmp, CONFIG_FILE), {
+            "module": KERAS_HUB_MODULE,
+            "class_name": "FalconBackbone",
+            "config": model.get_config(),
+            "registered_name": KERAS_HUB_REGISTERED_NAME,
+        })
+        _write_json(os.path.join(tmp, METADATA_FILE), {
+            "keras_version": keras.__version__,
+            "falcon_tf_version": __version__,
+            "parameter_count": model.count_params(),
+            "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
+            "tasks": [],
+        })
+        weights = {name: var.numpy() for name, var in named_variables(model).items()}
+        write_weights(os.path.join(tmp, WEIGHTS_FILE), weights, model.falcon_config)
+        if not os.path.exists(preset_dir):
+            os.rename(tmp, preset_dir)
+            return
+        for name in (METADATA_FILE, WEIGHTS_FILE, CONFIG_FILE):  # config last: it names the rest
+            os.replace(os.path.join(tmp, name), os.path.join(preset_dir, name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

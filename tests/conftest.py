@@ -1,0 +1,50 @@
+"""Shared tiny models and inputs. Nothing here downloads anything."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# The seed's own example.
+SEED_KWARGS = dict(vocabulary_size=10, num_layers=2, num_attention_heads=2, hidden_dim=32,
+                   intermediate_dim=128)
+SEED_INPUT = {
+    "token_ids": np.ones(shape=(1, 12), dtype="int32"),
+    "padding_mask": np.array([[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]], dtype="int32"),
+}
+
+
+def tiny_kwargs(num_attention_heads=4, head_dim=8, vocabulary_size=13, num_layers=2):
+    """A small config; the vocabulary (13) is deliberately not a multiple of 8."""
+    hidden = num_attention_heads * head_dim
+    return dict(vocabulary_size=vocabulary_size, num_layers=num_layers,
+                num_attention_heads=num_attention_heads, hidden_dim=hidden,
+                intermediate_dim=4 * hidden)
+
+
+def padded_batch(vocabulary_size, seq=7, seed=0):
+    """Right padding, left padding and no padding in one batch."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocabulary_size, size=(3, seq)).astype("int32")
+    mask = np.ones((3, seq), dtype="int32")
+    mask[0, seq - 2:] = 0  # right padded
+    mask[1, :3] = 0  # left padded
+    return {"token_ids": ids, "padding_mask": mask}
+
+
+def randomize(model, seed=0, scale=0.3):
+    """Large random weights, so that mistakes show up well above float noise."""
+    rng = np.random.default_rng(seed)
+    for var in model.weights:
+        var.assign(rng.normal(0.0, scale, tuple(var.shape)).astype("float32"))
+    return model
+
+
+@pytest.fixture
+def keras_hub():
+    import keras_hub
+
+    return keras_hub
