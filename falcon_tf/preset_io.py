@@ -249,7 +249,12 @@ def read_weights(path, config: FalconConfig):
                 raise ValueError(f"{path}: dataset {h5_path} has shape {tuple(dataset.shape)}; "
                                  f"the config needs {shape}.")
             try:
-                array = np.asarray(dataset[()], dtype="float32")
+                array = dataset[()]
+                if dataset.attrs.get("dtype") == "bfloat16":  # how Keras stores bfloat16
+                    import ml_dtypes
+
+                    array = np.asarray(array).view(ml_dtypes.bfloat16)
+                array = np.asarray(array, dtype="float32")
             except (OSError, TypeError, ValueError) as err:
                 raise ValueError(f"{path}: dataset {h5_path} cannot be read: {err}") from None
             if slot is None:
@@ -270,7 +275,9 @@ def write_weights(path, weights, config: FalconConfig):
             if slot is not None:
                 width = array.shape[-1] // 3
                 array = array[..., slot * width:(slot + 1) * width].reshape(shape)
-            f.create_dataset(h5_path, data=array)
+            dataset = f.create_dataset(h5_path, data=array)
+            if array.dtype.name == "bfloat16":  # Keras marks bfloat16 data this way
+                dataset.attrs["dtype"] = "bfloat16"
 
 
 def assign_weights(model, weights, source):
@@ -311,6 +318,9 @@ def load_backbone(cls, preset, load_weights=True, **overrides):
         config = dict(found["config"])
     else:
         config = read_config(found)
+    # As keras-hub does: a saved float dtype is not restored; the model takes
+    # Keras's current default policy unless the caller passes `dtype`.
+    config["dtype"] = None
     config.update(overrides)
     model = cls(**config)
     if not load_weights:

@@ -1,6 +1,6 @@
 """Token embedding whose lookup exports as a 1-D GATHER."""
 
-from falcon_tf._keras import keras
+from falcon_tf._keras import keras, tf
 
 ops = keras.ops
 
@@ -15,10 +15,10 @@ class FalconTokenEmbedding(keras.layers.ReversibleEmbedding):
     """
 
     def call(self, inputs, reverse=False):
-        # inputs: (batch, seq) token ids
         if reverse:
             return super().call(inputs, reverse=True)
         flat = ops.reshape(ops.cast(inputs, "int32"), (-1,))
-        rows = ops.take(self.embeddings, flat, axis=0)  # (b * s, hidden)
+        # tf.gather, not ops.take: take adds a LESS/SELECT for negative ids.
+        rows = tf.gather(self.embeddings, flat)  # (b * s, hidden)
         batch, seq = ops.shape(inputs)[0], ops.shape(inputs)[1]
         return ops.cast(ops.reshape(rows, (batch, seq, self.output_dim)), self.compute_dtype)

@@ -170,3 +170,35 @@ def test_a_missing_dataset_is_named(saved):
         del f["layers/layer_normalization/vars/1"]
     with pytest.raises(ValueError, match="layers/layer_normalization/vars/1 is missing"):
         FalconBackbone.from_preset(str(path))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "mixed_float16"])
+def test_sixteen_bit_models_save_and_reload(tmp_path, dtype):
+    model = randomize(FalconBackbone(**tiny_kwargs(), dtype=dtype), scale=0.1)
+    model.save_to_preset(str(tmp_path / "p"))
+    # Like keras-hub: the saved dtype is not restored unless asked for.
+    assert FalconBackbone.from_preset(str(tmp_path / "p")).dtype_policy.name == "float32"
+    again = FalconBackbone.from_preset(str(tmp_path / "p"), dtype=dtype)
+    assert again.dtype_policy.name == dtype
+    x = padded_batch(13)
+    np.testing.assert_array_equal(again(x).numpy(), model(x).numpy())
+
+
+def test_bfloat16_presets_interoperate_with_keras_hub(keras_hub, tmp_path):
+    # Keras writes bfloat16 weights as raw 2-byte data marked by an attribute.
+    theirs = randomize(keras_hub.models.FalconBackbone(**tiny_kwargs(), dtype="bfloat16"),
+                       scale=0.1)
+    theirs.save_to_preset(str(tmp_path / "kh"))
+    ours = FalconBackbone.from_preset(str(tmp_path / "kh"), dtype="bfloat16")
+    assert ours.dtype_policy.name == "bfloat16"
+    for ours_var, their_var in zip(ours.token_embedding.weights, theirs.token_embedding.weights):
+        np.testing.assert_array_equal(ours_var.numpy(), their_var.numpy())
+    ours.save_to_preset(str(tmp_path / "ours"))
+    back = keras_hub.models.FalconBackbone.from_preset(str(tmp_path / "ours"), dtype="bfloat16")
+    x = padded_batch(13)
+    np.testing.assert_array_equal(back(x).numpy(), theirs(x).numpy())
+    # Both loaders agree on the default: float32 weights, the same numbers.
+    np.testing.assert_allclose(
+        FalconBackbone.from_preset(str(tmp_path / "kh"))(x).numpy(),
+        keras_hub.models.FalconBackbone.from_preset(str(tmp_path / "kh"))(x).numpy(),
+        rtol=0, atol=1e-5)

@@ -1,0 +1,33 @@
+"""The `falcon-tf` command and the docstring examples."""
+
+import doctest
+
+import falcon_tf.backbone
+from falcon_tf import cli
+
+
+def test_demo_prints_parity_and_latency(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path), "--seq", "16"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("falcon_tiny_random: XLA vs eager max|diff| ")
+    xla_vs_eager = float(line.split("max|diff| ")[1].split(",")[0])
+    reload_diff = float(line.split("max|diff| ")[2].split(",")[0])
+    assert xla_vs_eager <= 1e-5 and reload_diff == 0.0
+    assert (tmp_path / "falcon_tiny_random" / "keras_preset" / "model.weights.h5").is_file()
+
+
+def test_demo_with_a_bad_preset_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["demo", "--preset", "no_such_preset", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_preset" in err and "local directory" in err and "Traceback" not in err
+
+
+def test_presets_lists_every_builtin(capsys):
+    assert cli.main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert "falcon_refinedweb_1b_en" in out and "falcon_tiny_random" in out
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(falcon_tf.backbone, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 4 and result.failed == 0

@@ -1,0 +1,47 @@
+"""The forward traces at fixed shapes into ops the LiteRT GPU delegate accepts.
+
+The delegate rejects int32 CUMSUM and GATHER with 2-D indices (keras-hub's Falcon
+has both); these tests read the traced TensorFlow graph for them.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import padded_batch
+from falcon_tf import FalconBackbone
+
+
+def traced_graph(model, batch, seq):
+    spec = tf.TensorSpec((batch, seq), tf.int32)
+    fn = tf.function(lambda ids, mask: model({"token_ids": ids, "padding_mask": mask},
+                                             training=False))
+    return fn.get_concrete_function(spec, spec)
+
+
+def all_ops(graph):
+    ops = list(graph.get_operations())
+    for function in getattr(graph, "_functions", {}).values():
+        ops.extend(all_ops(function.graph))
+    return ops
+
+
+@pytest.mark.parametrize("batch, seq", [(1, 1), (2, 16)])
+def test_fixed_shape_graph_has_no_ops_the_gpu_delegate_rejects(batch, seq):
+    model = FalconBackbone.from_preset("falcon_tiny_random")
+    concrete = traced_graph(model, batch, seq)
+    ops = all_ops(concrete.graph)
+    types = {op.type for op in ops}
+    assert "Cumsum" not in types
+    gathers = [op for op in ops if op.type in ("GatherV2", "ResourceGather", "GatherNd")]
+    assert gathers, "the embedding lookup should be a gather"
+    for op in gathers:
+        assert op.type != "GatherNd"
+        assert op.inputs[1].shape.rank == 1, f"{op.name} gathers with {op.inputs[1].shape} indices"
+    # No Python branches on values: every output shape is fixed.
+    assert concrete.structured_outputs.shape == (batch, seq, 64)
+    x = padded_batch(1024, seq=seq)
+    x = {k: v[:batch] for k, v in x.items()}
+    np.testing.assert_allclose(concrete(tf.constant(x["token_ids"]),
+                                        tf.constant(x["padding_mask"])).numpy(),
+                               model(x).numpy(), rtol=0, atol=1e-5)
