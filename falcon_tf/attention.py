@@ -1,4 +1,4 @@
-"""Falcon-RW multi-head self-attention with ALiBi."""
+"""Falcon self-attention: multi-head, multi-query or grouped-query; ALiBi or rotary."""
 
 import math
 
@@ -7,51 +7,83 @@ from falcon_tf._keras import keras, tf
 ops = keras.ops
 
 
-class FalconAttention(keras.layers.Layer):
-    """Multi-head self-attention with one fused query/key/value projection.
+def _rotate_half(x):
+    half = x.shape[-1] // 2
+    return ops.concatenate([-x[..., half:], x[..., :half]], axis=-1)
 
-    The fused kernel is (hidden, 3 * hidden), its columns laid out as
-    [query heads | key heads | value heads], each head's `head_dim` columns
-    contiguous. One matmul instead of three is faster on every backend.
+
+def _apply_rotary(query, key, position):
+    """Rotary embedding. query (b, s, kv, g, d), key (b, s, kv, d), position (b, s, 2, d)."""
+    cos, sin = position[:, :, 0], position[:, :, 1]  # (b, s, d)
+    query = query * ops.cast(cos[:, :, None, None], query.dtype) \
+        + _rotate_half(query) * ops.cast(sin[:, :, None, None], query.dtype)
+    key = key * ops.cast(cos[:, :, None], key.dtype) \
+        + _rotate_half(key) * ops.cast(sin[:, :, None], key.dtype)
+    return query, key
+
+
+def _add_alibi(logits, position):
+    return logits + position  # (b, n, q, k) + (b, n, 1, k)
+
+
+class FalconAttention(keras.layers.Layer):
+    """Self-attention with one fused query/key/value projection.
+
+    `num_kv_heads` key/value heads serve `num_heads` query heads in groups of
+    `num_heads // num_kv_heads` (equal counts: multi-head; one: multi-query).
+    The fused kernel is (hidden, (num_heads + 2 * num_kv_heads) * head_dim), its
+    columns laid out [query heads | key heads | value heads]; query head j
+    belongs to key/value head j // group.
 
     Call with `x` (batch, seq, hidden) and the outputs of
     `FalconAttentionBias`; returns (batch, seq, hidden).
     """
 
-    def __init__(self, hidden_dim, num_heads, dropout_rate, **kwargs):
+    def __init__(self, hidden_dim, num_heads, num_kv_heads, position_embedding, use_bias,
+                 dropout_rate, **kwargs):
         # The float32 attention bias must not be cast to a 16-bit compute dtype.
         super().__init__(autocast=False, **kwargs)
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
         self.head_dim = hidden_dim // num_heads
+        self.position_embedding = position_embedding
+        self.use_bias = use_bias
         self.dropout_rate = dropout_rate
+        # The variant is fixed here, once: ALiBi biases the logits, rotary turns q and k.
+        if position_embedding == "rotary":
+            self._rotate, self._bias = _apply_rotary, lambda logits, position: logits
+        else:
+            self._rotate, self._bias = (lambda q, k, position: (q, k)), _add_alibi
         self.query_key_value = keras.layers.Dense(
-            3 * hidden_dim, dtype=self.dtype_policy, name="query_key_value"
-        )
+            (num_heads + 2 * num_kv_heads) * self.head_dim, use_bias=use_bias,
+            dtype=self.dtype_policy, name="query_key_value")
         self.output_dense = keras.layers.Dense(
-            hidden_dim, dtype=self.dtype_policy, name="output_dense"
-        )
+            hidden_dim, use_bias=use_bias, dtype=self.dtype_policy, name="output_dense")
         self.dropout = keras.layers.Dropout(
-            dropout_rate, dtype=self.dtype_policy, name="attention_dropout"
-        )
+            dropout_rate, dtype=self.dtype_policy, name="attention_dropout")
 
     def build(self, input_shape):
         self.query_key_value.build(input_shape)
         self.output_dense.build(input_shape)
 
-    def call(self, x, alibi, mask_bias, keep, training=None):
+    def call(self, x, mask_bias, keep, position, training=None):
+        n, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
-        qkv = self.query_key_value(x)  # (b, s, 3 * n * d)
-        qkv = ops.reshape(qkv, (batch, seq, 3, self.num_heads, self.head_dim))
-        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (b, s, n, d)
-        # Scaling the query scales the logits; the bias arrives pre-scaled.
-        query = query * ops.cast(1.0 / math.sqrt(self.head_dim), query.dtype)
-        logits = ops.einsum("bqnd,bknd->bnqk", query, key)  # (b, n, q, k)
-        logits = ops.cast(logits, "float32") + alibi + mask_bias
+        qkv = self.query_key_value(x)  # (b, s, (n + 2 kv) d)
+        query = ops.reshape(qkv[..., : n * d], (batch, seq, kv, n // kv, d))  # (b, s, kv, g, d)
+        key = ops.reshape(qkv[..., n * d:(n + kv) * d], (batch, seq, kv, d))
+        value = ops.reshape(qkv[..., (n + kv) * d:], (batch, seq, kv, d))
+        query, key = self._rotate(query, key, position)
+        # Scaling the query scales the logits; an ALiBi bias arrives pre-scaled.
+        query = query * ops.cast(1.0 / math.sqrt(d), query.dtype)
+        logits = ops.einsum("bqhgd,bkhd->bhgqk", query, key)
+        logits = ops.reshape(ops.cast(logits, "float32"), (batch, n, seq, seq))
+        logits = self._bias(logits, position) + mask_bias
         probs = tf.nn.softmax(logits, axis=-1) * keep  # float32 whatever the policy
         probs = self.dropout(probs, training=training)
-        probs = ops.cast(probs, self.compute_dtype)
-        out = ops.einsum("bnqk,bknd->bqnd", probs, value)  # (b, s, n, d)
+        probs = ops.reshape(ops.cast(probs, self.compute_dtype), (batch, kv, n // kv, seq, seq))
+        out = ops.einsum("bhgqk,bkhd->bqhgd", probs, value)  # (b, s, kv, g, d)
         out = ops.reshape(out, (batch, seq, self.hidden_dim))
         return self.output_dense(out)
 
@@ -63,6 +95,9 @@ class FalconAttention(keras.layers.Layer):
         config.update({
             "hidden_dim": self.hidden_dim,
             "num_heads": self.num_heads,
+            "num_kv_heads": self.num_kv_heads,
+            "position_embedding": self.position_embedding,
+            "use_bias": self.use_bias,
             "dropout_rate": self.dropout_rate,
         })
         return config

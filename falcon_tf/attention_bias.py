@@ -1,4 +1,4 @@
-"""ALiBi position bias and the causal + padding mask, computed once per forward.
+"""Positions (ALiBi bias or rotary angles) and the causal + padding mask, once per forward.
 
 Every op here is chosen to export: positions come from a float matmul with a
 triangular matrix instead of an int32 CUMSUM (which the LiteRT GPU delegate
@@ -35,24 +35,44 @@ def alibi_slopes(num_heads):
 
 
 class FalconAttentionBias(keras.layers.Layer):
-    """Turns a padding mask into what every attention layer adds to its logits.
+    """Turns a padding mask into what every attention layer needs, once per forward.
 
     Call with `padding_mask` (batch, seq), 1 for tokens and 0 for padding.
-    Returns, all float32:
-      alibi: (batch, heads, 1, seq) slope * position of each key, already
-        multiplied by 1/sqrt(head_dim) (Falcon scales bias and logits together).
-        A key's position counts only the real tokens before it, so a left-padded
-        row sees the same positions as an unpadded one.
+    Returns `(mask_bias, keep, position)`, all float32:
       mask_bias: (batch, 1, seq, seq) 0 where a query may attend a key,
         MASKED_LOGIT where it may not (a future key or a padding key).
       keep: (batch, 1, seq, seq) 1.0 where attention is allowed, else 0.0.
+      position: with ALiBi, (batch, heads, 1, seq): slope * position of each
+        key, already multiplied by 1/sqrt(head_dim) (Falcon scales bias and
+        logits together). With rotary, (batch, seq, 2, head_dim): the cos and
+        sin of each token's rotation angles.
+    A token's position counts only the real tokens before it, so a left-padded
+    row sees the same positions as an unpadded one.
     """
 
-    def __init__(self, num_heads, head_dim, **kwargs):
+    def __init__(self, num_heads, head_dim, position_embedding="alibi", rope_theta=10000.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.head_dim = head_dim
-        self._scaled_slopes = alibi_slopes(num_heads) / np.float32(math.sqrt(head_dim))
+        self.position_embedding = position_embedding
+        self.rope_theta = rope_theta
+        if position_embedding == "alibi":
+            self._scaled_slopes = alibi_slopes(num_heads) / np.float32(math.sqrt(head_dim))
+            self._position = self._alibi
+        else:
+            exponents = np.arange(0, head_dim, 2, dtype="float64") / head_dim
+            self._inverse_frequency = (1.0 / rope_theta ** exponents).astype("float32")
+            self._position = self._rotary
+
+    def _alibi(self, position):
+        slopes = ops.convert_to_tensor(self._scaled_slopes)  # (n,)
+        return slopes[None, :, None, None] * position[:, None, None, :]  # (b, n, 1, s)
+
+    def _rotary(self, position):
+        angles = position[:, :, None] * ops.convert_to_tensor(self._inverse_frequency)  # (b, s, d/2)
+        angles = ops.concatenate([angles, angles], axis=-1)  # (b, s, d): halves rotate together
+        return ops.stack([ops.cos(angles), ops.sin(angles)], axis=2)  # (b, s, 2, d)
 
     def call(self, padding_mask):
         mask = ops.cast(padding_mask, "float32")  # (b, s)
@@ -61,22 +81,26 @@ class FalconAttentionBias(keras.layers.Layer):
         # lower[k, q] = 1 if k <= q; (b, s) @ lower counts real tokens up to q.
         lower = ops.cast(ops.less_equal(index[:, None], index[None, :]), "float32")
         position = (ops.matmul(mask, lower) - 1.0) * mask  # (b, s)
-        slopes = ops.convert_to_tensor(self._scaled_slopes)  # (n,)
-        alibi = slopes[None, :, None, None] * position[:, None, None, :]
         causal = ops.transpose(lower)  # causal[q, k] = 1 if k <= q
         keep = causal[None, None, :, :] * mask[:, None, None, :]
         mask_bias = (1.0 - keep) * MASKED_LOGIT
-        return alibi, mask_bias, keep
+        return mask_bias, keep, self._position(position)
 
     def compute_output_spec(self, padding_mask):
         batch, seq = padding_mask.shape
+        if self.position_embedding == "alibi":
+            position = (batch, self.num_heads, 1, seq)
+        else:
+            position = (batch, seq, 2, self.head_dim)
         return (
-            keras.KerasTensor((batch, self.num_heads, 1, seq), dtype="float32"),
             keras.KerasTensor((batch, 1, seq, seq), dtype="float32"),
             keras.KerasTensor((batch, 1, seq, seq), dtype="float32"),
+            keras.KerasTensor(position, dtype="float32"),
         )
 
     def get_config(self):
         config = super().get_config()
-        config.update({"num_heads": self.num_heads, "head_dim": self.head_dim})
+        config.update({"num_heads": self.num_heads, "head_dim": self.head_dim,
+                       "position_embedding": self.position_embedding,
+                       "rope_theta": self.rope_theta})
         return config

@@ -4,7 +4,7 @@ from falcon_tf import presets as _presets
 from falcon_tf._keras import keras, tf
 from falcon_tf.attention_bias import FalconAttentionBias
 from falcon_tf.config import DTYPE_NAMES, FalconConfig
-from falcon_tf.decoder_block import FalconDecoderBlock
+from falcon_tf.decoder_block import block_class
 from falcon_tf.token_embedding import FalconTokenEmbedding
 
 # Keyword arguments keras.Model itself understands; anything else is a mistake.
@@ -32,11 +32,13 @@ def resolve_dtype(dtype):
 
 
 class FalconBackbone(keras.Model):
-    """The Falcon-RW decoder (keras-hub's `FalconBackbone`, argument for argument).
+    """The Falcon decoder: keras-hub's `FalconBackbone`, argument for argument,
+    and the rest of the Falcon family.
 
-    Token embedding, then `num_layers` blocks of pre-LayerNorm multi-head
-    self-attention with ALiBi and a causal + padding mask, and an exact-GELU
-    MLP, then a final LayerNorm. Biases everywhere.
+    Token embedding, then `num_layers` blocks of pre-LayerNorm self-attention
+    (causal + padding mask) and an exact-GELU MLP, then a final LayerNorm. With
+    the defaults this is Falcon-RW: multi-head attention with ALiBi, attention
+    then MLP, biases everywhere.
 
     Args:
         vocabulary_size: int. Rows of the token embedding.
@@ -47,11 +49,24 @@ class FalconBackbone(keras.Model):
         layer_norm_epsilon: float. Epsilon of every LayerNorm.
         attention_dropout_rate: float in [0, 1). Dropout on attention
             probabilities; only when training.
-        feedforward_dropout_rate: float in [0, 1). Dropout on each MLP output;
-            only when training.
+        feedforward_dropout_rate: float in [0, 1). Dropout on each MLP output
+            (on attention + MLP in parallel blocks); only when training.
         dtype: None, "float32", "bfloat16", "float16", "mixed_bfloat16",
             "mixed_float16" or a `keras.DTypePolicy`. Softmax and LayerNorm
             compute in float32 whatever it is.
+        num_kv_heads: None (one key/value head per query head), 1 (multi-query,
+            Falcon-7B) or a divisor of the heads (grouped-query, Falcon-40B/180B).
+        position_embedding: "alibi" (Falcon-RW) or "rotary" (the others).
+        rope_theta: float. Rotary base frequency.
+        parallel_attention: bool. Attention and MLP both read the block input
+            and are summed (Falcon-7B/40B/180B), instead of one after the other.
+        separate_mlp_layer_norm: bool. With parallel attention, attention and
+            MLP each get a LayerNorm (Falcon-40B/180B's "new decoder architecture").
+        use_bias: bool. Biases on the attention and MLP projections (LayerNorms
+            always have them).
+
+    The arguments after `dtype` are not keras-hub's; their defaults give its
+    model exactly.
 
     Inputs are a dict of int32 `token_ids` and `padding_mask`, each
     (batch, seq); the output is (batch, seq, hidden_dim).
@@ -76,7 +91,9 @@ class FalconBackbone(keras.Model):
 
     def __init__(self, vocabulary_size, num_layers, num_attention_heads, hidden_dim,
                  intermediate_dim, layer_norm_epsilon=1e-05, attention_dropout_rate=0,
-                 feedforward_dropout_rate=0, dtype=None, **kwargs):
+                 feedforward_dropout_rate=0, dtype=None, num_kv_heads=None,
+                 position_embedding="alibi", rope_theta=10000.0, parallel_attention=False,
+                 separate_mlp_layer_norm=False, use_bias=True, **kwargs):
         unknown = sorted(set(kwargs) - set(_MODEL_KWARGS))
         if unknown:
             raise ValueError(
@@ -87,26 +104,21 @@ class FalconBackbone(keras.Model):
             num_attention_heads=num_attention_heads, hidden_dim=hidden_dim,
             intermediate_dim=intermediate_dim, layer_norm_epsilon=layer_norm_epsilon,
             attention_dropout_rate=attention_dropout_rate,
-            feedforward_dropout_rate=feedforward_dropout_rate)
+            feedforward_dropout_rate=feedforward_dropout_rate, num_kv_heads=num_kv_heads,
+            position_embedding=position_embedding, rope_theta=rope_theta,
+            parallel_attention=parallel_attention,
+            separate_mlp_layer_norm=separate_mlp_layer_norm, use_bias=use_bias)
         policy = resolve_dtype(dtype)
 
         # === Layers ===
         embedding = FalconTokenEmbedding(
             config.vocabulary_size, config.hidden_dim, dtype=policy, name="token_embedding")
         attention_bias = FalconAttentionBias(
-            config.num_attention_heads, config.head_dim, dtype="float32",
-            name="attention_bias")
-        blocks = [
-            FalconDecoderBlock(
-                hidden_dim=config.hidden_dim,
-                num_attention_heads=config.num_attention_heads,
-                intermediate_dim=config.intermediate_dim,
-                layer_norm_epsilon=config.layer_norm_epsilon,
-                attention_dropout_rate=config.attention_dropout_rate,
-                feedforward_dropout_rate=config.feedforward_dropout_rate,
-                dtype=policy, name=f"transformer_layer_{i}")
-            for i in range(config.num_layers)
-        ]
+            config.num_attention_heads, config.head_dim, config.position_embedding,
+            config.rope_theta, dtype="float32", name="attention_bias")
+        block = block_class(config)  # sequential (RW) or parallel (7B/40B/180B), chosen once
+        blocks = [block(config, dtype=policy, name=f"transformer_layer_{i}")
+                  for i in range(config.num_layers)]
         final_layernorm = keras.layers.LayerNormalization(
             epsilon=config.layer_norm_epsilon, dtype=policy, name="final_layernorm")
 

@@ -17,9 +17,10 @@ DTYPE_NAMES = ("float32", "bfloat16", "float16", "mixed_bfloat16", "mixed_float1
 
 @dataclasses.dataclass(frozen=True)
 class FalconConfig:
-    """Hyper-parameters of the Falcon-RW decoder.
+    """Hyper-parameters of a Falcon decoder.
 
-    Field names and meanings match keras-hub's `FalconBackbone` arguments.
+    The first eight fields are keras-hub's `FalconBackbone` arguments, with the
+    same names and meanings; the rest reach the other Falcon models.
     """
 
     vocabulary_size: int  # rows of the token embedding (and of the tied LM head)
@@ -30,6 +31,15 @@ class FalconConfig:
     layer_norm_epsilon: float = 1e-5  # every LayerNorm, final one included
     attention_dropout_rate: float = 0.0  # on attention probabilities, training only
     feedforward_dropout_rate: float = 0.0  # on the MLP output, training only
+    # --- The rest of the Falcon family. The defaults are Falcon-RW (keras-hub's model).
+    num_kv_heads: int | None = None  # key/value heads: None = one per query head,
+    #                                  1 = multi-query (7B), k > 1 = grouped-query (40B/180B)
+    position_embedding: str = "alibi"  # "alibi" (RW) or "rotary" (7B/40B/180B)
+    rope_theta: float = 10000.0  # rotary base frequency; only with "rotary"
+    parallel_attention: bool = False  # attention and MLP both read the block input, summed
+    separate_mlp_layer_norm: bool = False  # parallel blocks: MLP has its own LayerNorm
+    #                                        (ln_attn + ln_mlp, the "new decoder architecture")
+    use_bias: bool = True  # biases of the attention and MLP projections
 
     def __post_init__(self):
         for field in ("vocabulary_size", "num_layers", "num_attention_heads",
@@ -62,6 +72,45 @@ class FalconConfig:
                 raise ValueError(f"`{field}` must be a number in [0, 1); received {rate!r}.")
             object.__setattr__(self, field, float(rate))
 
+        kv = self.num_kv_heads
+        if kv is not None:
+            if isinstance(kv, bool) or not isinstance(kv, numbers.Integral) or kv <= 0:
+                raise ValueError(f"`num_kv_heads` must be None or a positive integer; "
+                                 f"received {kv!r}.")
+            if self.num_attention_heads % kv:
+                raise ValueError(f"`num_kv_heads` ({kv}) must divide `num_attention_heads` "
+                                 f"({self.num_attention_heads}).")
+            object.__setattr__(self, "num_kv_heads", int(kv))
+        if self.position_embedding not in ("alibi", "rotary"):
+            raise ValueError(f"`position_embedding` must be 'alibi' or 'rotary'; "
+                             f"received {self.position_embedding!r}.")
+        theta = self.rope_theta
+        if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not theta > 0 \
+                or not math.isfinite(theta):
+            raise ValueError(f"`rope_theta` must be a positive number; received {theta!r}.")
+        object.__setattr__(self, "rope_theta", float(theta))
+        if self.position_embedding == "rotary" and self.head_dim % 2:
+            raise ValueError(f"rotary position embedding needs an even head dimension; "
+                             f"`hidden_dim` / `num_attention_heads` = {self.head_dim}.")
+        for field in ("parallel_attention", "separate_mlp_layer_norm", "use_bias"):
+            if not isinstance(getattr(self, field), bool):
+                raise ValueError(f"`{field}` must be True or False; "
+                                 f"received {getattr(self, field)!r}.")
+        if self.separate_mlp_layer_norm and not self.parallel_attention:
+            raise ValueError("`separate_mlp_layer_norm=True` needs `parallel_attention=True` "
+                             "(a sequential block already has one LayerNorm per branch).")
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads, with None resolved to one per query head."""
+        return self.num_kv_heads or self.num_attention_heads
+
+    @property
+    def is_keras_hub_architecture(self) -> bool:
+        """True when keras-hub's FalconBackbone can express this config."""
+        return all(getattr(self, f.name) == f.default for f in dataclasses.fields(self)
+                   if f.name in FAMILY_FIELDS)
+
     @property
     def head_dim(self) -> int:
         return self.hidden_dim // self.num_attention_heads
@@ -75,11 +124,18 @@ class FalconConfig:
 
     def parameter_count(self) -> int:
         """Number of weights in the backbone (embedding included, counted once)."""
-        h, i = self.hidden_dim, self.intermediate_dim
+        h, i, b = self.hidden_dim, self.intermediate_dim, int(self.use_bias)
+        qkv = (self.num_attention_heads + 2 * self.kv_heads) * self.head_dim
+        layer_norms = 1 if self.parallel_attention and not self.separate_mlp_layer_norm else 2
         per_layer = (
-            2 * 2 * h  # two LayerNorms
-            + h * 3 * h + 3 * h  # query/key/value
-            + h * h + h  # attention output
-            + h * i + i + i * h + h  # MLP
+            layer_norms * 2 * h
+            + h * qkv + b * qkv  # query/key/value
+            + h * h + b * h  # attention output
+            + h * i + b * i + i * h + b * h  # MLP
         )
         return self.vocabulary_size * h + self.num_layers * per_layer + 2 * h
+
+
+# Fields keras-hub's FalconBackbone does not have (its model is their defaults).
+FAMILY_FIELDS = ("num_kv_heads", "position_embedding", "rope_theta", "parallel_attention",
+                 "separate_mlp_layer_norm", "use_bias")

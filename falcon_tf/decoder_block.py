@@ -1,67 +1,95 @@
-"""One Falcon-RW decoder block: sequential attention then MLP, pre-LayerNorm."""
+"""Falcon decoder blocks: the sequential one (Falcon-RW) and the parallel one (7B/40B/180B).
+
+The backbone picks the class once, from the config. Layer names follow the
+Hugging Face checkpoints' tensor names (input_layernorm, ln_attn, ln_mlp,
+dense_h_to_4h ...), so conversion needs no guesswork.
+"""
 
 from falcon_tf._keras import keras
 from falcon_tf.attention import FalconAttention
 
 
-class FalconDecoderBlock(keras.layers.Layer):
-    """x + attention(LN(x)), then x + MLP(LN(x)) with an exact-GELU MLP.
+class _FalconBlockBase(keras.layers.Layer):
+    """Attention, the exact-GELU MLP and the dropouts every Falcon block has.
 
-    Every argument is explicit and used: `layer_norm_epsilon` reaches both
-    LayerNorms, each dropout rate its own dropout. LayerNorm computes in
-    float32 under any dtype policy (keras.ops.layer_normalization does).
+    LayerNorm computes in float32 under any dtype policy
+    (keras.ops.layer_normalization does).
     """
 
-    def __init__(self, hidden_dim, num_attention_heads, intermediate_dim,
-                 layer_norm_epsilon, attention_dropout_rate,
-                 feedforward_dropout_rate, **kwargs):
+    layer_norm_names = ()  # set by each subclass
+
+    def __init__(self, config, **kwargs):
         # The float32 attention bias must not be cast to a 16-bit compute dtype.
         super().__init__(autocast=False, **kwargs)
-        self.hidden_dim = hidden_dim
-        self.num_attention_heads = num_attention_heads
-        self.intermediate_dim = intermediate_dim
-        self.layer_norm_epsilon = layer_norm_epsilon
-        self.attention_dropout_rate = attention_dropout_rate
-        self.feedforward_dropout_rate = feedforward_dropout_rate
+        self.falcon_config = config
         policy = self.dtype_policy
-        self.input_layernorm = keras.layers.LayerNormalization(
-            epsilon=layer_norm_epsilon, dtype=policy, name="input_layernorm")
+        for name in self.layer_norm_names:
+            setattr(self, name, keras.layers.LayerNormalization(
+                epsilon=config.layer_norm_epsilon, dtype=policy, name=name))
         self.attention = FalconAttention(
-            hidden_dim, num_attention_heads, attention_dropout_rate,
+            config.hidden_dim, config.num_attention_heads, config.kv_heads,
+            config.position_embedding, config.use_bias, config.attention_dropout_rate,
             dtype=policy, name="attention")
-        self.post_attention_layernorm = keras.layers.LayerNormalization(
-            epsilon=layer_norm_epsilon, dtype=policy, name="post_attention_layernorm")
         self.dense_h_to_4h = keras.layers.Dense(
-            intermediate_dim, activation="gelu",  # exact (erf) GELU: keras default approximate=False
-            dtype=policy, name="dense_h_to_4h")
-        self.dense_4h_to_h = keras.layers.Dense(hidden_dim, dtype=policy, name="dense_4h_to_h")
+            config.intermediate_dim, activation="gelu",  # exact (erf): keras' default
+            use_bias=config.use_bias, dtype=policy, name="dense_h_to_4h")
+        self.dense_4h_to_h = keras.layers.Dense(
+            config.hidden_dim, use_bias=config.use_bias, dtype=policy, name="dense_4h_to_h")
         self.feedforward_dropout = keras.layers.Dropout(
-            feedforward_dropout_rate, dtype=policy, name="feedforward_dropout")
+            config.feedforward_dropout_rate, dtype=policy, name="feedforward_dropout")
 
     def build(self, input_shape):
-        self.input_layernorm.build(input_shape)
+        for name in self.layer_norm_names:
+            getattr(self, name).build(input_shape)
         self.attention.build(input_shape)
-        self.post_attention_layernorm.build(input_shape)
         self.dense_h_to_4h.build(input_shape)
-        self.dense_4h_to_h.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
+        self.dense_4h_to_h.build(tuple(input_shape[:-1]) + (self.falcon_config.intermediate_dim,))
 
-    def call(self, x, alibi, mask_bias, keep, training=None):
-        h = self.attention(self.input_layernorm(x), alibi, mask_bias, keep, training=training)
-        x = x + h
-        h = self.dense_4h_to_h(self.dense_h_to_4h(self.post_attention_layernorm(x)))
-        return x + self.feedforward_dropout(h, training=training)
+    def mlp(self, x):
+        return self.dense_4h_to_h(self.dense_h_to_4h(x))
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "hidden_dim": self.hidden_dim,
-            "num_attention_heads": self.num_attention_heads,
-            "intermediate_dim": self.intermediate_dim,
-            "layer_norm_epsilon": self.layer_norm_epsilon,
-            "attention_dropout_rate": self.attention_dropout_rate,
-            "feedforward_dropout_rate": self.feedforward_dropout_rate,
-        })
-        return config
+
+class FalconDecoderBlock(_FalconBlockBase):
+    """Falcon-RW: x + attention(LN(x)), then x + MLP(LN(x))."""
+
+    layer_norm_names = ("input_layernorm", "post_attention_layernorm")
+
+    def call(self, x, mask_bias, keep, position, training=None):
+        x = x + self.attention(self.input_layernorm(x), mask_bias, keep, position,
+                               training=training)
+        h = self.mlp(self.post_attention_layernorm(x))
+        return x + self.feedforward_dropout(h, training=training)
+
+
+class FalconParallelDecoderBlock(_FalconBlockBase):
+    """Falcon-7B: x + attention(LN(x)) + MLP(LN(x)), one shared LayerNorm."""
+
+    layer_norm_names = ("input_layernorm",)
+
+    def call(self, x, mask_bias, keep, position, training=None):
+        h = self.input_layernorm(x)
+        attention = self.attention(h, mask_bias, keep, position, training=training)
+        return x + self.feedforward_dropout(attention + self.mlp(h), training=training)
+
+
+class FalconParallelDecoderBlockSeparateNorms(_FalconBlockBase):
+    """Falcon-40B/180B ("new decoder architecture"): x + attention(LN_a(x)) + MLP(LN_m(x))."""
+
+    layer_norm_names = ("ln_attn", "ln_mlp")
+
+    def call(self, x, mask_bias, keep, position, training=None):
+        attention = self.attention(self.ln_attn(x), mask_bias, keep, position, training=training)
+        mlp = self.mlp(self.ln_mlp(x))
+        return x + self.feedforward_dropout(attention + mlp, training=training)
+
+
+def block_class(config):
+    """The block class a config calls for."""
+    if not config.parallel_attention:
+        return FalconDecoderBlock
+    if config.separate_mlp_layer_norm:
+        return FalconParallelDecoderBlockSeparateNorms
+    return FalconParallelDecoderBlock

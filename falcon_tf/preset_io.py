@@ -26,7 +26,8 @@ import h5py
 import numpy as np
 
 from falcon_tf import presets as _presets
-from falcon_tf.config import FalconConfig
+from falcon_tf.config import FAMILY_FIELDS, FalconConfig
+from falcon_tf.decoder_block import block_class
 
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
@@ -36,7 +37,8 @@ WEIGHTS_FILE = "model.weights.h5"
 # accepts our presets.
 KERAS_HUB_MODULE = "keras_hub.src.models.falcon.falcon_backbone"
 KERAS_HUB_REGISTERED_NAME = "keras_hub>FalconBackbone"
-_REGISTERED_NAMES = (KERAS_HUB_REGISTERED_NAME, "falcon_tf>FalconBackbone", None)
+FALCON_TF_REGISTERED_NAME = "falcon_tf>FalconBackbone"
+_REGISTERED_NAMES = (KERAS_HUB_REGISTERED_NAME, FALCON_TF_REGISTERED_NAME, None)
 _MODEL_FIELDS = {"name": str, "trainable": bool}
 
 
@@ -163,37 +165,40 @@ def _block_group(i):
 def keras_hub_layout(config: FalconConfig):
     """keras-hub dataset path -> (shape, our variable name, q/k/v slot or None).
 
-    Slot 0/1/2 marks the query/key/value part of our fused projection.
+    Slot 0/1/2 marks the query/key/value part of our fused projection. For the
+    family members keras-hub lacks, the same scheme extends: key/value kernels
+    are (hidden, kv_heads, head_dim), biases are absent with use_bias=False, and
+    each block's LayerNorms keep their own names (ln_attn, ln_mlp).
     """
-    h, n, d, inter = config.hidden_dim, config.num_attention_heads, config.head_dim, \
-        config.intermediate_dim
+    h, d, inter = config.hidden_dim, config.head_dim, config.intermediate_dim
+    heads = (config.num_attention_heads, config.kv_heads, config.kv_heads)  # q, k, v
     layout = {
         "layers/reversible_embedding/vars/0": ((config.vocabulary_size, h),
                                                "token_embedding/embeddings", None),
         "layers/layer_normalization/vars/0": ((h,), "final_layernorm/gamma", None),
         "layers/layer_normalization/vars/1": ((h,), "final_layernorm/beta", None),
     }
-    direct = [  # (keras-hub sub-path, our sub-path, shape)
-        ("input_layernorm/vars/0", "input_layernorm/gamma", (h,)),
-        ("input_layernorm/vars/1", "input_layernorm/beta", (h,)),
-        ("attention_layer/output_dense/vars/0", "attention/output_dense/kernel", (h, h)),
-        ("attention_layer/output_dense/vars/1", "attention/output_dense/bias", (h,)),
-        ("post_attention_layernorm/vars/0", "post_attention_layernorm/gamma", (h,)),
-        ("post_attention_layernorm/vars/1", "post_attention_layernorm/beta", (h,)),
-        ("dense_h_to_4h/vars/0", "dense_h_to_4h/kernel", (h, inter)),
-        ("dense_h_to_4h/vars/1", "dense_h_to_4h/bias", (inter,)),
-        ("dense_4h_to_h/vars/0", "dense_4h_to_h/kernel", (inter, h)),
-        ("dense_4h_to_h/vars/1", "dense_4h_to_h/bias", (h,)),
-    ]
+    direct = []  # (keras-hub sub-path, our sub-path, shape)
+    for norm in block_class(config).layer_norm_names:
+        direct += [(f"{norm}/vars/0", f"{norm}/gamma", (h,)),
+                   (f"{norm}/vars/1", f"{norm}/beta", (h,))]
+    dense = [("attention_layer/output_dense", "attention/output_dense", (h, h)),
+             ("dense_h_to_4h", "dense_h_to_4h", (h, inter)),
+             ("dense_4h_to_h", "dense_4h_to_h", (inter, h))]
+    for theirs, mine, shape in dense:
+        direct.append((f"{theirs}/vars/0", f"{mine}/kernel", shape))
+        if config.use_bias:
+            direct.append((f"{theirs}/vars/1", f"{mine}/bias", shape[-1:]))
     for i in range(config.num_layers):
         group, ours = _block_group(i), f"transformer_layer_{i}"
         for theirs, mine, shape in direct:
             layout[f"{group}/{theirs}"] = (shape, f"{ours}/{mine}", None)
-        for slot, part in enumerate(("query", "key", "value")):
+        for slot, (part, count) in enumerate(zip(("query", "key", "value"), heads)):
             layout[f"{group}/attention_layer/{part}_dense/vars/0"] = (
-                (h, n, d), f"{ours}/attention/query_key_value/kernel", slot)
-            layout[f"{group}/attention_layer/{part}_dense/vars/1"] = (
-                (n, d), f"{ours}/attention/query_key_value/bias", slot)
+                (h, count, d), f"{ours}/attention/query_key_value/kernel", slot)
+            if config.use_bias:
+                layout[f"{group}/attention_layer/{part}_dense/vars/1"] = (
+                    (count, d), f"{ours}/attention/query_key_value/bias", slot)
     return layout
 
 
@@ -205,15 +210,13 @@ def named_variables(model):
     out = {"token_embedding/embeddings": model.token_embedding.embeddings}
     for i, block in enumerate(model.transformer_layers):
         p = f"transformer_layer_{i}"
-        out.update(layer_vars(f"{p}/input_layernorm", block.input_layernorm, ("gamma", "beta")))
-        out.update(layer_vars(f"{p}/attention/query_key_value",
-                              block.attention.query_key_value, ("kernel", "bias")))
-        out.update(layer_vars(f"{p}/attention/output_dense", block.attention.output_dense,
-                              ("kernel", "bias")))
-        out.update(layer_vars(f"{p}/post_attention_layernorm", block.post_attention_layernorm,
-                              ("gamma", "beta")))
-        out.update(layer_vars(f"{p}/dense_h_to_4h", block.dense_h_to_4h, ("kernel", "bias")))
-        out.update(layer_vars(f"{p}/dense_4h_to_h", block.dense_4h_to_h, ("kernel", "bias")))
+        for norm in block.layer_norm_names:
+            out.update(layer_vars(f"{p}/{norm}", getattr(block, norm), ("gamma", "beta")))
+        for path, layer in (("attention/query_key_value", block.attention.query_key_value),
+                            ("attention/output_dense", block.attention.output_dense),
+                            ("dense_h_to_4h", block.dense_h_to_4h),
+                            ("dense_4h_to_h", block.dense_4h_to_h)):
+            out.update(layer_vars(f"{p}/{path}", layer, ("kernel", "bias")))
     out.update(layer_vars("final_layernorm", model.final_layernorm, ("gamma", "beta")))
     return out
 
@@ -269,12 +272,14 @@ def read_weights(path, config: FalconConfig):
 
 def write_weights(path, weights, config: FalconConfig):
     """{our name: array} -> model.weights.h5 in keras-hub's layout."""
+    widths = np.array([config.num_attention_heads, config.kv_heads, config.kv_heads]) \
+        * config.head_dim
+    starts = np.concatenate([[0], np.cumsum(widths)])
     with h5py.File(path, "w") as f:
         for h5_path, (shape, ours, slot) in keras_hub_layout(config).items():
             array = np.asarray(weights[ours])
             if slot is not None:
-                width = array.shape[-1] // 3
-                array = array[..., slot * width:(slot + 1) * width].reshape(shape)
+                array = array[..., starts[slot]:starts[slot + 1]].reshape(shape)
             dataset = f.create_dataset(h5_path, data=array)
             if array.dtype.name == "bfloat16":  # Keras marks bfloat16 data this way
                 dataset.attrs["dtype"] = "bfloat16"
@@ -346,11 +351,18 @@ def save_backbone(model, preset_dir):
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(preset_dir)}.tmp-", dir=parent)
     try:
+        config = model.get_config()
+        if model.falcon_config.is_keras_hub_architecture:
+            # keras-hub's identity and fields only, so its loader accepts the preset.
+            module, registered = KERAS_HUB_MODULE, KERAS_HUB_REGISTERED_NAME
+            config = {k: v for k, v in config.items() if k not in FAMILY_FIELDS}
+        else:
+            module, registered = "falcon_tf.backbone", FALCON_TF_REGISTERED_NAME
         _write_json(os.path.join(tmp, CONFIG_FILE), {
-            "module": KERAS_HUB_MODULE,
+            "module": module,
             "class_name": "FalconBackbone",
-            "config": model.get_config(),
-            "registered_name": KERAS_HUB_REGISTERED_NAME,
+            "config": config,
+            "registered_name": registered,
         })
         _write_json(os.path.join(tmp, METADATA_FILE), {
             "keras_version": keras.__version__,

@@ -135,8 +135,8 @@ def test_dropout_only_when_training(field):
 
 
 def test_unknown_keyword_argument_raises():
-    with pytest.raises(ValueError, match="num_kv_heads"):
-        FalconBackbone(**tiny_kwargs(), num_kv_heads=2)
+    with pytest.raises(ValueError, match="num_query_groups"):
+        FalconBackbone(**tiny_kwargs(), num_query_groups=2)
 
 
 @pytest.mark.parametrize("override, field", [

@@ -82,8 +82,8 @@ def test_load_weights_false_and_overrides(saved):
     half = FalconBackbone.from_preset(str(path), dtype="bfloat16")
     assert half.dtype_policy.name == "bfloat16"
     np.testing.assert_allclose(half(x).numpy().astype("float32"), model(x).numpy(), atol=0.15)
-    with pytest.raises(ValueError, match="num_kv_heads"):
-        FalconBackbone.from_preset(str(path), num_kv_heads=1)
+    with pytest.raises(ValueError, match="num_query_groups"):
+        FalconBackbone.from_preset(str(path), num_query_groups=1)
 
 
 def test_unknown_handle_names_it_and_the_local_directory_way():
@@ -132,7 +132,7 @@ def test_corrupt_files_are_named(saved):
 
 
 @pytest.mark.parametrize("edit, match", [
-    (lambda d: d["config"].update(num_kv_heads=1), "config.num_kv_heads"),
+    (lambda d: d["config"].update(rotary_dim=8), "config.rotary_dim"),
     (lambda d: d["config"].update(hidden_dim="32"), "`hidden_dim`"),
     (lambda d: d["config"].update(layer_norm_epsilon=[1]), "`layer_norm_epsilon`"),
     (lambda d: d["config"].update(trainable="yes"), "config.trainable"),
