@@ -44,7 +44,8 @@ def list_presets():
     lines = []
     for name, entry in BACKBONE_PRESETS.items():
         meta = entry["metadata"]
-        source = entry.get("kaggle_handle", "builtin (random weights, no download)")
+        source = entry.get("kaggle_handle") or entry.get("hf_handle") \
+            or "builtin (random weights, no download)"
         lines.append(f"{name}  {meta['params']:,} params  {source}\n    {meta['description']}")
     return "\n".join(lines)
 

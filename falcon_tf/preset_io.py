@@ -25,6 +25,7 @@ import tempfile
 import h5py
 import numpy as np
 
+from falcon_tf import huggingface
 from falcon_tf import presets as _presets
 from falcon_tf.config import FAMILY_FIELDS, FalconConfig
 from falcon_tf.decoder_block import block_class
@@ -71,7 +72,8 @@ def download_kaggle(handle):
 
 
 def resolve(preset):
-    """A preset argument -> ("random", builtin entry) or ("dir", local directory)."""
+    """A preset argument -> ("random", builtin entry), ("dir", keras-hub-format
+    directory) or ("hf", Hugging Face checkpoint directory)."""
     if not isinstance(preset, (str, os.PathLike)):
         raise ValueError(f"`preset` must be a string or path; received {preset!r}.")
     preset = os.fspath(preset)
@@ -79,17 +81,19 @@ def resolve(preset):
         entry = _presets.BACKBONE_PRESETS[preset]
         if "random_seed" in entry:
             return "random", entry
-        preset = entry["kaggle_handle"]
+        preset = entry.get("kaggle_handle") or entry["hf_handle"]
     if preset.startswith("kaggle://"):
-        return "dir", download_kaggle(preset)
+        preset = download_kaggle(preset)
+    elif preset.startswith("hf://"):
+        preset = huggingface.download(preset)
     if os.path.isdir(preset):
-        return "dir", preset
+        return ("hf" if huggingface.is_hf_directory(preset) else "dir"), preset
     if os.path.exists(preset):
         raise ValueError(f"Preset {preset!r} is a file; pass the directory that holds "
                          f"{CONFIG_FILE} and {WEIGHTS_FILE}.")
     raise ValueError(
         f"Unknown preset {preset!r}: not a builtin preset "
-        f"({', '.join(sorted(_presets.BACKBONE_PRESETS))}), a kaggle:// handle, or an "
+        f"({', '.join(sorted(_presets.BACKBONE_PRESETS))}), a kaggle:// or hf:// handle, or an "
         f"existing directory. {_local_dir_hint(preset)}")
 
 
@@ -270,57 +274,73 @@ def read_weights(path, config: FalconConfig):
     return weights
 
 
-def write_weights(path, weights, config: FalconConfig):
-    """{our name: array} -> model.weights.h5 in keras-hub's layout."""
+def write_weights(path, named_arrays, config: FalconConfig):
+    """Streams (our name, array) pairs into model.weights.h5 in keras-hub's layout.
+
+    Arrays keep their dtype (bfloat16 marked the way Keras marks it); every
+    variable of the config must come exactly once.
+    """
     widths = np.array([config.num_attention_heads, config.kv_heads, config.kv_heads]) \
         * config.head_dim
     starts = np.concatenate([[0], np.cumsum(widths)])
+    targets = {}  # our name -> [(h5 path, shape, slot)]
+    for h5_path, (shape, ours, slot) in keras_hub_layout(config).items():
+        targets.setdefault(ours, []).append((h5_path, shape, slot))
+    written = set()
     with h5py.File(path, "w") as f:
-        for h5_path, (shape, ours, slot) in keras_hub_layout(config).items():
-            array = np.asarray(weights[ours])
-            if slot is not None:
-                array = array[..., starts[slot]:starts[slot + 1]].reshape(shape)
-            dataset = f.create_dataset(h5_path, data=array)
-            if array.dtype.name == "bfloat16":  # Keras marks bfloat16 data this way
-                dataset.attrs["dtype"] = "bfloat16"
+        for ours, array in named_arrays:
+            if ours not in targets or ours in written:
+                raise ValueError(f"{path}: unexpected or repeated weight {ours}.")
+            written.add(ours)
+            for h5_path, shape, slot in targets[ours]:
+                part = array if slot is None else array[..., starts[slot]:starts[slot + 1]]
+                dataset = f.create_dataset(h5_path, data=np.asarray(part).reshape(shape))
+                if part.dtype.name == "bfloat16":  # Keras marks bfloat16 data this way
+                    dataset.attrs["dtype"] = "bfloat16"
+    missing = sorted(set(targets) - written)
+    if missing:
+        raise ValueError(f"{path}: no value for weight(s) {', '.join(missing[:5])}.")
 
 
-def assign_weights(model, weights, source):
-    """Sets every variable of `model` from `weights`, checking names and shapes."""
+def assign_weights(model, named_arrays, source):
+    """Sets every variable of `model` from (name, array) pairs, checking names and shapes."""
     variables = named_variables(model)
-    missing = sorted(set(variables) - set(weights))
-    extra = sorted(set(weights) - set(variables))
-    if missing or extra:
-        raise ValueError(f"{source}: weights do not match the model: missing {missing[:5]}, "
-                         f"unexpected {extra[:5]}.")
-    for name, var in variables.items():
-        if tuple(weights[name].shape) != tuple(var.shape):
-            raise ValueError(f"{source}: weight {name} has shape {tuple(weights[name].shape)}; "
+    done = set()
+    for name, array in named_arrays:
+        if name not in variables or name in done:
+            raise ValueError(f"{source}: unexpected or repeated weight {name}.")
+        var = variables[name]
+        if tuple(array.shape) != tuple(var.shape):
+            raise ValueError(f"{source}: weight {name} has shape {tuple(array.shape)}; "
                              f"the model needs {tuple(var.shape)}.")
-        var.assign(weights[name])
+        var.assign(np.asarray(array).astype(np.dtype(var.dtype)))
+        done.add(name)
+    missing = sorted(set(variables) - done)
+    if missing:
+        raise ValueError(f"{source}: no value for weight(s) {', '.join(missing[:5])}.")
 
 
 def random_weights(model, seed):
     """Deterministic random weights for every variable, drawn in name order."""
     rng = np.random.default_rng(seed)
-    weights = {}
     for name, var in sorted(named_variables(model).items()):
         shape = tuple(var.shape)
         if name.endswith("/gamma"):
-            weights[name] = 1.0 + 0.1 * rng.standard_normal(shape, dtype="float32")
+            yield name, 1.0 + 0.1 * rng.standard_normal(shape, dtype="float32")
         else:
-            weights[name] = 0.02 * rng.standard_normal(shape, dtype="float32")
-    return weights
+            yield name, 0.02 * rng.standard_normal(shape, dtype="float32")
 
 
 # --------------------------------------------------------------------------
-# The two entry points used by FalconBackbone
+# Entry points: FalconBackbone.from_preset / save_to_preset, and the converter
 # --------------------------------------------------------------------------
 
 def load_backbone(cls, preset, load_weights=True, **overrides):
     kind, found = resolve(preset)
     if kind == "random":
         config = dict(found["config"])
+    elif kind == "hf":
+        config, layout = huggingface.read_hf_config(found)
     else:
         config = read_config(found)
     # As keras-hub does: a saved float dtype is not restored; the model takes
@@ -332,14 +352,32 @@ def load_backbone(cls, preset, load_weights=True, **overrides):
         return model
     if kind == "random":
         assign_weights(model, random_weights(model, found["random_seed"]), f"preset {preset!r}")
+    elif kind == "hf":
+        with progress_bar(f"Loading {os.path.basename(os.path.normpath(found))}") as progress:
+            weights = huggingface.iter_weights(found, model.falcon_config, layout, progress)
+            assign_weights(model, weights, found)
     else:
         path = os.path.join(found, WEIGHTS_FILE)
-        assign_weights(model, read_weights(path, model.falcon_config), path)
+        assign_weights(model, read_weights(path, model.falcon_config).items(), path)
     return model
 
 
-def save_backbone(model, preset_dir):
-    """Writes the preset atomically: into a temporary sibling, then renamed in."""
+def preset_config_json(config_dict, falcon_config):
+    """The config.json document: keras-hub's identity whenever keras-hub can load it."""
+    if falcon_config.is_keras_hub_architecture:
+        module, registered = KERAS_HUB_MODULE, KERAS_HUB_REGISTERED_NAME
+        config_dict = {k: v for k, v in config_dict.items() if k not in FAMILY_FIELDS}
+    else:
+        module, registered = "falcon_tf.backbone", FALCON_TF_REGISTERED_NAME
+    return {"module": module, "class_name": "FalconBackbone", "config": config_dict,
+            "registered_name": registered}
+
+
+def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_files=None):
+    """Writes a preset atomically: into a temporary sibling, then renamed in.
+
+    `extra_files` maps a relative path inside the preset to a source file to copy.
+    """
     import keras
 
     from falcon_tf import __version__
@@ -351,32 +389,53 @@ def save_backbone(model, preset_dir):
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(preset_dir)}.tmp-", dir=parent)
     try:
-        config = model.get_config()
-        if model.falcon_config.is_keras_hub_architecture:
-            # keras-hub's identity and fields only, so its loader accepts the preset.
-            module, registered = KERAS_HUB_MODULE, KERAS_HUB_REGISTERED_NAME
-            config = {k: v for k, v in config.items() if k not in FAMILY_FIELDS}
-        else:
-            module, registered = "falcon_tf.backbone", FALCON_TF_REGISTERED_NAME
-        _write_json(os.path.join(tmp, CONFIG_FILE), {
-            "module": module,
-            "class_name": "FalconBackbone",
-            "config": config,
-            "registered_name": registered,
-        })
+        _write_json(os.path.join(tmp, CONFIG_FILE), preset_config_json(config_dict, falcon_config))
         _write_json(os.path.join(tmp, METADATA_FILE), {
             "keras_version": keras.__version__,
             "falcon_tf_version": __version__,
-            "parameter_count": model.count_params(),
+            "parameter_count": falcon_config.parameter_count(),
             "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
             "tasks": [],
         })
-        weights = {name: var.numpy() for name, var in named_variables(model).items()}
-        write_weights(os.path.join(tmp, WEIGHTS_FILE), weights, model.falcon_config)
+        write_weights(os.path.join(tmp, WEIGHTS_FILE), named_arrays, falcon_config)
+        names = [METADATA_FILE, WEIGHTS_FILE]
+        for relative, source in (extra_files or {}).items():
+            os.makedirs(os.path.dirname(os.path.join(tmp, relative)), exist_ok=True)
+            shutil.copyfile(source, os.path.join(tmp, relative))
+            names.append(relative)
         if not os.path.exists(preset_dir):
             os.rename(tmp, preset_dir)
-            return
-        for name in (METADATA_FILE, WEIGHTS_FILE, CONFIG_FILE):  # config last: it names the rest
+            return preset_dir
+        for name in names + [CONFIG_FILE]:  # config last: it names the rest
+            os.makedirs(os.path.dirname(os.path.join(preset_dir, name)), exist_ok=True)
             os.replace(os.path.join(tmp, name), os.path.join(preset_dir, name))
+        return preset_dir
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_backbone(model, preset_dir):
+    weights = ((name, var.numpy()) for name, var in named_variables(model).items())
+    return write_preset(preset_dir, model.get_config(), model.falcon_config, weights)
+
+
+class progress_bar:
+    """A tqdm bar over tensors, silent when stderr is not a terminal."""
+
+    def __init__(self, description):
+        self.description = description
+        self.bar = None
+
+    def __enter__(self):
+        return self
+
+    def __call__(self, done, total):
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=self.description, unit="tensor", disable=None)
+        self.bar.update(done - self.bar.n)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()

@@ -63,6 +63,12 @@ def test_builtin_presets_metadata():
     assert rw["metadata"]["params"] == 1_311_625_216
     for name, entry in presets.items():
         assert FalconConfig(**entry["config"]).parameter_count() == entry["metadata"]["params"], name
+        sources = [k for k in ("kaggle_handle", "hf_handle", "random_seed") if k in entry]
+        assert len(sources) == 1, name
+    for name in ("falcon_rw_1b", "falcon_7b", "falcon_7b_instruct", "falcon_40b",
+                 "falcon_40b_instruct", "falcon_180b"):
+        assert presets[name]["hf_handle"].startswith("hf://tiiuae/falcon-"), name
+    assert presets["falcon_7b"]["metadata"]["params"] == 6_921_720_704
     assert "RANDOM" in presets["falcon_tiny_random"]["metadata"]["description"]
 
 
