@@ -61,12 +61,19 @@ def main(argv=None):
     p.add_argument("--out", default="artifacts", help="where the preset is written")
     p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
     sub.add_parser("presets", help="list builtin presets")
+    p = sub.add_parser("convert", help="convert a Hugging Face Falcon checkpoint to a preset")
+    p.add_argument("source", help="hf://org/name[@revision] or a local checkpoint directory")
+    p.add_argument("output", help="preset directory to write")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             if args.seq <= 0:
                 parser.error("--seq must be a positive integer")
             print(demo(args.preset, args.out, seq=args.seq))
+        elif args.command == "convert":
+            from converters.convert_hf import convert_checkpoint
+
+            print(f"wrote {convert_checkpoint(args.source, args.output)}")
         else:
             print(list_presets())
     except (ValueError, FileNotFoundError, ImportError) as err:

@@ -112,6 +112,15 @@ class FalconConfig:
                    if f.name in FAMILY_FIELDS)
 
     @property
+    def layer_norm_names(self) -> tuple[str, ...]:
+        """Each block's LayerNorms, named as in Hugging Face checkpoints."""
+        if not self.parallel_attention:
+            return ("input_layernorm", "post_attention_layernorm")
+        if self.separate_mlp_layer_norm:
+            return ("ln_attn", "ln_mlp")
+        return ("input_layernorm",)
+
+    @property
     def head_dim(self) -> int:
         return self.hidden_dim // self.num_attention_heads
 

@@ -87,9 +87,9 @@ class FalconParallelDecoderBlockSeparateNorms(_FalconBlockBase):
 
 
 def block_class(config):
-    """The block class a config calls for."""
-    if not config.parallel_attention:
-        return FalconDecoderBlock
-    if config.separate_mlp_layer_norm:
-        return FalconParallelDecoderBlockSeparateNorms
-    return FalconParallelDecoderBlock
+    """The block class a config calls for (its LayerNorms are `config.layer_norm_names`)."""
+    for cls in (FalconDecoderBlock, FalconParallelDecoderBlock,
+                FalconParallelDecoderBlockSeparateNorms):
+        if cls.layer_norm_names == config.layer_norm_names:
+            return cls
+    raise AssertionError(f"no block for {config.layer_norm_names}")

@@ -151,14 +151,12 @@ def tensor_map(config):
 
     kind: "linear" (transpose a torch Linear weight), "qkv_weight", "qkv_bias", "copy".
     """
-    from falcon_tf.decoder_block import block_class
-
     names = {"word_embeddings.weight": ("token_embedding/embeddings", "copy"),
              "ln_f.weight": ("final_layernorm/gamma", "copy"),
              "ln_f.bias": ("final_layernorm/beta", "copy")}
     for i in range(config.num_layers):
         hf, ours = f"h.{i}.", f"transformer_layer_{i}/"
-        for norm in block_class(config).layer_norm_names:
+        for norm in config.layer_norm_names:
             names[f"{hf}{norm}.weight"] = (f"{ours}{norm}/gamma", "copy")
             names[f"{hf}{norm}.bias"] = (f"{ours}{norm}/beta", "copy")
         names[f"{hf}self_attention.query_key_value.weight"] = (

@@ -28,7 +28,6 @@ import numpy as np
 from falcon_tf import huggingface
 from falcon_tf import presets as _presets
 from falcon_tf.config import FAMILY_FIELDS, FalconConfig
-from falcon_tf.decoder_block import block_class
 
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
@@ -183,7 +182,7 @@ def keras_hub_layout(config: FalconConfig):
         "layers/layer_normalization/vars/1": ((h,), "final_layernorm/beta", None),
     }
     direct = []  # (keras-hub sub-path, our sub-path, shape)
-    for norm in block_class(config).layer_norm_names:
+    for norm in config.layer_norm_names:
         direct += [(f"{norm}/vars/0", f"{norm}/gamma", (h,)),
                    (f"{norm}/vars/1", f"{norm}/beta", (h,))]
     dense = [("attention_layer/output_dense", "attention/output_dense", (h, h)),
@@ -378,7 +377,7 @@ def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_fil
 
     `extra_files` maps a relative path inside the preset to a source file to copy.
     """
-    import keras
+    from importlib.metadata import version
 
     from falcon_tf import __version__
 
@@ -391,7 +390,7 @@ def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_fil
     try:
         _write_json(os.path.join(tmp, CONFIG_FILE), preset_config_json(config_dict, falcon_config))
         _write_json(os.path.join(tmp, METADATA_FILE), {
-            "keras_version": keras.__version__,
+            "keras_version": version("keras"),
             "falcon_tf_version": __version__,
             "parameter_count": falcon_config.parameter_count(),
             "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),

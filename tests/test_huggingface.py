@@ -243,3 +243,53 @@ def test_failed_hf_download_names_handle_and_local_directory(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(ValueError, match="hf://tiiuae/falcon-7b.*local directory"):
         FalconBackbone.from_preset("falcon_7b")
+
+
+@pytest.mark.parametrize("variant", ["rw", "40b"])
+def test_convert_command_writes_a_preset_that_loads_the_same(tmp_path, variant):
+    from falcon_tf import cli
+
+    model = hf_model(variant, seed=10)
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True, max_shard_size="20KB")
+    (tmp_path / "hf" / "tokenizer.json").write_text('{"model": {}}')
+    assert cli.main(["convert", str(tmp_path / "hf"), str(tmp_path / "preset")]) == 0
+    preset = tmp_path / "preset"
+    assert (preset / "tokenizer" / "tokenizer.json").is_file()
+    assert_matches(FalconBackbone.from_preset(str(preset)), model)
+    with open(preset / "config.json") as f:
+        registered = json.load(f)["registered_name"]
+    # Falcon-RW is keras-hub's architecture: its loader takes the converted preset.
+    assert registered == ("keras_hub>FalconBackbone" if variant == "rw"
+                          else "falcon_tf>FalconBackbone")
+
+
+def test_keras_hub_loads_a_converted_falcon_rw_checkpoint(tmp_path, keras_hub):
+    from converters.convert_hf import convert_checkpoint
+
+    model = hf_model("rw", seed=11)
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    convert_checkpoint(tmp_path / "hf", tmp_path / "preset")
+    assert_matches(keras_hub.models.FalconBackbone.from_preset(str(tmp_path / "preset")), model)
+
+
+def test_failed_conversion_leaves_nothing_behind(tmp_path):
+    from converters.convert_hf import convert_checkpoint
+
+    model = hf_model("rw", seed=12)
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True, max_shard_size="20KB")
+    shard = sorted(p for p in os.listdir(tmp_path / "hf") if p.endswith(".safetensors"))[0]
+    (tmp_path / "hf" / shard).write_bytes(b"\x00" * 16)  # a corrupt shard
+    with pytest.raises(ValueError, match=shard):
+        convert_checkpoint(tmp_path / "hf", tmp_path / "out" / "preset")
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_block_classes_match_config_layer_norm_names():
+    from falcon_tf.config import FalconConfig
+    from falcon_tf.decoder_block import block_class
+
+    for parallel, separate in ((False, False), (True, False), (True, True)):
+        config = FalconConfig(vocabulary_size=5, num_layers=1, num_attention_heads=2,
+                              hidden_dim=8, intermediate_dim=8, parallel_attention=parallel,
+                              separate_mlp_layer_norm=separate)
+        assert block_class(config).layer_norm_names == config.layer_norm_names
