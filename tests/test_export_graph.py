@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import padded_batch
+from conftest import padded_batch, randomize
 from falcon_tf import FalconBackbone
 
 
@@ -26,9 +26,19 @@ def all_ops(graph):
     return ops
 
 
+FAMILY = {
+    "rw": {},
+    "7b": dict(num_kv_heads=1, position_embedding="rotary", parallel_attention=True,
+               use_bias=False),
+    "40b": dict(num_kv_heads=2, position_embedding="rotary", parallel_attention=True,
+                separate_mlp_layer_norm=True, use_bias=False),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(FAMILY))
 @pytest.mark.parametrize("batch, seq", [(1, 1), (2, 16)])
-def test_fixed_shape_graph_has_no_ops_the_gpu_delegate_rejects(batch, seq):
-    model = FalconBackbone.from_preset("falcon_tiny_random")
+def test_fixed_shape_graph_has_no_ops_the_gpu_delegate_rejects(batch, seq, variant):
+    model = FalconBackbone.from_preset("falcon_tiny_random", **FAMILY[variant])
     concrete = traced_graph(model, batch, seq)
     ops = all_ops(concrete.graph)
     types = {op.type for op in ops}
@@ -45,3 +55,12 @@ def test_fixed_shape_graph_has_no_ops_the_gpu_delegate_rejects(batch, seq):
     np.testing.assert_allclose(concrete(tf.constant(x["token_ids"]),
                                         tf.constant(x["padding_mask"])).numpy(),
                                model(x).numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", sorted(FAMILY))
+def test_family_xla_matches_eager(variant):
+    model = randomize(FalconBackbone.from_preset("falcon_tiny_random", load_weights=False,
+                                                 **FAMILY[variant]), scale=0.1)
+    x = padded_batch(1024, seq=12)
+    np.testing.assert_allclose(model.compiled_call(x).numpy(), model(x).numpy(), rtol=0,
+                               atol=1e-5)
