@@ -225,7 +225,7 @@ def named_variables(model):
 
 
 def read_weights(path, config: FalconConfig):
-    """model.weights.h5 (keras-hub layout) -> {our name: float32 array}."""
+    """model.weights.h5 (keras-hub layout) -> {our name: array in the stored dtype}."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Preset file missing: {path}")
     layout = keras_hub_layout(config)
@@ -260,7 +260,7 @@ def read_weights(path, config: FalconConfig):
                     import ml_dtypes
 
                     array = np.asarray(array).view(ml_dtypes.bfloat16)
-                array = np.asarray(array, dtype="float32")
+                array = np.asarray(array)  # kept in its stored dtype; cast on assignment
             except (OSError, TypeError, ValueError) as err:
                 raise ValueError(f"{path}: dataset {h5_path} cannot be read: {err}") from None
             if slot is None:
@@ -303,6 +303,8 @@ def write_weights(path, named_arrays, config: FalconConfig):
 
 def assign_weights(model, named_arrays, source):
     """Sets every variable of `model` from (name, array) pairs, checking names and shapes."""
+    from falcon_tf._keras import keras
+
     variables = named_variables(model)
     done = set()
     for name, array in named_arrays:
@@ -312,7 +314,7 @@ def assign_weights(model, named_arrays, source):
         if tuple(array.shape) != tuple(var.shape):
             raise ValueError(f"{source}: weight {name} has shape {tuple(array.shape)}; "
                              f"the model needs {tuple(var.shape)}.")
-        var.assign(np.asarray(array).astype(np.dtype(var.dtype)))
+        var.assign(keras.ops.cast(array, var.dtype))  # TensorFlow's cast: fast for bfloat16
         done.add(name)
     missing = sorted(set(variables) - done)
     if missing:
