@@ -21,18 +21,16 @@ $(VENV)/.test-$(HASH): $(VENV)/bin/activate
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-$(VENV)/.bench-$(HASH): $(VENV)/bin/activate
-	$(PY) -m pip install --quiet -e ".[bench]"
-	touch $@
-
 demo: $(VENV)/.base-$(HASH)
 	$(VENV)/bin/falcon-tf demo
 
 test: $(VENV)/.test-$(HASH)
 	$(PY) -m pytest -q
 
-bench: $(VENV)/.bench-$(HASH)
+# The benchmarks' references (keras-hub, torch, transformers) are the tests' ones.
+bench: $(VENV)/.test-$(HASH)
 	$(PY) benchmarks/forward.py
+	$(PY) benchmarks/convert.py
 
 clean:
 	rm -rf $(VENV) artifacts/*/ .pytest_cache

@@ -8,7 +8,7 @@ patch of the machine hits every contender alike; each figure is the median of
     python benchmarks/forward.py            # the issue's shape
     python benchmarks/forward.py --runs 30 --layers 2   # anything else
 
-Needs the `bench` extra: `pip install -e ".[bench]"` (keras-hub, torch CPU, transformers).
+Needs the `test` extra: `pip install -e ".[test]"` (keras-hub, torch CPU, transformers).
 """
 
 import argparse

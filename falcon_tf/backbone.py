@@ -184,8 +184,10 @@ class FalconBackbone(keras.Model):
         Args:
             preset: a builtin name (see `FalconBackbone.presets`), a
                 `kaggle://owner/model/framework/variation[/version]` handle
-                (downloaded and cached by kagglehub), or a local directory in
-                keras-hub's preset format (config.json, model.weights.h5).
+                (downloaded and cached by kagglehub), an
+                `hf://org/name[@revision]` handle (huggingface_hub), a local
+                directory in keras-hub's preset format (config.json,
+                model.weights.h5), or a local Hugging Face Falcon checkpoint.
             load_weights: False gives freshly initialized weights.
             **kwargs: override config fields, e.g. `dtype="bfloat16"`.
 

@@ -10,7 +10,8 @@ The weights are read with h5py through one declarative map between keras-hub's
 dataset paths and this package's variables: every dataset is checked for
 presence and shape, and any dataset the map does not know is an error. No
 code named by a config is ever imported: `module` and `registered_name` are
-checked as data.
+checked as data. Hugging Face checkpoint directories and hf:// handles are
+recognised here and read through `falcon_tf.huggingface`.
 """
 
 from __future__ import annotations
