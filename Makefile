@@ -30,6 +30,7 @@ test: $(VENV)/.test-$(HASH)
 # The benchmarks' references (keras-hub, torch, transformers) are the tests' ones.
 bench: $(VENV)/.test-$(HASH)
 	$(PY) benchmarks/forward.py
+	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/convert.py
 
 clean:

@@ -10,7 +10,8 @@ DEFAULT_PRESET = "falcon_tiny_random"
 
 def demo(preset=DEFAULT_PRESET, out_dir="artifacts", batch=1, seq=128, runs=20):
     """Builds a preset, writes it to `out_dir/<preset>/keras_preset`, reloads it,
-    and returns one line: XLA-vs-eager and reload parity, and XLA latency."""
+    exports it for TF Serving and loads that back. Returns two lines: Keras
+    (XLA-vs-eager and reload parity, XLA latency) and SavedModel parity."""
     import numpy as np
 
     from falcon_tf import FalconBackbone
@@ -32,10 +33,22 @@ def demo(preset=DEFAULT_PRESET, out_dir="artifacts", batch=1, seq=128, runs=20):
         start = time.perf_counter()
         model.compiled_call(x).numpy()
         times.append(time.perf_counter() - start)
-    return (f"{name}: XLA vs eager max|diff| {np.abs(xla - eager).max():.2e}, "
-            f"reloaded from {preset_dir} max|diff| {reload_diff:.2e}, "
-            f"XLA forward {np.median(times) * 1e3:.2f} ms "
-            f"(median of {runs}, batch {batch} x seq {seq})")
+    keras_line = (f"{name}: XLA vs eager max|diff| {np.abs(xla - eager).max():.2e}, "
+                  f"reloaded from {preset_dir} max|diff| {reload_diff:.2e}, "
+                  f"XLA forward {np.median(times) * 1e3:.2f} ms "
+                  f"(median of {runs}, batch {batch} x seq {seq})")
+
+    # The TF Serving export, loaded back through the server loader.
+    from converters.export_saved_model import export_saved_model
+    from falcon_tf.serving import FalconBackbone as ServingBackbone
+
+    version_dir, _ = export_saved_model(name, out_dir, name=name, model=model)
+    diffs = []
+    for signature in ("serving_default", "serving_xla"):
+        served = ServingBackbone.from_preset(os.path.join(out_dir, name), signature=signature)
+        diffs.append(f"{signature} max|diff| {np.abs(served(x) - eager).max():.2e}")
+    serving_line = f"{name}: SavedModel {version_dir} vs Keras: {', '.join(diffs)}"
+    return keras_line + "\n" + serving_line
 
 
 def list_presets():
@@ -54,13 +67,20 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="falcon-tf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="build a preset, run it with XLA, print parity and latency")
+    p = sub.add_parser("demo", help="build a preset, run it with XLA, export it for TF Serving, "
+                                    "print parity and latency")
     p.add_argument("--preset", default=DEFAULT_PRESET,
                    help=f"builtin name, kaggle:// handle or local directory "
                         f"(default {DEFAULT_PRESET}, embedded, random weights)")
     p.add_argument("--out", default="artifacts", help="where the preset is written")
     p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
     sub.add_parser("presets", help="list builtin presets")
+    p = sub.add_parser("export", help="export a preset for a runtime")
+    p.add_argument("--preset", default=DEFAULT_PRESET,
+                   help="builtin name, kaggle:// or hf:// handle, or local directory")
+    p.add_argument("--out", default="artifacts", help="artifacts root (default artifacts/)")
+    p.add_argument("--name", default=None, help="artifact name (default: the preset's)")
+    p.add_argument("--format", choices=["saved_model"], default="saved_model")
     p = sub.add_parser("convert", help="convert a Hugging Face Falcon checkpoint to a preset")
     p.add_argument("source", help="hf://org/name[@revision] or a local checkpoint directory")
     p.add_argument("output", help="preset directory to write")
@@ -70,6 +90,13 @@ def main(argv=None):
             if args.seq <= 0:
                 parser.error("--seq must be a positive integer")
             print(demo(args.preset, args.out, seq=args.seq))
+        elif args.command == "export":
+            from converters.export_saved_model import export_saved_model
+
+            final, entry = export_saved_model(args.preset, args.out, args.name)
+            parity = ", ".join(f"{k} max|diff| {v['max_abs_diff_vs_keras']:.2e}"
+                               for k, v in entry["parity"].items())
+            print(f"wrote {final} ({parity})")
         elif args.command == "convert":
             from converters.convert_hf import convert_checkpoint
 

@@ -8,8 +8,11 @@ from falcon_tf import cli
 
 def test_demo_prints_parity_and_latency(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(tmp_path), "--seq", "16"]) == 0
-    line = capsys.readouterr().out.strip()
+    line, serving_line = capsys.readouterr().out.strip().splitlines()
     assert line.startswith("falcon_tiny_random: XLA vs eager max|diff| ")
+    for signature in ("serving_default", "serving_xla"):
+        diff = float(serving_line.split(f"{signature} max|diff| ")[1].split(",")[0])
+        assert diff <= 1e-5
     xla_vs_eager = float(line.split("max|diff| ")[1].split(",")[0])
     reload_diff = float(line.split("max|diff| ")[2].split(",")[0])
     assert xla_vs_eager <= 1e-5 and reload_diff == 0.0

@@ -1,0 +1,71 @@
+"""Latency of the exported SavedModel through falcon_tf.serving vs the in-process Keras XLA forward.
+
+Same shape as benchmarks/forward.py (batch 4, seq 128, 6 layers, hidden 512,
+8 heads, intermediate 2048, vocab 8192, float32). The model is exported to a
+temporary directory, loaded back with `falcon_tf.serving.FalconBackbone`
+(both signatures), and timed interleaved with the Keras model's
+`compiled_call`; medians of `--runs` calls after warm-up. Loader times include
+its input validation and the numpy round trip, as a Python server would pay.
+"""
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args()
+    if args.runs < 10:
+        parser.error("--runs must be at least 10")
+
+    import tensorflow as tf
+
+    from converters.export_saved_model import export_saved_model
+    from falcon_tf import FalconBackbone
+    from falcon_tf.preset_io import named_variables
+    from falcon_tf.serving import FalconBackbone as ServingBackbone
+
+    cfg = dict(vocabulary_size=8192, num_layers=6, num_attention_heads=8, hidden_dim=512,
+               intermediate_dim=2048)
+    model = FalconBackbone(**cfg)
+    rng = np.random.default_rng(0)
+    for var in named_variables(model).values():
+        var.assign(rng.normal(0, 0.02, tuple(var.shape)).astype("float32"))
+    ids = rng.integers(0, 8192, (4, 128)).astype("int32")
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    with tempfile.TemporaryDirectory() as tmp:
+        export_saved_model("bench", tmp, model=model)
+        contenders = {"keras XLA (in process)": lambda: model.compiled_call(x).numpy()}
+        for signature in ("serving_default", "serving_xla"):
+            served = ServingBackbone.from_preset(os.path.join(tmp, "bench"), signature=signature)
+            contenders[f"falcon_tf.serving {signature}"] = (lambda s: lambda: s(x))(served)
+        reference = contenders["keras XLA (in process)"]()
+        parity = {k: float(np.abs(f() - reference).max()) for k, f in contenders.items()}
+        for fn in contenders.values():
+            for _ in range(args.warmup):
+                fn()
+        times = {k: [] for k in contenders}
+        for _ in range(args.runs):
+            for k, fn in contenders.items():
+                start = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - start)
+    med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+    base = med["keras XLA (in process)"]
+    print(f"tensorflow {tf.__version__}, {os.cpu_count()} cores; batch 4, seq 128, float32; "
+          f"median of {args.runs}")
+    print(f"{'contender':40s} {'median ms':>10s} {'this / keras XLA':>17s} {'max|diff|':>10s}")
+    for k, ms in med.items():
+        print(f"{k:40s} {ms:10.2f} {ms / base:17.3f} {parity[k]:10.2e}")
+
+
+if __name__ == "__main__":
+    main()

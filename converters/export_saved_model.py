@@ -1,0 +1,210 @@
+"""Preset -> TF Serving SavedModel, with warmup requests, server config and manifest.
+
+    falcon-tf export --preset falcon_tiny_random --out artifacts --format saved_model
+
+writes
+
+    artifacts/<name>/saved_model/<version>/      saved_model.pb, variables/,
+        assets.extra/tf_serving_warmup_requests
+    artifacts/<name>/serving/models.config       TF Serving model config
+    artifacts/<name>/serving/batching_parameters.txt
+    artifacts/<name>/manifest.json               checksums, signatures, parity
+
+Signatures (inputs int32 [batch, seq], both dynamic; output `sequence_output`):
+  serving_default   a plain TensorFlow graph: runs on any TF Serving build
+  serving_xla       the same forward compiled with XLA (jit_compile=True); TF
+                    Serving runs it on CPU only with --xla_cpu_compilation_enabled
+
+A version is written into a hidden temporary sibling (`.tmp-<pid>-…`, not a
+number, so TF Serving ignores it) and renamed to its number when complete:
+a server polling the base path never sees half a version, and exporting again
+adds the next number without touching earlier ones.
+"""
+
+import datetime
+import os
+import platform
+import shutil
+import tempfile
+
+import numpy as np
+
+from falcon_tf import manifest
+from falcon_tf.preset_io import progress_bar
+
+SIGNATURES = {"serving_default": False, "serving_xla": True}  # name -> jit_compile
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+WARMUP_SHAPES = ((1, 16), (4, 128))  # (batch, seq) of the recorded warmup requests
+BATCHING_PARAMETERS = """\
+# TF Serving batching (pass with --enable_batching --batching_parameters_file=...).
+# Requests of different lengths are padded to the longest in a batch; padded
+# positions carry padding_mask 0, which the model ignores.
+max_batch_size { value: 8 }
+batch_timeout_micros { value: 2000 }
+max_enqueued_batches { value: 64 }
+num_batch_threads { value: 2 }
+pad_variable_length_inputs: true
+"""
+
+
+def _versions(base):
+    return sorted(int(d) for d in os.listdir(base) if d.isdigit()) if os.path.isdir(base) else []
+
+
+def _remove_stale_temporaries(base):
+    """Temporaries of exports whose process is gone (killed midway) are removed."""
+    for name in os.listdir(base):
+        if name.startswith(".tmp-"):
+            pid = name.split("-")[1]
+            alive = pid.isdigit() and os.path.exists(f"/proc/{pid}")
+            if not alive or int(pid) == os.getpid():
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
+def _signature_spec(concrete):
+    def spec(tensor_spec):
+        return {"dtype": tensor_spec.dtype.name, "shape": [d for d in tensor_spec.shape.as_list()]}
+
+    _, inputs = concrete.structured_input_signature
+    return {"inputs": {k: spec(v) for k, v in sorted(inputs.items())},
+            "outputs": {k: spec(v) for k, v in sorted(concrete.structured_outputs.items())}}
+
+
+def check_batch(vocabulary_size, seed=0):
+    """Right padding, left padding, no padding and an all-padding row in one batch."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocabulary_size, size=(4, 12)).astype("int32")
+    mask = np.ones((4, 12), "int32")
+    mask[0, 9:] = 0
+    mask[1, :4] = 0
+    mask[3, :] = 0
+    return {"token_ids": ids, "padding_mask": mask}
+
+
+def write_warmup(path, model_name, vocabulary_size):
+    """TF Serving warmup: a TFRecord of PredictionLog, one request per WARMUP_SHAPES."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(0)
+    with tf.io.TFRecordWriter(path) as writer:
+        for batch, seq in WARMUP_SHAPES:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
+            ids = rng.integers(0, vocabulary_size, size=(batch, seq)).astype("int32")
+            request.inputs["token_ids"].CopyFrom(tf.make_tensor_proto(ids))
+            request.inputs["padding_mask"].CopyFrom(
+                tf.make_tensor_proto(np.ones((batch, seq), "int32")))
+            log = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def models_config(model_name, base_path):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    config = model_server_config_pb2.ModelServerConfig()
+    entry = config.model_config_list.config.add()
+    entry.name = model_name
+    entry.base_path = base_path
+    entry.model_platform = "tensorflow"
+    entry.model_version_policy.latest.num_versions = 1
+    return text_format.MessageToString(config)
+
+
+def _write_text(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def export_saved_model(preset, out_dir="artifacts", name=None, model=None):
+    """Exports `preset` (anything FalconBackbone.from_preset takes, or `model`).
+
+    Returns (version directory, manifest entry of this version).
+    """
+    import keras
+    import tensorflow as tf
+
+    from falcon_tf import FalconBackbone, __version__
+
+    steps = ["load", "trace", "write", "warmup", "verify", "publish"]
+    with progress_bar("Exporting SavedModel") as progress:
+        progress(0, len(steps))
+        model = model if model is not None else FalconBackbone.from_preset(preset)
+        name = name or os.path.basename(os.path.normpath(str(preset)))
+        artifact_dir = os.path.abspath(os.path.join(out_dir, name))
+        base = os.path.join(artifact_dir, "saved_model")
+        os.makedirs(base, exist_ok=True)
+        _remove_stale_temporaries(base)
+        progress(1, len(steps))
+
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        for signature, jit in SIGNATURES.items():
+            def forward(token_ids, padding_mask):
+                out = model({"token_ids": token_ids, "padding_mask": padding_mask},
+                            training=False)
+                return {"sequence_output": out}
+
+            forward.__name__ = signature
+            archive.add_endpoint(signature, tf.function(
+                forward, input_signature=[tf.TensorSpec([None, None], tf.int32, "token_ids"),
+                                          tf.TensorSpec([None, None], tf.int32, "padding_mask")],
+                jit_compile=jit))
+        progress(2, len(steps))
+
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=base)
+        try:
+            archive.write_out(tmp, verbose=False)
+            progress(3, len(steps))
+            write_warmup(os.path.join(tmp, WARMUP_FILE), name, model.vocabulary_size)
+            progress(4, len(steps))
+
+            # Parity of the written files, loaded back as TF Serving would see them.
+            loaded = tf.saved_model.load(tmp)
+            x = check_batch(model.vocabulary_size)
+            expected = model(x).numpy()
+            parity, signatures = {}, {}
+            for signature in SIGNATURES:
+                fn = loaded.signatures[signature]
+                got = fn(token_ids=tf.constant(x["token_ids"]),
+                         padding_mask=tf.constant(x["padding_mask"]))["sequence_output"].numpy()
+                parity[signature] = {"max_abs_diff_vs_keras": float(np.abs(got - expected).max()),
+                                     "finite": bool(np.isfinite(got).all())}
+                signatures[signature] = _signature_spec(fn)
+            del loaded
+            progress(5, len(steps))
+
+            version = (_versions(base) or [0])[-1] + 1
+            final = os.path.join(base, str(version))
+            os.rename(tmp, final)  # the version appears whole, or not at all
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+        serving = os.path.join(artifact_dir, "serving")
+        _write_text(os.path.join(serving, "models.config"),
+                    models_config(name, f"/models/{name}/saved_model"))
+        _write_text(os.path.join(serving, "batching_parameters.txt"), BATCHING_PARAMETERS)
+        entry = {
+            "files": manifest.describe_files(artifact_dir, final),
+            "signatures": signatures,
+            "parity": parity,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "tool_versions": {"falcon_tf": __version__, "tensorflow": tf.__version__,
+                              "keras": keras.__version__, "python": platform.python_version()},
+        }
+
+        def record(data):
+            data["preset"] = name
+            data["config"] = model.falcon_config.to_dict()
+            data.setdefault("saved_model", {"versions": {}})["versions"][str(version)] = entry
+            data["serving"] = manifest.describe_files(artifact_dir, serving)
+
+        manifest.update(artifact_dir, record)
+        progress(6, len(steps))
+    return final, entry

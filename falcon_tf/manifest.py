@@ -1,0 +1,80 @@
+"""The per-preset artifact manifest: what was exported, with checksums.
+
+`artifacts/<preset>/manifest.json` lists, per export, every file's sha256 and
+size (paths relative to the artifact directory), the signatures with their
+dtypes and shapes, the config, tool versions and the parity measured at
+export. Exporters add to it; loaders verify files against it. numpy-free and
+TensorFlow-free, so on-device loaders can use it too.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+
+MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
+
+
+def sha256(path, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_files(artifact_dir, root):
+    """{path relative to artifact_dir: {"sha256", "bytes"}} for every file under root."""
+    files = {}
+    for folder, _, names in os.walk(root):
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            files[os.path.relpath(path, artifact_dir)] = {"sha256": sha256(path),
+                                                          "bytes": os.path.getsize(path)}
+    return dict(sorted(files.items()))
+
+
+def read(artifact_dir):
+    path = os.path.join(artifact_dir, MANIFEST_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Artifact manifest missing: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: field `format_version` must be {FORMAT_VERSION}.")
+    return data
+
+
+def update(artifact_dir, edit):
+    """Reads the manifest (or starts one), applies `edit(data)`, writes it atomically."""
+    path = os.path.join(artifact_dir, MANIFEST_FILE)
+    data = read(artifact_dir) if os.path.exists(path) else {"format_version": FORMAT_VERSION}
+    edit(data)
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=artifact_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return data
+
+
+def verify(artifact_dir, files):
+    """Checks each listed file's size and sha256; raises naming the first that differs."""
+    for relative, expected in files.items():
+        path = os.path.join(artifact_dir, relative)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Artifact file missing: {path} (listed in "
+                                    f"{os.path.join(artifact_dir, MANIFEST_FILE)}).")
+        if os.path.getsize(path) != expected["bytes"] or sha256(path) != expected["sha256"]:
+            raise ValueError(f"Checksum mismatch: {path} differs from what "
+                             f"{MANIFEST_FILE} recorded at export; the file was changed or "
+                             f"damaged. Export again, or pass verify_checksums=False.")

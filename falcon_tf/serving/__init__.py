@@ -1,0 +1,19 @@
+"""The exported SavedModel behind the same `from_preset` call as the Keras model.
+
+    from falcon_tf.serving import FalconBackbone
+    model = FalconBackbone.from_preset("artifacts/falcon_tiny_random")
+    model({"token_ids": ids, "padding_mask": mask})   # numpy (batch, seq, hidden)
+
+Needs TensorFlow only: no Keras and none of the model code runs the graph.
+"""
+
+import importlib
+
+_LAZY = {"FalconBackbone": "falcon_tf.serving.backbone"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'falcon_tf.serving' has no attribute {name!r}")

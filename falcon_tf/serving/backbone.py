@@ -1,0 +1,88 @@
+"""Server-side loader of an exported FalconBackbone SavedModel."""
+
+import os
+
+import numpy as np
+
+from falcon_tf import inputs as _inputs
+from falcon_tf import manifest
+
+SIGNATURES = ("serving_default", "serving_xla")
+
+
+def resolve_artifact_dir(preset):
+    """An artifact directory, or a preset name looked up under $FALCON_TF_ARTIFACTS
+    (default ./artifacts)."""
+    if not isinstance(preset, (str, os.PathLike)):
+        raise ValueError(f"`preset` must be a string or path; received {preset!r}.")
+    preset = os.fspath(preset)
+    if os.path.isfile(os.path.join(preset, manifest.MANIFEST_FILE)):
+        return preset
+    root = os.environ.get("FALCON_TF_ARTIFACTS", "artifacts")
+    candidate = os.path.join(root, preset)
+    if os.path.isfile(os.path.join(candidate, manifest.MANIFEST_FILE)):
+        return candidate
+    raise FileNotFoundError(
+        f"No exported artifacts for {preset!r}: neither {preset} nor {candidate} holds "
+        f"{manifest.MANIFEST_FILE}. Export first with `falcon-tf export --preset {preset} "
+        f"--format saved_model`, then pass the artifact directory (artifacts/<preset>).")
+
+
+class FalconBackbone:
+    """An exported backbone, called like the Keras model; returns numpy.
+
+    Built with `from_preset`. `signature` picks "serving_default" (a plain
+    graph) or "serving_xla" (the XLA-compiled forward).
+    """
+
+    def __init__(self, loaded, signature, vocabulary_size, hidden_dim, path):
+        self._loaded = loaded  # owns the variables the signature reads
+        self._fn = loaded.signatures[signature]
+        self.signature = signature
+        self.vocabulary_size = vocabulary_size
+        self.hidden_dim = hidden_dim
+        self.path = path
+
+    @classmethod
+    def from_preset(cls, preset, version=None, signature="serving_default",
+                    verify_checksums=True):
+        """Loads `artifacts/<preset>/saved_model/<version>` (the latest by default).
+
+        Checks every file of that version against the manifest's sha256 unless
+        `verify_checksums=False`.
+        """
+        if signature not in SIGNATURES:
+            raise ValueError(f"`signature` must be one of {SIGNATURES}; received {signature!r}.")
+        artifact_dir = resolve_artifact_dir(preset)
+        data = manifest.read(artifact_dir)
+        versions = (data.get("saved_model") or {}).get("versions") or {}
+        if not versions:
+            raise FileNotFoundError(f"{artifact_dir}: the manifest lists no SavedModel export.")
+        if version is None:
+            version = max(int(v) for v in versions)
+        if str(version) not in versions:
+            raise ValueError(f"`version` {version} is not exported in {artifact_dir}; "
+                             f"available: {sorted(int(v) for v in versions)}.")
+        entry = versions[str(version)]
+        if verify_checksums:
+            manifest.verify(artifact_dir, entry["files"])
+        path = os.path.join(artifact_dir, "saved_model", str(version))
+        import tensorflow as tf
+
+        try:
+            loaded = tf.saved_model.load(path)
+        except (tf.errors.OpError, OSError, ValueError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"Could not load the SavedModel in {path}: {reason}") from None
+        if signature not in loaded.signatures:
+            raise ValueError(f"{path} has no signature {signature!r}; it has "
+                             f"{sorted(loaded.signatures)}.")
+        config = data["config"]
+        return cls(loaded, signature, config["vocabulary_size"], config["hidden_dim"], path)
+
+    def __call__(self, inputs):
+        import tensorflow as tf
+
+        ids, mask = _inputs.validate(inputs, self.vocabulary_size)
+        out = self._fn(token_ids=tf.constant(ids), padding_mask=tf.constant(mask))
+        return np.asarray(out["sequence_output"])
