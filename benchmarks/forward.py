@@ -14,12 +14,12 @@ Needs the `test` extra: `pip install -e ".[test]"` (keras-hub, torch CPU, transf
 import argparse
 import os
 import platform
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
+from _timing import interleaved_medians  # noqa: E402
 
 
 def forward_flops(cfg, batch, seq):
@@ -146,16 +146,7 @@ def main():
     matmul = tf.function(lambda m: tf.matmul(m, m))
     contenders["2048^3 float32 matmul (tf)"] = lambda: matmul(a).numpy()
 
-    for fn in contenders.values():
-        for _ in range(args.warmup):
-            fn()
-    times = {name: [] for name in contenders}
-    for _ in range(args.runs):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    med = {name: float(np.median(t)) * 1e3 for name, t in times.items()}
+    med = interleaved_medians(contenders, args.runs, args.warmup)
 
     matmul_gflops = 2 * 2048 ** 3 / med.pop("2048^3 float32 matmul (tf)") / 1e6
     flops = forward_flops(cfg, args.batch, args.seq)

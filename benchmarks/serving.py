@@ -11,11 +11,11 @@ its input validation and the numpy round trip, as a Python server would pay.
 import argparse
 import os
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from _timing import interleaved_medians  # noqa: E402
 
 
 def main():
@@ -49,16 +49,7 @@ def main():
             contenders[f"falcon_tf.serving {signature}"] = (lambda s: lambda: s(x))(served)
         reference = contenders["keras XLA (in process)"]()
         parity = {k: float(np.abs(f() - reference).max()) for k, f in contenders.items()}
-        for fn in contenders.values():
-            for _ in range(args.warmup):
-                fn()
-        times = {k: [] for k in contenders}
-        for _ in range(args.runs):
-            for k, fn in contenders.items():
-                start = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - start)
-    med = {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+        med = interleaved_medians(contenders, args.runs, args.warmup)
     base = med["keras XLA (in process)"]
     print(f"tensorflow {tf.__version__}, {os.cpu_count()} cores; batch 4, seq 128, float32; "
           f"median of {args.runs}")

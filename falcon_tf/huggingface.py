@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from falcon_tf.json_file import read_json
+
 HF_CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -50,13 +52,7 @@ def is_hf_directory(directory):
 def read_hf_config(directory):
     """config.json -> (FalconBackbone kwargs, qkv layout name). Errors name file and field."""
     path = os.path.join(directory, HF_CONFIG_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint file missing: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            hf = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    hf = read_json(path, "Checkpoint file")
     if not isinstance(hf, dict):
         raise ValueError(f"{path}: expected a JSON object.")
     hf = {_OLD_NAMES.get(k, k): v for k, v in hf.items()}

@@ -12,6 +12,8 @@ import json
 import os
 import tempfile
 
+from falcon_tf.json_file import read_json
+
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -37,13 +39,7 @@ def describe_files(artifact_dir, root):
 
 def read(artifact_dir):
     path = os.path.join(artifact_dir, MANIFEST_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Artifact manifest missing: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    data = read_json(path, "Artifact manifest")
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: field `format_version` must be {FORMAT_VERSION}.")
     return data

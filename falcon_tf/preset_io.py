@@ -29,6 +29,7 @@ import numpy as np
 from falcon_tf import huggingface
 from falcon_tf import presets as _presets
 from falcon_tf.config import FAMILY_FIELDS, FalconConfig
+from falcon_tf.json_file import read_json
 
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
@@ -101,20 +102,10 @@ def resolve(preset):
 # config.json / metadata.json
 # --------------------------------------------------------------------------
 
-def _read_json(path):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Preset file missing: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-
-
 def read_config(directory):
     """config.json -> FalconBackbone keyword arguments, fully validated."""
     path = os.path.join(directory, CONFIG_FILE)
-    data = _read_json(path)
+    data = read_json(path, "Preset file")
     if not isinstance(data, dict) or data.get("class_name") != "FalconBackbone":
         found = data.get("class_name") if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"{path}: field `class_name` must be 'FalconBackbone'; found {found!r}.")
