@@ -114,16 +114,21 @@ def test_pytorch_bin_checkpoint_loads_with_weights_only(tmp_path):
     assert_matches(FalconBackbone.from_preset(str(tmp_path)), model)
 
 
-def test_old_refinedweb_config_names_load(tmp_path):
-    model = hf_model("40b", seed=4)
+@pytest.mark.parametrize("variant, model_type", [("40b", "RefinedWeb"),
+                                                 ("7b", "RefinedWebModel")])
+def test_old_refinedweb_config_names_load(tmp_path, variant, model_type):
+    model = hf_model(variant, seed=4)
     model.save_pretrained(tmp_path, safe_serialization=True)
     with open(tmp_path / "config.json") as f:
         config = json.load(f)
-    # The original Falcon-40B config: model_type RefinedWeb, n_head/n_head_kv/n_layer.
-    config["model_type"] = "RefinedWeb"
+    # The original Falcon-40B / 7B configs: model_type RefinedWeb / RefinedWebModel,
+    # n_head, n_head_kv, n_layer, and no new_decoder_architecture flag.
+    config["model_type"] = model_type
     config["n_head"] = config.pop("num_attention_heads")
-    config["n_head_kv"] = config.pop("num_kv_heads")
     config["n_layer"] = config.pop("num_hidden_layers")
+    kv_heads = config.pop("num_kv_heads")
+    if variant == "40b":
+        config["n_head_kv"] = kv_heads
     config.pop("new_decoder_architecture")
     with open(tmp_path / "config.json", "w") as f:
         json.dump(config, f)
