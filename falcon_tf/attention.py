@@ -13,12 +13,10 @@ def _rotate_half(x):
 
 
 def _apply_rotary(query, key, position):
-    """Rotary embedding. query (b, s, kv, g, d), key (b, s, kv, d), position (b, s, 2, d)."""
-    cos, sin = position[:, :, 0], position[:, :, 1]  # (b, s, d)
-    query = query * ops.cast(cos[:, :, None, None], query.dtype) \
-        + _rotate_half(query) * ops.cast(sin[:, :, None, None], query.dtype)
-    key = key * ops.cast(cos[:, :, None], key.dtype) \
-        + _rotate_half(key) * ops.cast(sin[:, :, None], key.dtype)
+    """Rotary embedding. query (b, s, n, d), key (b, s, kv, d), position (b, s, 2, d)."""
+    cos, sin = position[:, :, 0:1], position[:, :, 1:2]  # (b, s, 1, d)
+    query = query * ops.cast(cos, query.dtype) + _rotate_half(query) * ops.cast(sin, query.dtype)
+    key = key * ops.cast(cos, key.dtype) + _rotate_half(key) * ops.cast(sin, key.dtype)
     return query, key
 
 
@@ -68,23 +66,29 @@ class FalconAttention(keras.layers.Layer):
         self.output_dense.build(input_shape)
 
     def call(self, x, mask_bias, keep, position, training=None):
+        # No tensor here has more than 4 dimensions: the LiteRT GPU delegate
+        # rejects 5-D ones. Query head j = h * g + i (h its key/value head), so
+        # (b, n, s, d) and (b, kv, g * s, d) share one memory order, and grouped
+        # attention is a 4-D batched matmul over the kv heads.
         n, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
         qkv = self.query_key_value(x)  # (b, s, (n + 2 kv) d)
-        query = ops.reshape(qkv[..., : n * d], (batch, seq, kv, n // kv, d))  # (b, s, kv, g, d)
+        query = ops.reshape(qkv[..., : n * d], (batch, seq, n, d))
         key = ops.reshape(qkv[..., n * d:(n + kv) * d], (batch, seq, kv, d))
         value = ops.reshape(qkv[..., (n + kv) * d:], (batch, seq, kv, d))
         query, key = self._rotate(query, key, position)
         # Scaling the query scales the logits; an ALiBi bias arrives pre-scaled.
         query = query * ops.cast(1.0 / math.sqrt(d), query.dtype)
-        logits = ops.einsum("bqhgd,bkhd->bhgqk", query, key)
-        logits = ops.reshape(ops.cast(logits, "float32"), (batch, n, seq, seq))
-        logits = self._bias(logits, position) + mask_bias
+        query = ops.reshape(ops.transpose(query, (0, 2, 1, 3)), (batch, kv, -1, d))  # (b, kv, g s, d)
+        key = ops.transpose(key, (0, 2, 3, 1))  # (b, kv, d, s)
+        value = ops.transpose(value, (0, 2, 1, 3))  # (b, kv, s, d)
+        logits = ops.reshape(ops.matmul(query, key), (batch, n, seq, seq))  # (b, n, q, k)
+        logits = self._bias(ops.cast(logits, "float32"), position) + mask_bias
         probs = tf.nn.softmax(logits, axis=-1) * keep  # float32 whatever the policy
         probs = self.dropout(probs, training=training)
-        probs = ops.reshape(ops.cast(probs, self.compute_dtype), (batch, kv, n // kv, seq, seq))
-        out = ops.einsum("bhgqk,bkhd->bqhgd", probs, value)  # (b, s, kv, g, d)
-        out = ops.reshape(out, (batch, seq, self.hidden_dim))
+        probs = ops.reshape(ops.cast(probs, self.compute_dtype), (batch, kv, -1, seq))
+        out = ops.reshape(ops.matmul(probs, value), (batch, n, seq, d))  # (b, n, s, d)
+        out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, seq, self.hidden_dim))
         return self.output_dense(out)
 
     def compute_output_shape(self, input_shape):

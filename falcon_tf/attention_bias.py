@@ -14,9 +14,12 @@ from falcon_tf._keras import keras
 
 ops = keras.ops
 
-# Added to the logits of masked keys. Equal to what keras.layers.Softmax uses,
-# so rows with every key masked behave the same way (they come out as zeros).
-MASKED_LOGIT = -1e9
+# Added to the logits of masked keys. Far enough down that exp() underflows to
+# exactly 0 in float32, as keras.layers.Softmax's -1e9 does, and still finite in
+# float16, where the LiteRT GPU delegate computes: -1e9 becomes -inf there and a
+# row with every key masked turns to NaN. Such rows are zeroed by `keep`, as
+# keras.layers.Softmax zeroes them.
+MASKED_LOGIT = -3e4
 
 
 def alibi_slopes(num_heads):

@@ -1,7 +1,8 @@
 """The forward traces at fixed shapes into ops the LiteRT GPU delegate accepts.
 
-The delegate rejects int32 CUMSUM and GATHER with 2-D indices (keras-hub's Falcon
-has both); these tests read the traced TensorFlow graph for them.
+The delegate rejects int32 CUMSUM, GATHER with 2-D indices (keras-hub's Falcon
+has both) and tensors of more than 4 dimensions; these tests read the traced
+TensorFlow graph for them.
 """
 
 import numpy as np
@@ -48,6 +49,11 @@ def test_fixed_shape_graph_has_no_ops_the_gpu_delegate_rejects(batch, seq, varia
     for op in gathers:
         assert op.type != "GatherNd"
         assert op.inputs[1].shape.rank == 1, f"{op.name} gathers with {op.inputs[1].shape} indices"
+    # The GPU delegate takes tensors of at most 4 dimensions.
+    for op in ops:
+        for tensor in list(op.inputs) + list(op.outputs):
+            rank = tensor.shape.rank
+            assert rank is None or rank <= 4, f"{op.name} ({op.type}) has a {rank}-D tensor"
     # No Python branches on values: every output shape is fixed.
     assert concrete.structured_outputs.shape == (batch, seq, 64)
     x = padded_batch(1024, seq=seq)
