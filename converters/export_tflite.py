@@ -1,4 +1,9 @@
-"""Preset -> TFLite (LiteRT) FlatBuffer.
+"""Preset -> TFLite (LiteRT) FlatBuffers, one per variant, with the manifest.
+
+    falcon-tf export --preset falcon_tiny_random --format tflite --variants fp32,int8
+
+writes `artifacts/<name>/tflite/<name>_<variant>.tflite` and records each file's
+size, sha256, signature and parity against Keras in `artifacts/<name>/manifest.json`.
 
 The graph is traced at fixed shapes (batch and sequence length are export
 options) and its variables are frozen into constants before conversion:
@@ -7,13 +12,31 @@ file that keeps VAR_HANDLE/READ_VARIABLE ops, loads, and returns NaN. One
 signature, `serving_default`, with inputs `token_ids` and `padding_mask`
 (int32 [batch, seq]) and output `sequence_output` (float32 [batch, seq, hidden]).
 
-This module holds the float32 conversion; quantized variants, the manifest
-and the on-device loader build on it.
+Variants:
+  fp32  float32 weights
+  fp16  float16 weights (TFLite converter), dequantized at load
+  int8  dynamic-range: int8 weights, float activations (TFLite converter)
+  int4  int4 weights in blocks of 32 (ai-edge-quantizer), float activations
 """
 
+import contextlib
+import datetime
+import io
+import os
+import tempfile
 
-def convert_fp32(model, batch=1, seq=128):
-    """A FalconBackbone -> bytes of a float32 .tflite with its weights embedded."""
+import numpy as np
+
+from falcon_tf import manifest
+from falcon_tf.preset_io import progress_bar
+
+VARIANTS = ("fp32", "fp16", "int8", "int4")
+FLATBUFFER_LIMIT = 2 ** 31  # a FlatBuffer file is capped at 2 GiB
+_BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
+
+
+def converter(model, batch=1, seq=128):
+    """A TFLiteConverter over the frozen, named forward (set options, then convert)."""
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
@@ -39,6 +62,163 @@ def convert_fp32(model, batch=1, seq=128):
 
     module = tf.Module()
     module.serving_default = serving_default
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+    return tf.lite.TFLiteConverter.from_concrete_functions(
         [serving_default.get_concrete_function()], module)
-    return converter.convert()
+
+
+def convert_fp32(model, batch=1, seq=128):
+    """A FalconBackbone -> bytes of a float32 .tflite with its weights embedded."""
+    return converter(model, batch, seq).convert()
+
+
+def convert(model, variant, batch=1, seq=128):
+    """A FalconBackbone -> bytes of one variant's .tflite."""
+    import tensorflow as tf
+
+    if variant not in VARIANTS:
+        raise ValueError(f"`variant` must be one of {', '.join(VARIANTS)}; received {variant!r}.")
+    if variant == "int4":
+        from ai_edge_quantizer import quantizer, recipe
+
+        # Blockwise int4 on the decoder's projections only; the attention-bias
+        # matmul (a 0/1 triangle of seq x seq) stays float.
+        rules = recipe.dynamic_wi4b32_afp32()
+        for rule in rules:
+            rule["regex"] = ".*transformer_layer_.*"
+        float_model = convert_fp32(model, batch, seq)
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints a size report
+            result = quantizer.Quantizer(float_model, rules).quantize()
+        return bytes(result.quantized_model)
+    conv = converter(model, batch, seq)
+    if variant in ("fp16", "int8"):
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    if variant == "fp16":
+        conv.target_spec.supported_types = [tf.float16]
+    return conv.convert()
+
+
+def variants_that_fit(parameter_count, variants=VARIANTS):
+    """The variants whose weights alone stay under the FlatBuffer cap."""
+    return [v for v in variants if parameter_count * _BYTES_PER_WEIGHT[v] < FLATBUFFER_LIMIT * 0.95]
+
+
+def parity(data, model, batch, seq, seed=0):
+    """Max abs difference and cosine of the file's output against Keras, on the
+    CPU interpreter, over a batch with left padding."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    rng = np.random.default_rng(seed)
+    x = {"token_ids": rng.integers(0, model.vocabulary_size, (batch, seq)).astype("int32"),
+         "padding_mask": np.ones((batch, seq), "int32")}
+    x["padding_mask"][:, : seq // 4] = 0
+    expected = model(x).numpy()
+    got = Interpreter(model_content=data).get_signature_runner("serving_default")(
+        **x)["sequence_output"]
+    real = x["padding_mask"].astype(bool)
+    a, b = got[real].ravel(), expected[real].ravel()
+    return {"max_abs_diff_vs_keras": float(np.abs(a - b).max()),
+            "cosine_vs_keras": float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))}
+
+
+_GPU_PROBE = """
+import os, sys
+os.makedirs(os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp/runtime-%d" % os.getuid()),
+            exist_ok=True)
+from ai_edge_litert.compiled_model import CompiledModel, HardwareAccelerator
+try:
+    model = CompiledModel.from_file(sys.argv[1], hardware_accel=HardwareAccelerator.GPU)
+except RuntimeError:
+    sys.exit(3)
+sys.exit(0 if model.is_fully_accelerated() else 3)
+"""
+
+
+def gpu_fully_accelerated(path):
+    """Does ai-edge-litert's GPU accelerator alone compile every op of `path`?
+
+    Checked in a child process that imports only ai-edge-litert: TensorFlow and
+    the GPU accelerator in one process crash on this machine, and the
+    accelerator aborts the process on some graphs (blockwise int4). None where
+    no GPU accelerator can start (no Vulkan driver).
+    """
+    import subprocess
+    import sys
+
+    try:
+        proc = subprocess.run([sys.executable, "-c", _GPU_PROBE, path], capture_output=True,
+                              text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        return None
+    if "Selected adapter" not in proc.stderr and "GpuEnvironment" not in proc.stderr:
+        return None  # no GPU environment came up at all
+    return proc.returncode == 0
+
+
+def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=VARIANTS,
+                  batch=1, seq=128):
+    """Exports each variant to `out_dir/<name>/tflite/<name>_<variant>.tflite`.
+
+    Refuses, naming the variants that fit, any variant whose weights exceed
+    the 2 GiB FlatBuffer cap. Returns {variant: manifest entry}.
+    """
+    import tensorflow as tf
+
+    from falcon_tf import FalconBackbone, __version__
+
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"`variants` must be a non-empty subset of {', '.join(VARIANTS)}; "
+                         f"received {', '.join(variants) or 'nothing'}.")
+    model = model if model is not None else FalconBackbone.from_preset(preset)
+    name = name or os.path.basename(os.path.normpath(str(preset)))
+    too_big = [v for v in variants if v not in variants_that_fit(model.count_params(), [v])]
+    if too_big:
+        raise ValueError(
+            f"{', '.join(too_big)} of {name} ({model.count_params():,} parameters) would exceed "
+            f"the 2 GiB FlatBuffer cap; variants that fit: "
+            f"{', '.join(variants_that_fit(model.count_params())) or 'none'}.")
+    artifact_dir = os.path.abspath(os.path.join(out_dir, name))
+    folder = os.path.join(artifact_dir, "tflite")
+    os.makedirs(folder, exist_ok=True)
+    entries = {}
+    with progress_bar(f"Exporting TFLite {name}") as progress:
+        for done, variant in enumerate(variants):
+            data = convert(model, variant, batch, seq)
+            path = os.path.join(folder, f"{name}_{variant}.tflite")
+            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)  # a reader sees the old file or the new one, whole
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+            relative = os.path.relpath(path, artifact_dir)
+            entries[variant] = {
+                "file": relative,
+                "bytes": len(data),
+                "sha256": manifest.sha256(path),
+                "weight_bytes_fp32": model.count_params() * 4,
+                "signature": {"serving_default": {
+                    "inputs": {"token_ids": {"dtype": "int32", "shape": [batch, seq]},
+                               "padding_mask": {"dtype": "int32", "shape": [batch, seq]}},
+                    "outputs": {"sequence_output": {"dtype": "float32",
+                                                    "shape": [batch, seq, model.hidden_dim]}}}},
+                "parity": parity(data, model, batch, seq),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"),
+                "tool_versions": {"falcon_tf": __version__, "tensorflow": tf.__version__},
+            }
+            progress(done + 1, len(variants))
+
+    for entry in entries.values():
+        entry["gpu_fully_accelerated"] = gpu_fully_accelerated(
+            os.path.join(artifact_dir, entry["file"]))
+
+    def record(data):
+        data["preset"] = name
+        data["config"] = model.falcon_config.to_dict()
+        data.setdefault("tflite", {"variants": {}})["variants"].update(entries)
+
+    manifest.update(artifact_dir, record)
+    return entries

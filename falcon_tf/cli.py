@@ -10,8 +10,10 @@ DEFAULT_PRESET = "falcon_tiny_random"
 
 def demo(preset=DEFAULT_PRESET, out_dir="artifacts", batch=1, seq=128, runs=20):
     """Builds a preset, writes it to `out_dir/<preset>/keras_preset`, reloads it,
-    exports it for TF Serving and loads that back. Returns two lines: Keras
-    (XLA-vs-eager and reload parity, XLA latency) and SavedModel parity."""
+    exports it for TF Serving and every TFLite variant and loads those back.
+    Returns the lines to print: Keras (XLA-vs-eager and reload parity, XLA
+    latency), SavedModel parity, and a TFLite table (size, parity, whether the
+    GPU accelerator runs the whole graph, CPU latency)."""
     import numpy as np
 
     from falcon_tf import FalconBackbone
@@ -48,7 +50,39 @@ def demo(preset=DEFAULT_PRESET, out_dir="artifacts", batch=1, seq=128, runs=20):
         served = ServingBackbone.from_preset(os.path.join(out_dir, name), signature=signature)
         diffs.append(f"{signature} max|diff| {np.abs(served(x) - eager).max():.2e}")
     serving_line = f"{name}: SavedModel {version_dir} vs Keras: {', '.join(diffs)}"
-    return keras_line + "\n" + serving_line
+
+    # Every TFLite variant, checked on LiteRT's CPU and GPU accelerators.
+    from converters.export_tflite import export_tflite
+    from falcon_tf.lite import FalconBackbone as LiteBackbone
+
+    entries = export_tflite(name, out_dir, name=name, model=model, batch=batch, seq=seq)
+    latencies = {}
+    for variant in entries:
+        lite = LiteBackbone.from_preset(os.path.join(out_dir, name), variant=variant,
+                                        num_threads=2)
+        lite(x)
+        runs_ms = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            lite(x)
+            runs_ms.append((time.perf_counter() - start) * 1e3)
+        latencies[variant] = float(np.median(runs_ms))
+    return "\n".join([keras_line, serving_line,
+                      f"{name}: TFLite (batch {batch} x seq {seq}; CPU ms = XNNPACK, 2 threads, "
+                      f"median of {runs}; cosine vs Keras)", tflite_table(entries, latencies)])
+
+
+def tflite_table(entries, latencies=None):
+    """The TFLite variants as a table: size, parity, GPU, and CPU latency if given."""
+    lines = [f"{'variant':8s} {'bytes':>12s} {'max|diff|':>10s} {'cosine':>10s} "
+             f"{'GPU whole':>9s}" + (f" {'CPU ms':>8s}" if latencies else "") + "  file"]
+    for variant, entry in entries.items():
+        p, gpu = entry["parity"], entry.get("gpu_fully_accelerated")
+        gpu = {True: "yes", False: "no", None: "n/a"}[gpu]
+        latency = f" {latencies[variant]:8.2f}" if latencies else ""
+        lines.append(f"{variant:8s} {entry['bytes']:12,d} {p['max_abs_diff_vs_keras']:10.2e} "
+                     f"{p['cosine_vs_keras']:10.6f} {gpu:>9s}{latency}  {entry['file']}")
+    return "\n".join(lines)
 
 
 def list_presets():
@@ -80,7 +114,11 @@ def main(argv=None):
                    help="builtin name, kaggle:// or hf:// handle, or local directory")
     p.add_argument("--out", default="artifacts", help="artifacts root (default artifacts/)")
     p.add_argument("--name", default=None, help="artifact name (default: the preset's)")
-    p.add_argument("--format", choices=["saved_model"], default="saved_model")
+    p.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model")
+    p.add_argument("--variants", default="fp32,fp16,int8,int4",
+                   help="tflite: comma-separated subset of fp32,fp16,int8,int4")
+    p.add_argument("--batch", type=int, default=1, help="tflite: exported batch size")
+    p.add_argument("--seq", type=int, default=128, help="tflite: exported sequence length")
     p = sub.add_parser("convert", help="convert a Hugging Face Falcon checkpoint to a preset")
     p.add_argument("source", help="hf://org/name[@revision] or a local checkpoint directory")
     p.add_argument("output", help="preset directory to write")
@@ -90,6 +128,13 @@ def main(argv=None):
             if args.seq <= 0:
                 parser.error("--seq must be a positive integer")
             print(demo(args.preset, args.out, seq=args.seq))
+        elif args.command == "export" and args.format == "tflite":
+            from converters.export_tflite import export_tflite
+
+            variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+            entries = export_tflite(args.preset, args.out, args.name, variants=variants,
+                                    batch=args.batch, seq=args.seq)
+            print(tflite_table(entries))
         elif args.command == "export":
             from converters.export_saved_model import export_saved_model
 

@@ -74,3 +74,21 @@ def verify(artifact_dir, files):
             raise ValueError(f"Checksum mismatch: {path} differs from what "
                              f"{MANIFEST_FILE} recorded at export; the file was changed or "
                              f"damaged. Export again, or pass verify_checksums=False.")
+
+
+def resolve_artifact_dir(preset, export_format):
+    """An artifact directory, or a preset name looked up under $FALCON_TF_ARTIFACTS
+    (default ./artifacts)."""
+    if not isinstance(preset, (str, os.PathLike)):
+        raise ValueError(f"`preset` must be a string or path; received {preset!r}.")
+    preset = os.fspath(preset)
+    if os.path.isfile(os.path.join(preset, MANIFEST_FILE)):
+        return preset
+    root = os.environ.get("FALCON_TF_ARTIFACTS", "artifacts")
+    candidate = os.path.join(root, preset)
+    if os.path.isfile(os.path.join(candidate, MANIFEST_FILE)):
+        return candidate
+    raise FileNotFoundError(
+        f"No exported artifacts for {preset!r}: neither {preset} nor {candidate} holds "
+        f"{MANIFEST_FILE}. Export first with `falcon-tf export --preset {preset} "
+        f"--format {export_format}`, then pass the artifact directory (artifacts/<preset>).")

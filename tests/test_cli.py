@@ -8,7 +8,7 @@ from falcon_tf import cli
 
 def test_demo_prints_parity_and_latency(tmp_path, capsys):
     assert cli.main(["demo", "--out", str(tmp_path), "--seq", "16"]) == 0
-    line, serving_line = capsys.readouterr().out.strip().splitlines()
+    line, serving_line, tflite_title, header, *rows = capsys.readouterr().out.strip().splitlines()
     assert line.startswith("falcon_tiny_random: XLA vs eager max|diff| ")
     for signature in ("serving_default", "serving_xla"):
         diff = float(serving_line.split(f"{signature} max|diff| ")[1].split(",")[0])
@@ -17,6 +17,10 @@ def test_demo_prints_parity_and_latency(tmp_path, capsys):
     reload_diff = float(line.split("max|diff| ")[2].split(",")[0])
     assert xla_vs_eager <= 1e-5 and reload_diff == 0.0
     assert (tmp_path / "falcon_tiny_random" / "keras_preset" / "model.weights.h5").is_file()
+    assert "TFLite" in tflite_title and header.split()[:2] == ["variant", "bytes"]
+    cosines = {row.split()[0]: float(row.split()[3]) for row in rows}
+    assert sorted(cosines) == ["fp16", "fp32", "int4", "int8"]
+    assert cosines["fp32"] >= 0.99999 and cosines["int8"] >= 0.999 and cosines["int4"] >= 0.99
 
 
 def test_demo_with_a_bad_preset_is_a_clear_error(tmp_path, capsys):

@@ -10,24 +10,6 @@ from falcon_tf import manifest
 SIGNATURES = ("serving_default", "serving_xla")
 
 
-def resolve_artifact_dir(preset):
-    """An artifact directory, or a preset name looked up under $FALCON_TF_ARTIFACTS
-    (default ./artifacts)."""
-    if not isinstance(preset, (str, os.PathLike)):
-        raise ValueError(f"`preset` must be a string or path; received {preset!r}.")
-    preset = os.fspath(preset)
-    if os.path.isfile(os.path.join(preset, manifest.MANIFEST_FILE)):
-        return preset
-    root = os.environ.get("FALCON_TF_ARTIFACTS", "artifacts")
-    candidate = os.path.join(root, preset)
-    if os.path.isfile(os.path.join(candidate, manifest.MANIFEST_FILE)):
-        return candidate
-    raise FileNotFoundError(
-        f"No exported artifacts for {preset!r}: neither {preset} nor {candidate} holds "
-        f"{manifest.MANIFEST_FILE}. Export first with `falcon-tf export --preset {preset} "
-        f"--format saved_model`, then pass the artifact directory (artifacts/<preset>).")
-
-
 class FalconBackbone:
     """An exported backbone, called like the Keras model; returns numpy.
 
@@ -53,7 +35,7 @@ class FalconBackbone:
         """
         if signature not in SIGNATURES:
             raise ValueError(f"`signature` must be one of {SIGNATURES}; received {signature!r}.")
-        artifact_dir = resolve_artifact_dir(preset)
+        artifact_dir = manifest.resolve_artifact_dir(preset, "saved_model")
         data = manifest.read(artifact_dir)
         versions = (data.get("saved_model") or {}).get("versions") or {}
         if not versions:

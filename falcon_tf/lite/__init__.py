@@ -1,0 +1,20 @@
+"""The exported .tflite behind the same `from_preset` call as the Keras model.
+
+    from falcon_tf.lite import FalconBackbone
+    model = FalconBackbone.from_preset("artifacts/falcon_tiny_random", variant="int8")
+    model({"token_ids": ids, "padding_mask": mask})   # numpy (batch, seq, hidden)
+
+Needs numpy and a TFLite runtime (ai-edge-litert or tflite-runtime) only: no
+TensorFlow, no Keras, which is what an edge device has.
+"""
+
+import importlib
+
+_LAZY = {"FalconBackbone": "falcon_tf.lite.backbone"}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'falcon_tf.lite' has no attribute {name!r}")

@@ -1,0 +1,129 @@
+"""On-device loader of an exported FalconBackbone .tflite.
+
+Runs on ai-edge-litert when installed, else tflite-runtime, else TensorFlow's
+tf.lite; imports only numpy and that runtime.
+"""
+
+import os
+import threading
+
+import numpy as np
+
+from falcon_tf import inputs as _inputs
+from falcon_tf import manifest
+
+ACCELERATORS = ("cpu", "gpu")
+
+
+def _cpu_interpreter(path, num_threads):
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            try:
+                import tensorflow as tf
+            except ImportError:
+                raise ImportError("falcon_tf.lite needs a TFLite runtime: pip install "
+                                  "ai-edge-litert (or tflite-runtime).") from None
+            Interpreter = tf.lite.Interpreter
+    return Interpreter(model_path=path, num_threads=num_threads)
+
+
+class _CpuRunner:
+    def __init__(self, path, num_threads):
+        self._runner = _cpu_interpreter(path, num_threads).get_signature_runner("serving_default")
+
+    def __call__(self, ids, mask):
+        return self._runner(token_ids=ids, padding_mask=mask)["sequence_output"]
+
+
+class _GpuRunner:
+    """ai-edge-litert's CompiledModel on the GPU accelerator alone: every op must run there."""
+
+    def __init__(self, path):
+        try:
+            from ai_edge_litert.compiled_model import CompiledModel, HardwareAccelerator
+        except ImportError:
+            raise ValueError("`accelerator='gpu'` needs ai-edge-litert (pip install "
+                             "ai-edge-litert).") from None
+        os.makedirs(os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}"),
+                    exist_ok=True)
+        try:
+            self._model = CompiledModel.from_file(path, hardware_accel=HardwareAccelerator.GPU)
+        except RuntimeError as err:
+            raise ValueError(f"{path} cannot run wholly on the GPU accelerator: "
+                             f"{str(err).strip().splitlines()[-1]}") from None
+        self._inputs = {name: self._model.create_input_buffer_by_name("serving_default", name)
+                        for name in ("token_ids", "padding_mask")}
+        self._output = self._model.create_output_buffer_by_name("serving_default",
+                                                                "sequence_output")
+
+    def __call__(self, ids, mask):
+        self._inputs["token_ids"].write(ids)
+        self._inputs["padding_mask"].write(mask)
+        self._model.run_by_name("serving_default", self._inputs,
+                                {"sequence_output": self._output})
+        return self._output
+
+
+class FalconBackbone:
+    """An exported .tflite backbone, called like the Keras model; returns numpy.
+
+    Inputs may be shorter than the exported sequence length (they are padded
+    with masked positions) and have fewer rows than the exported batch.
+    Calls are serialized, so one instance is safe to share between threads.
+    """
+
+    def __init__(self, runner, batch, seq, vocabulary_size, hidden_dim, path):
+        self._runner = runner
+        self._lock = threading.Lock()
+        self.batch, self.seq = batch, seq
+        self.vocabulary_size, self.hidden_dim = vocabulary_size, hidden_dim
+        self.path = path
+
+    @classmethod
+    def from_preset(cls, preset, variant="int8", accelerator="cpu", num_threads=None,
+                    verify_checksums=True):
+        """Loads `artifacts/<preset>/tflite/<preset>_<variant>.tflite`.
+
+        `accelerator="gpu"` compiles the whole graph for ai-edge-litert's GPU
+        accelerator (no CPU fallback); `num_threads` sets the CPU interpreter's.
+        """
+        if accelerator not in ACCELERATORS:
+            raise ValueError(f"`accelerator` must be one of {ACCELERATORS}; "
+                             f"received {accelerator!r}.")
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise ValueError(f"`num_threads` must be None or a positive integer; "
+                             f"received {num_threads!r}.")
+        artifact_dir = manifest.resolve_artifact_dir(preset, "tflite")
+        data = manifest.read(artifact_dir)
+        variants = (data.get("tflite") or {}).get("variants") or {}
+        if variant not in variants:
+            raise ValueError(f"`variant` {variant!r} is not exported in {artifact_dir}; "
+                             f"available: {sorted(variants)}.")
+        entry = variants[variant]
+        if verify_checksums:
+            manifest.verify(artifact_dir, {entry["file"]: entry})
+        path = os.path.join(artifact_dir, entry["file"])
+        batch, seq = entry["signature"]["serving_default"]["inputs"]["token_ids"]["shape"]
+        runner = _GpuRunner(path) if accelerator == "gpu" else _CpuRunner(path, num_threads)
+        config = data["config"]
+        return cls(runner, batch, seq, config["vocabulary_size"], config["hidden_dim"], path)
+
+    def __call__(self, inputs):
+        ids, mask = _inputs.validate(inputs, self.vocabulary_size, max_length=self.seq)
+        rows, length = ids.shape
+        if rows > self.batch:
+            raise ValueError(f"`token_ids` has {rows} rows; this export takes at most "
+                             f"{self.batch}.")
+        padded_ids = np.zeros((self.batch, self.seq), np.int32)
+        padded_mask = np.zeros((self.batch, self.seq), np.int32)
+        padded_ids[:rows, :length], padded_mask[:rows, :length] = ids, mask
+        with self._lock:
+            out = self._runner(padded_ids, padded_mask)
+            if not isinstance(out, np.ndarray):  # a GPU tensor buffer
+                out = out.read(self.batch * self.seq * self.hidden_dim, np.float32)
+            out = np.array(out).reshape(self.batch, self.seq, self.hidden_dim)
+        return out[:rows, :length]

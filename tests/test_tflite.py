@@ -1,0 +1,199 @@
+"""TFLite export variants and the on-device loader (falcon_tf.lite)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import randomize
+from converters.export_tflite import VARIANTS, export_tflite, variants_that_fit
+from falcon_tf import FalconBackbone
+from falcon_tf.lite import FalconBackbone as LiteBackbone
+
+pytest.importorskip("ai_edge_litert")
+
+BATCH, SEQ = 2, 16
+# A model big enough that file overheads do not hide the weights' size.
+CONFIG = dict(vocabulary_size=2048, num_layers=2, num_attention_heads=4, hidden_dim=128,
+              intermediate_dim=512)
+COSINE = {"fp32": 0.99999, "fp16": 0.9999, "int8": 0.999, "int4": 0.99}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("artifacts")
+    model = randomize(FalconBackbone(**CONFIG), scale=0.05)
+    entries = export_tflite("small", out, model=model, batch=BATCH, seq=SEQ)
+    return model, out / "small", entries
+
+
+def batch_input(seed=0, rows=BATCH, length=SEQ):
+    rng = np.random.default_rng(seed)
+    x = {"token_ids": rng.integers(0, CONFIG["vocabulary_size"], (rows, length)).astype("int32"),
+         "padding_mask": np.ones((rows, length), "int32")}
+    x["padding_mask"][0, :3] = 0
+    return x
+
+
+def cosine(a, b):
+    a, b = np.ravel(a), np.ravel(b)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_every_variant_meets_its_parity_and_embeds_its_weights(exported):
+    model, artifact, entries = exported
+    assert sorted(entries) == sorted(VARIANTS)
+    params = model.count_params()
+    for variant, entry in entries.items():
+        assert entry["parity"]["cosine_vs_keras"] >= COSINE[variant], variant
+        assert os.path.getsize(artifact / entry["file"]) == entry["bytes"]
+    assert entries["fp32"]["parity"]["max_abs_diff_vs_keras"] <= 1e-4
+    assert entries["fp32"]["bytes"] >= 0.9 * params * 4
+    assert entries["fp16"]["bytes"] >= 0.9 * params * 2
+    assert entries["int8"]["bytes"] >= 0.9 * params * 1
+    assert entries["int8"]["bytes"] <= 0.3 * entries["fp32"]["bytes"]
+    data = json.loads((artifact / "manifest.json").read_text())
+    assert sorted(data["tflite"]["variants"]) == sorted(VARIANTS)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_loader_matches_keras_and_pads_short_inputs(exported, variant):
+    model, artifact, _ = exported
+    lite = LiteBackbone.from_preset(str(artifact), variant=variant, num_threads=2)
+    x = batch_input(1)
+    out = lite(x)
+    assert out.shape == (BATCH, SEQ, CONFIG["hidden_dim"])
+    real = x["padding_mask"].astype(bool)
+    assert cosine(out[real], model(x).numpy()[real]) >= COSINE[variant]
+    short = {k: v[:1, :9] for k, v in batch_input(2).items()}  # fewer rows, shorter
+    got = lite(short)
+    assert got.shape == (1, 9, CONFIG["hidden_dim"])
+    assert cosine(got[short["padding_mask"].astype(bool)],
+                  model(short).numpy()[short["padding_mask"].astype(bool)]) >= COSINE[variant]
+
+
+def test_loader_imports_no_tensorflow(exported, tmp_path):
+    model, artifact, _ = exported
+    x = batch_input(3)
+    np.savez(tmp_path / "x.npz", **x)
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from falcon_tf.lite import FalconBackbone
+        x = dict(np.load({str(tmp_path / "x.npz")!r}))
+        out = FalconBackbone.from_preset({str(artifact)!r}, variant="fp32")(x)
+        np.save({str(tmp_path / "out.npy")!r}, out)
+        bad = [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras")]
+        assert not bad, bad
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), model(x).numpy(), rtol=0,
+                               atol=1e-4)
+
+
+def test_loader_is_safe_across_threads(exported):
+    _, artifact, _ = exported
+    lite = LiteBackbone.from_preset(str(artifact), variant="fp32")
+    inputs = [batch_input(seed) for seed in range(8)]
+    expected = [lite(x) for x in inputs]
+    results = [None] * len(inputs)
+
+    def work(i):
+        for _ in range(5):
+            results[i] = lite(inputs[i])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(inputs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda x: x.update(token_ids=np.zeros((BATCH, SEQ + 1), "int32"),
+                        padding_mask=np.ones((BATCH, SEQ + 1), "int32")), "at most 16"),
+    (lambda x: x.update(token_ids=np.zeros((BATCH + 1, 4), "int32"),
+                        padding_mask=np.ones((BATCH + 1, 4), "int32")), "at most 2"),
+    (lambda x: x.update(token_ids=x["token_ids"] + 5000), "outside \\[0, 2048\\)"),
+    (lambda x: x.update(token_ids=x["token_ids"].astype("float64")), "must hold integers"),
+    (lambda x: x.update(padding_mask=x["padding_mask"][:, 1:]), "same shape"),
+])
+def test_bad_inputs_are_refused_before_the_interpreter(exported, edit, match, monkeypatch):
+    _, artifact, _ = exported
+    lite = LiteBackbone.from_preset(str(artifact), variant="fp32")
+    monkeypatch.setattr(lite, "_runner", lambda *a: pytest.fail("the interpreter was invoked"))
+    x = batch_input()
+    edit(x)
+    with pytest.raises(ValueError, match=match):
+        lite(x)
+
+
+def test_bad_loader_arguments_and_tampered_file(exported, tmp_path):
+    import shutil
+
+    _, artifact, entries = exported
+    with pytest.raises(ValueError, match="`variant` 'int2'"):
+        LiteBackbone.from_preset(str(artifact), variant="int2")
+    with pytest.raises(ValueError, match="`accelerator`"):
+        LiteBackbone.from_preset(str(artifact), accelerator="npu")
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    path = copy / entries["int8"]["file"]
+    content = bytearray(path.read_bytes())
+    content[-100] ^= 0xFF
+    path.write_bytes(bytes(content))
+    with pytest.raises(ValueError, match=f"Checksum mismatch: .*{path.name}"):
+        LiteBackbone.from_preset(str(copy), variant="int8")
+
+
+def test_variants_too_big_for_a_flatbuffer_are_refused_by_name(monkeypatch, tmp_path):
+    # falcon-rw-1b: 5.2 GB in fp32 and 2.6 GB in fp16 exceed the 2 GiB cap.
+    assert variants_that_fit(1_311_625_216) == ["int8", "int4"]
+    model = FalconBackbone.from_preset("falcon_tiny_random")
+    monkeypatch.setattr(model, "count_params", lambda: 1_311_625_216)
+    with pytest.raises(ValueError, match="fp32, fp16 of big .* fit: int8, int4"):
+        export_tflite("big", tmp_path, model=model, variants=("fp32", "fp16", "int8"))
+    assert not (tmp_path / "big").exists()
+
+
+GPU_CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from falcon_tf.lite import FalconBackbone
+    artifact, variant, inputs, out = sys.argv[1:5]
+    x = dict(np.load(inputs))
+    np.save(out, FalconBackbone.from_preset(artifact, variant=variant, accelerator="gpu")(x))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["fp32", "int8"])
+def test_gpu_variants_run_wholly_on_the_gpu_accelerator(exported, tmp_path, variant):
+    from test_gpu_delegate import lavapipe_missing
+
+    reason = lavapipe_missing()
+    if reason:
+        if os.environ.get("FALCON_TF_REQUIRE_GPU") == "1":
+            pytest.fail(f"GPU-delegate test required but cannot run: {reason}")
+        pytest.skip(reason)
+    model, artifact, entries = exported
+    assert entries[variant]["gpu_fully_accelerated"] is True  # recorded in the manifest
+    x = batch_input(4)
+    np.savez(tmp_path / "x.npz", **x)
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path / "xdg")}
+    proc = subprocess.run([sys.executable, "-c", GPU_CHILD, str(artifact), variant,
+                           str(tmp_path / "x.npz"), str(tmp_path / "gpu.npy")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]  # a CPU fallback would have failed
+    gpu = np.load(tmp_path / "gpu.npy")
+    cpu = LiteBackbone.from_preset(str(artifact), variant=variant)(x)
+    real = x["padding_mask"].astype(bool)
+    assert cosine(gpu[real], cpu[real]) >= 0.999
