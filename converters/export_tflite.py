@@ -15,7 +15,7 @@ signature, `serving_default`, with inputs `token_ids` and `padding_mask`
 Variants:
   fp32  float32 weights
   fp16  float16 weights (TFLite converter), dequantized at load
-  int8  dynamic-range: int8 weights, float activations (TFLite converter)
+  int8  dynamic-range: int8 weights (per tensor), float activations (TFLite converter)
   int4  int4 weights in blocks of 32 (ai-edge-quantizer), float activations
 """
 
@@ -94,7 +94,56 @@ def convert(model, variant, batch=1, seq=128):
         conv.optimizations = [tf.lite.Optimize.DEFAULT]
     if variant == "fp16":
         conv.target_spec.supported_types = [tf.float16]
+    if variant == "int8":
+        # Per-channel dense weights make FULLY_CONNECTED version 12, which
+        # tflite-runtime 2.14 (still in many apps) cannot run; per-tensor keeps
+        # version 9, which it and the GPU accelerator both run.
+        conv._experimental_disable_per_channel_quantization_for_dense_layers = True
     return conv.convert()
+
+
+# Highest op versions verified to run on tflite-runtime 2.14, the last
+# tflite-runtime release (tests/test_tflite.py runs every variant on it).
+TFLITE_RUNTIME_2_14 = {
+    "ADD": 1, "BATCH_MATMUL": 1, "CAST": 1, "DEQUANTIZE": 3, "FULLY_CONNECTED": 9,
+    "GATHER": 2, "GELU": 1, "MEAN": 1, "MUL": 1, "NEG": 1, "RESHAPE": 1, "RSQRT": 1,
+    "SOFTMAX": 1, "SQUARED_DIFFERENCE": 1, "STRIDED_SLICE": 1, "SUB": 1, "TRANSPOSE": 1,
+}
+
+
+def op_versions(data):
+    """{builtin op name: highest version} used by a .tflite file, and
+    "tensor_types": the element types of its tensors."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAsModel(data, 0)
+    ops = {}
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        name = names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
+        ops[name] = max(ops.get(name, 0), code.Version())
+    types = set()
+    for g in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(g)
+        types.update(type_names[graph.Tensors(t).Type()] for t in range(graph.TensorsLength()))
+    return {"ops": dict(sorted(ops.items())), "tensor_types": sorted(types)}
+
+
+def oldest_runtime(versions):
+    """The oldest runtime known to run a file with these op versions and tensor types.
+
+    Op versions alone are not enough: tflite-runtime 2.14 loads blockwise INT4
+    weights and computes wrong numbers with them.
+    """
+    ops_known = all(TFLITE_RUNTIME_2_14.get(op, 0) >= version
+                    for op, version in versions["ops"].items())
+    if ops_known and "INT4" not in versions["tensor_types"]:
+        return "tflite-runtime 2.14"
+    from importlib.metadata import version
+
+    return f"ai-edge-litert {version('ai-edge-litert')}"
 
 
 def variants_that_fit(parameter_count, variants=VARIANTS):
@@ -205,6 +254,8 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
                     "outputs": {"sequence_output": {"dtype": "float32",
                                                     "shape": [batch, seq, model.hidden_dim]}}}},
                 "parity": parity(data, model, batch, seq),
+                "op_versions": op_versions(data),
+                "oldest_runtime": oldest_runtime(op_versions(data)),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
                     timespec="seconds"),
                 "tool_versions": {"falcon_tf": __version__, "tensorflow": tf.__version__},

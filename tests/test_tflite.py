@@ -197,3 +197,43 @@ def test_gpu_variants_run_wholly_on_the_gpu_accelerator(exported, tmp_path, vari
     cpu = LiteBackbone.from_preset(str(artifact), variant=variant)(x)
     real = x["padding_mask"].astype(bool)
     assert cosine(gpu[real], cpu[real]) >= 0.999
+
+
+@pytest.fixture(scope="session")
+def tflite_runtime_2_14(tmp_path_factory):
+    """A virtual environment with tflite-runtime 2.14 and numpy < 2 (it needs numpy 1)."""
+    venv = tmp_path_factory.mktemp("tflite_runtime_2_14")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    proc = subprocess.run([python, "-m", "pip", "install", "-q", "tflite-runtime==2.14.0",
+                           "numpy<2"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return python
+
+
+@pytest.mark.slow
+def test_variants_claiming_tflite_runtime_2_14_run_on_it(exported, tflite_runtime_2_14, tmp_path):
+    model, artifact, entries = exported
+    x = batch_input(6)
+    np.savez(tmp_path / "x.npz", **x)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    claimed = [v for v, e in entries.items() if e["oldest_runtime"] == "tflite-runtime 2.14"]
+    assert {"fp32", "fp16", "int8"} == set(claimed)  # int4 needs ai-edge-litert
+    for variant in claimed:
+        script = textwrap.dedent(f"""
+            import sys
+            sys.path.insert(0, {repo!r})
+            import numpy as np
+            from falcon_tf.lite import FalconBackbone
+            x = dict(np.load({str(tmp_path / "x.npz")!r}))
+            out = FalconBackbone.from_preset({str(artifact)!r}, variant={variant!r})(x)
+            np.save({str(tmp_path / (variant + ".npy"))!r}, out)
+            import tflite_runtime
+            assert tflite_runtime.__version__ == "2.14.0" and "ai_edge_litert" not in sys.modules
+        """)
+        proc = subprocess.run([tflite_runtime_2_14, "-c", script], capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, (variant, proc.stderr[-2000:])
+        real = x["padding_mask"].astype(bool)
+        got = np.load(tmp_path / (variant + ".npy"))
+        assert cosine(got[real], model(x).numpy()[real]) >= COSINE[variant], variant
