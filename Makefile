@@ -31,6 +31,7 @@ test: $(VENV)/.test-$(HASH)
 bench: $(VENV)/.test-$(HASH)
 	$(PY) benchmarks/forward.py
 	$(PY) benchmarks/serving.py
+	$(PY) benchmarks/tflite.py
 	$(PY) benchmarks/convert.py
 
 clean:

@@ -14,9 +14,9 @@ signature, `serving_default`, with inputs `token_ids` and `padding_mask`
 
 Variants:
   fp32  float32 weights
-  fp16  float16 weights (TFLite converter), dequantized at load
+  fp16  float16 projection weights (ai-edge-quantizer), dequantized at load
   int8  dynamic-range: int8 weights (per tensor), float activations (TFLite converter)
-  int4  int4 weights in blocks of 32 (ai-edge-quantizer), float activations
+  int4  int4 projection weights in blocks of 32 (ai-edge-quantizer), float activations
 """
 
 import contextlib
@@ -77,12 +77,19 @@ def convert(model, variant, batch=1, seq=128):
 
     if variant not in VARIANTS:
         raise ValueError(f"`variant` must be one of {', '.join(VARIANTS)}; received {variant!r}.")
-    if variant == "int4":
+    if variant in ("fp16", "int4"):
         from ai_edge_quantizer import quantizer, recipe
 
-        # Blockwise int4 on the decoder's projections only; the attention-bias
-        # matmul (a 0/1 triangle of seq x seq) stays float.
-        rules = recipe.dynamic_wi4b32_afp32()
+        # Only the decoder's projections: the attention-bias matmul (a 0/1
+        # triangle of seq x seq) stays float32, and so does the embedding table,
+        # because the GPU accelerator rejects a GATHER from a float16 table.
+        if variant == "int4":  # blockwise, 32 weights per scale
+            rules = recipe.dynamic_wi4b32_afp32()
+        else:  # float16 weights, dequantized to float32 at load
+            rules = [{"operation": "FULLY_CONNECTED", "algorithm_key": "float_casting",
+                      "op_config": {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"},
+                                    "compute_precision": "FLOAT",
+                                    "explicit_dequantize": True}}]
         for rule in rules:
             rule["regex"] = ".*transformer_layer_.*"
         float_model = convert_fp32(model, batch, seq)
@@ -90,11 +97,8 @@ def convert(model, variant, batch=1, seq=128):
             result = quantizer.Quantizer(float_model, rules).quantize()
         return bytes(result.quantized_model)
     conv = converter(model, batch, seq)
-    if variant in ("fp16", "int8"):
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    if variant == "fp16":
-        conv.target_spec.supported_types = [tf.float16]
     if variant == "int8":
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
         # Per-channel dense weights make FULLY_CONNECTED version 12, which
         # tflite-runtime 2.14 (still in many apps) cannot run; per-tensor keeps
         # version 9, which it and the GPU accelerator both run.
