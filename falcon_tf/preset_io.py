@@ -49,9 +49,11 @@ _MODEL_FIELDS = {"name": str, "trainable": bool}
 # --------------------------------------------------------------------------
 
 def _local_dir_hint(preset):
+    parts = [p for p in str(preset).split("/") if p and not p.isdigit()]
+    name = parts[-1] if parts else "preset"
     return (f"To load a preset you already have on disk, pass its local directory "
             f"(holding {CONFIG_FILE} and {WEIGHTS_FILE}), e.g. "
-            f"FalconBackbone.from_preset('/path/to/{os.path.basename(str(preset).rstrip('/'))}').")
+            f"FalconBackbone.from_preset('/path/to/{name}').")
 
 
 def download_kaggle(handle):
@@ -329,6 +331,10 @@ def random_weights(model, seed):
 # --------------------------------------------------------------------------
 
 def load_backbone(cls, preset, load_weights=True, **overrides):
+    builtin = _presets.BACKBONE_PRESETS.get(preset) if isinstance(preset, str) else None
+    if builtin is not None and not load_weights:
+        # A builtin preset's config is known: fresh weights need no download.
+        return cls(**{**builtin["config"], "dtype": None, **overrides})
     kind, found = resolve(preset)
     if kind == "random":
         config = dict(found["config"])

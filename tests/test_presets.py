@@ -102,6 +102,16 @@ def test_bad_kaggle_handle_is_refused_before_any_download():
         FalconBackbone.from_preset("kaggle://only/two")
 
 
+def test_builtin_preset_without_weights_needs_no_download(monkeypatch):
+    import kagglehub
+
+    monkeypatch.setattr(kagglehub, "model_download",
+                        lambda *a, **k: pytest.fail("downloaded a config it already has"))
+    model = FalconBackbone.from_preset("falcon_refinedweb_1b_en", load_weights=False,
+                                       num_layers=1)
+    assert model.hidden_dim == 2048 and model.num_layers == 1
+
+
 def test_failed_download_names_handle_and_local_directory(monkeypatch):
     import kagglehub
 
@@ -114,6 +124,7 @@ def test_failed_download_names_handle_and_local_directory(monkeypatch):
     message = str(err.value)
     assert "kaggle://keras/falcon/keras/falcon_refinedweb_1b_en/2" in message
     assert "ConnectionError" in message and "local directory" in message
+    assert "/path/to/falcon_refinedweb_1b_en" in message
 
 
 def test_missing_files_are_named(saved):
