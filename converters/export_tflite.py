@@ -150,6 +150,15 @@ def oldest_runtime(versions):
     return f"ai-edge-litert {version('ai-edge-litert')}"
 
 
+# Freezing and converting hold several copies of the float32 weights: a
+# 1.3 B-parameter model (5.2 GB) was killed for memory at 24 GB here.
+CONVERSION_MEMORY_PER_FP32_BYTE = 5
+
+
+def _total_memory():
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def variants_that_fit(parameter_count, variants=VARIANTS):
     """The variants whose weights alone stay under the FlatBuffer cap."""
     return [v for v in variants if parameter_count * _BYTES_PER_WEIGHT[v] < FLATBUFFER_LIMIT * 0.95]
@@ -230,6 +239,12 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
             f"{', '.join(too_big)} of {name} ({model.count_params():,} parameters) would exceed "
             f"the 2 GiB FlatBuffer cap; variants that fit: "
             f"{', '.join(variants_that_fit(model.count_params())) or 'none'}.")
+    needed = model.count_params() * 4 * CONVERSION_MEMORY_PER_FP32_BYTE
+    if needed > _total_memory():
+        raise ValueError(
+            f"Converting {name} ({model.count_params():,} parameters) needs about "
+            f"{needed / 2**30:.0f} GiB of memory; this machine has "
+            f"{_total_memory() / 2**30:.0f} GiB. Export on a larger machine.")
     artifact_dir = os.path.abspath(os.path.join(out_dir, name))
     folder = os.path.join(artifact_dir, "tflite")
     os.makedirs(folder, exist_ok=True)
