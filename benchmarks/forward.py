@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
-from _timing import interleaved_medians  # noqa: E402
+from _bench import benchmark_backbone, interleaved_medians, timing_args  # noqa: E402
 
 
 def forward_flops(cfg, batch, seq):
@@ -83,26 +83,18 @@ def main():
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--intermediate", type=int, default=2048)
     parser.add_argument("--vocab", type=int, default=8192)
-    parser.add_argument("--runs", type=int, default=15, help="timed calls per contender (>= 10)")
-    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-torch", action="store_true", help="skip transformers")
-    args = parser.parse_args()
-    if args.runs < 10:
-        parser.error("--runs must be at least 10")
+    args = timing_args(parser)
 
     import tensorflow as tf
     import keras_hub
 
-    from falcon_tf import FalconBackbone
-    from falcon_tf.preset_io import named_variables
 
     cfg = dict(vocabulary_size=args.vocab, num_layers=args.layers,
                num_attention_heads=args.heads, hidden_dim=args.hidden,
                intermediate_dim=args.intermediate)
-    ours = FalconBackbone(**cfg)
-    rng = np.random.default_rng(0)
-    for var in named_variables(ours).values():
-        var.assign(rng.normal(0, 0.02, tuple(var.shape)).astype("float32"))
+    ours, x = benchmark_backbone(cfg, args.batch, args.seq)
+    ids = x["token_ids"]
     # keras-hub gets the same weights through a preset written by us.
     import tempfile
 
@@ -110,8 +102,7 @@ def main():
         ours.save_to_preset(tmp)
         theirs = keras_hub.models.FalconBackbone.from_preset(tmp)
 
-    ids = rng.integers(0, args.vocab, (args.batch, args.seq)).astype("int32")
-    x = {"token_ids": tf.constant(ids), "padding_mask": tf.ones_like(ids)}
+    x = {name: tf.constant(value) for name, value in x.items()}
 
     def graph(model):
         return tf.function(lambda inputs: model(inputs, training=False))

@@ -15,32 +15,19 @@ import tempfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from _timing import interleaved_medians  # noqa: E402
+from _bench import benchmark_backbone, interleaved_medians, timing_args  # noqa: E402
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=3)
-    args = parser.parse_args()
-    if args.runs < 10:
-        parser.error("--runs must be at least 10")
+    args = timing_args(parser)
 
     import tensorflow as tf
 
     from converters.export_saved_model import export_saved_model
-    from falcon_tf import FalconBackbone
-    from falcon_tf.preset_io import named_variables
     from falcon_tf.serving import FalconBackbone as ServingBackbone
 
-    cfg = dict(vocabulary_size=8192, num_layers=6, num_attention_heads=8, hidden_dim=512,
-               intermediate_dim=2048)
-    model = FalconBackbone(**cfg)
-    rng = np.random.default_rng(0)
-    for var in named_variables(model).values():
-        var.assign(rng.normal(0, 0.02, tuple(var.shape)).astype("float32"))
-    ids = rng.integers(0, 8192, (4, 128)).astype("int32")
-    x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    model, x = benchmark_backbone()
     with tempfile.TemporaryDirectory() as tmp:
         export_saved_model("bench", tmp, model=model)
         contenders = {"keras XLA (in process)": lambda: model.compiled_call(x).numpy()}

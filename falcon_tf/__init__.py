@@ -7,7 +7,7 @@ first used, so the runtime namespaces can live without them.
     model = FalconBackbone.from_preset("falcon_tiny_random")
 """
 
-import importlib
+from falcon_tf._lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -18,12 +18,7 @@ _LAZY = {
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
-
-
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'falcon_tf' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def __dir__():

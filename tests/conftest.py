@@ -17,6 +17,16 @@ SEED_INPUT = {
 }
 
 
+# The family's architectures as FalconBackbone arguments on top of a tiny config.
+FAMILY = {
+    "rw": {},
+    "7b": dict(num_kv_heads=1, position_embedding="rotary", parallel_attention=True,
+               use_bias=False),
+    "40b": dict(num_kv_heads=2, position_embedding="rotary", parallel_attention=True,
+                separate_mlp_layer_norm=True, use_bias=False),
+}
+
+
 def tiny_kwargs(num_attention_heads=4, head_dim=8, vocabulary_size=13, num_layers=2):
     """A small config; the vocabulary (13) is deliberately not a multiple of 8."""
     hidden = num_attention_heads * head_dim

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import padded_batch, randomize
+from conftest import FAMILY, padded_batch, randomize
 from falcon_tf import FalconBackbone
 
 
@@ -26,14 +26,6 @@ def all_ops(graph):
         ops.extend(all_ops(function.graph))
     return ops
 
-
-FAMILY = {
-    "rw": {},
-    "7b": dict(num_kv_heads=1, position_embedding="rotary", parallel_attention=True,
-               use_bias=False),
-    "40b": dict(num_kv_heads=2, position_embedding="rotary", parallel_attention=True,
-                separate_mlp_layer_norm=True, use_bias=False),
-}
 
 
 @pytest.mark.parametrize("variant", sorted(FAMILY))

@@ -17,19 +17,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from conftest import randomize
+from conftest import FAMILY, randomize
 from converters.export_tflite import convert_fp32
 from falcon_tf import FalconBackbone
 
 litert = pytest.importorskip("ai_edge_litert")
-
-FAMILY = {
-    "rw": {},
-    "7b": dict(num_kv_heads=1, position_embedding="rotary", parallel_attention=True,
-               use_bias=False),
-    "40b": dict(num_kv_heads=2, position_embedding="rotary", parallel_attention=True,
-                separate_mlp_layer_norm=True, use_bias=False),
-}
 
 
 def lavapipe_missing():

@@ -8,13 +8,10 @@ Needs numpy and a TFLite runtime (ai-edge-litert or tflite-runtime) only: no
 TensorFlow, no Keras, which is what an edge device has.
 """
 
-import importlib
+from falcon_tf._lazy import lazy_getattr
 
 _LAZY = {"FalconBackbone": "falcon_tf.lite.backbone"}
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'falcon_tf.lite' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)

@@ -7,13 +7,10 @@
 Needs TensorFlow only: no Keras and none of the model code runs the graph.
 """
 
-import importlib
+from falcon_tf._lazy import lazy_getattr
 
 _LAZY = {"FalconBackbone": "falcon_tf.serving.backbone"}
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'falcon_tf.serving' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY)
