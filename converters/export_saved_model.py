@@ -30,7 +30,7 @@ import tempfile
 import numpy as np
 
 from falcon_tf import manifest
-from falcon_tf.preset_io import progress_bar
+from falcon_tf.preset_io import artifact_name, progress_bar
 
 SIGNATURES = {"serving_default": False, "serving_xla": True}  # name -> jit_compile
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
@@ -136,7 +136,7 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None):
     with progress_bar("Exporting SavedModel") as progress:
         progress(0, len(steps))
         model = model if model is not None else FalconBackbone.from_preset(preset)
-        name = name or os.path.basename(os.path.normpath(str(preset)))
+        name = name or artifact_name(preset)
         artifact_dir = os.path.abspath(os.path.join(out_dir, name))
         base = os.path.join(artifact_dir, "saved_model")
         os.makedirs(base, exist_ok=True)

@@ -28,7 +28,7 @@ import tempfile
 import numpy as np
 
 from falcon_tf import manifest
-from falcon_tf.preset_io import progress_bar
+from falcon_tf.preset_io import artifact_name, progress_bar
 
 VARIANTS = ("fp32", "fp16", "int8", "int4")
 FLATBUFFER_LIMIT = 2 ** 31  # a FlatBuffer file is capped at 2 GiB
@@ -232,7 +232,7 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
         raise ValueError(f"`variants` must be a non-empty subset of {', '.join(VARIANTS)}; "
                          f"received {', '.join(variants) or 'nothing'}.")
     model = model if model is not None else FalconBackbone.from_preset(preset)
-    name = name or os.path.basename(os.path.normpath(str(preset)))
+    name = name or artifact_name(preset)
     too_big = [v for v in variants if v not in variants_that_fit(model.count_params(), [v])]
     if too_big:
         raise ValueError(

@@ -17,9 +17,10 @@ def demo(preset=DEFAULT_PRESET, out_dir="artifacts", batch=1, seq=128, runs=20):
     import numpy as np
 
     from falcon_tf import FalconBackbone
+    from falcon_tf.preset_io import artifact_name
 
     model = FalconBackbone.from_preset(preset)
-    name = os.path.basename(os.path.normpath(preset)) if os.path.isdir(preset) else preset
+    name = artifact_name(preset)
     preset_dir = os.path.join(out_dir, name, "keras_preset")
     model.save_to_preset(preset_dir)
     reloaded = FalconBackbone.from_preset(preset_dir)

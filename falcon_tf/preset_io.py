@@ -48,9 +48,17 @@ _MODEL_FIELDS = {"name": str, "trainable": bool}
 # Handles
 # --------------------------------------------------------------------------
 
+def artifact_name(preset):
+    """A short name for a preset argument: builtin name, directory, or handle
+    ("kaggle://keras/falcon/keras/falcon_refinedweb_1b_en/2" -> "falcon_refinedweb_1b_en",
+    "hf://tiiuae/falcon-7b@main" -> "falcon-7b")."""
+    path = str(os.fspath(preset)).split("://", 1)[-1].split("@", 1)[0]
+    parts = [p for p in path.split("/") if p and not p.isdigit()]
+    return parts[-1] if parts else "preset"
+
+
 def _local_dir_hint(preset):
-    parts = [p for p in str(preset).split("/") if p and not p.isdigit()]
-    name = parts[-1] if parts else "preset"
+    name = artifact_name(preset)
     return (f"To load a preset you already have on disk, pass its local directory "
             f"(holding {CONFIG_FILE} and {WEIGHTS_FILE}), e.g. "
             f"FalconBackbone.from_preset('/path/to/{name}').")

@@ -219,3 +219,13 @@ def test_bfloat16_presets_interoperate_with_keras_hub(keras_hub, tmp_path):
         FalconBackbone.from_preset(str(tmp_path / "kh"))(x).numpy(),
         keras_hub.models.FalconBackbone.from_preset(str(tmp_path / "kh"))(x).numpy(),
         rtol=0, atol=1e-5)
+
+
+def test_artifact_names_of_handles():
+    from falcon_tf.preset_io import artifact_name
+
+    assert artifact_name("kaggle://keras/falcon/keras/falcon_refinedweb_1b_en/2") == \
+        "falcon_refinedweb_1b_en"
+    assert artifact_name("hf://tiiuae/falcon-7b@main") == "falcon-7b"
+    assert artifact_name("/data/presets/mine/") == "mine"
+    assert artifact_name("falcon_tiny_random") == "falcon_tiny_random"
