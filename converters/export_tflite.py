@@ -6,9 +6,7 @@ writes `artifacts/<name>/tflite/<name>_<variant>.tflite` and records each file's
 size, sha256, signature and parity against Keras in `artifacts/<name>/manifest.json`.
 
 The graph is traced at fixed shapes (batch and sequence length are export
-options) and its variables are frozen into constants before conversion:
-converting a Keras 3 function that still reads resource variables yields a
-file that keeps VAR_HANDLE/READ_VARIABLE ops, loads, and returns NaN. One
+options) and its variables become constants in the file (see `converter`). One
 signature, `serving_default`, with inputs `token_ids` and `padding_mask`
 (int32 [batch, seq]) and output `sequence_output` (float32 [batch, seq, hidden]).
 
@@ -35,12 +33,18 @@ FLATBUFFER_LIMIT = 2 ** 31  # a FlatBuffer file is capped at 2 GiB
 _BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
 
 
+@contextlib.contextmanager
 def converter(model, batch=1, seq=128):
-    """A TFLiteConverter over the frozen, named forward (set options, then convert)."""
+    """A TFLiteConverter over the forward at fixed shapes (set options, convert inside).
+
+    The forward goes through a temporary SavedModel that tracks the model's
+    variables and this one function, nothing else: the converter then freezes
+    every variable into a constant. Tracked together with the Keras model it
+    keeps them as resource variables (VAR_HANDLE: a file of a few KB that
+    returns NaN); freezing the graph in memory first instead fails for large
+    models (a 1.3 B-parameter one was killed at 24 GB).
+    """
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
 
     if not (isinstance(batch, int) and batch > 0 and isinstance(seq, int) and seq > 0):
         raise ValueError(f"`batch` and `seq` must be positive integers; received {batch}, {seq}.")
@@ -48,27 +52,23 @@ def converter(model, batch=1, seq=128):
             tf.TensorSpec((batch, seq), tf.int32, "padding_mask")]
 
     @tf.function(input_signature=spec)
-    def forward(token_ids, padding_mask):
-        return model({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
-
-    frozen = convert_variables_to_constants_v2(forward.get_concrete_function())
-
-    # Freezing drops the output's name; a wrapper over the constant-only graph
-    # restores it, so the signature says `sequence_output`, not `output_0`.
-    @tf.function(input_signature=spec)
     def serving_default(token_ids, padding_mask):
-        out = frozen(token_ids=token_ids, padding_mask=padding_mask)
-        return {"sequence_output": out[0] if isinstance(out, (list, tuple)) else out}
+        out = model({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
+        return {"sequence_output": out}
 
     module = tf.Module()
+    module.weights = [variable.value for variable in model.variables]
     module.serving_default = serving_default
-    return tf.lite.TFLiteConverter.from_concrete_functions(
-        [serving_default.get_concrete_function()], module)
+    with tempfile.TemporaryDirectory(prefix="falcon-tf-tflite-") as tmp:
+        tf.saved_model.save(module, tmp, signatures={
+            "serving_default": serving_default.get_concrete_function()})
+        yield tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
 
 
 def convert_fp32(model, batch=1, seq=128):
     """A FalconBackbone -> bytes of a float32 .tflite with its weights embedded."""
-    return converter(model, batch, seq).convert()
+    with converter(model, batch, seq) as conv:
+        return conv.convert()
 
 
 def convert(model, variant, batch=1, seq=128):
@@ -96,14 +96,14 @@ def convert(model, variant, batch=1, seq=128):
         with contextlib.redirect_stdout(io.StringIO()):  # it prints a size report
             result = quantizer.Quantizer(float_model, rules).quantize()
         return bytes(result.quantized_model)
-    conv = converter(model, batch, seq)
-    if variant == "int8":
-        conv.optimizations = [tf.lite.Optimize.DEFAULT]
-        # Per-channel dense weights make FULLY_CONNECTED version 12, which
-        # tflite-runtime 2.14 (still in many apps) cannot run; per-tensor keeps
-        # version 9, which it and the GPU accelerator both run.
-        conv._experimental_disable_per_channel_quantization_for_dense_layers = True
-    return conv.convert()
+    with converter(model, batch, seq) as conv:
+        if variant == "int8":
+            conv.optimizations = [tf.lite.Optimize.DEFAULT]
+            # Per-channel dense weights make FULLY_CONNECTED version 12, which
+            # tflite-runtime 2.14 (still in many apps) cannot run; per-tensor keeps
+            # version 9, which it and the GPU accelerator both run.
+            conv._experimental_disable_per_channel_quantization_for_dense_layers = True
+        return conv.convert()
 
 
 # Highest op versions verified to run on tflite-runtime 2.14, the last
@@ -150,9 +150,10 @@ def oldest_runtime(versions):
     return f"ai-edge-litert {version('ai-edge-litert')}"
 
 
-# Freezing and converting hold several copies of the float32 weights: a
-# 1.3 B-parameter model (5.2 GB) was killed for memory at 24 GB here.
-CONVERSION_MEMORY_PER_FP32_BYTE = 5
+# Converting holds several copies of the float32 weights: the int8 export of a
+# model of falcon-rw-1b's shape (5.2 GB in float32) peaked at 4.71 times that
+# (23.0 GiB resident) on this project's 24 GB machines.
+CONVERSION_MEMORY_PER_FP32_BYTE = 4.75
 
 
 def _total_memory():
