@@ -206,27 +206,35 @@ def test_gpu_variants_run_wholly_on_the_gpu_accelerator(exported, tmp_path, vari
     assert cosine(gpu[real], cpu[real]) >= 0.999
 
 
-@pytest.fixture(scope="session")
-def tflite_runtime_2_14(tmp_path_factory):
-    """A virtual environment with tflite-runtime 2.14 and numpy < 2 (it needs numpy 1)."""
-    venv = tmp_path_factory.mktemp("tflite_runtime_2_14")
+def make_venv(tmp_path_factory, name, *packages):
+    """A fresh virtual environment holding only `packages`; returns its python."""
+    venv = tmp_path_factory.mktemp(name)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
-    proc = subprocess.run([python, "-m", "pip", "install", "-q", "tflite-runtime==2.14.0",
-                           "numpy<2"], capture_output=True, text=True)
+    proc = subprocess.run([python, "-m", "pip", "install", "-q", *packages], capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return python
 
 
-@pytest.mark.slow
-def test_variants_claiming_tflite_runtime_2_14_run_on_it(exported, tflite_runtime_2_14, tmp_path):
-    model, artifact, entries = exported
-    x = batch_input(6)
+@pytest.fixture(scope="session")
+def tflite_runtime_2_14(tmp_path_factory):
+    """tflite-runtime 2.14 (the last release) with the numpy < 2 it needs."""
+    return make_venv(tmp_path_factory, "tflite_runtime_2_14", "tflite-runtime==2.14.0", "numpy<2")
+
+
+@pytest.fixture(scope="session")
+def litert_only(tmp_path_factory):
+    """What an edge device has: numpy and ai-edge-litert, no TensorFlow, no Keras."""
+    return make_venv(tmp_path_factory, "litert_only", "ai-edge-litert>=2.3,<2.4")
+
+
+def run_loader_in(python, artifact, variants, x, tmp_path, check):
+    """Runs falcon_tf.lite in another environment; returns {variant: output}."""
     np.savez(tmp_path / "x.npz", **x)
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    claimed = [v for v, e in entries.items() if e["oldest_runtime"] == "tflite-runtime 2.14"]
-    assert {"fp32", "fp16", "int8"} == set(claimed)  # int4 needs ai-edge-litert
-    for variant in claimed:
+    outputs = {}
+    for variant in variants:
         script = textwrap.dedent(f"""
             import sys
             sys.path.insert(0, {repo!r})
@@ -235,12 +243,39 @@ def test_variants_claiming_tflite_runtime_2_14_run_on_it(exported, tflite_runtim
             x = dict(np.load({str(tmp_path / "x.npz")!r}))
             out = FalconBackbone.from_preset({str(artifact)!r}, variant={variant!r})(x)
             np.save({str(tmp_path / (variant + ".npy"))!r}, out)
-            import tflite_runtime
-            assert tflite_runtime.__version__ == "2.14.0" and "ai_edge_litert" not in sys.modules
-        """)
-        proc = subprocess.run([tflite_runtime_2_14, "-c", script], capture_output=True,
-                              text=True)
+        """) + textwrap.dedent(check)
+        proc = subprocess.run([python, "-c", script], capture_output=True, text=True,
+                              env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
         assert proc.returncode == 0, (variant, proc.stderr[-2000:])
-        real = x["padding_mask"].astype(bool)
-        got = np.load(tmp_path / (variant + ".npy"))
+        outputs[variant] = np.load(tmp_path / (variant + ".npy"))
+    return outputs
+
+
+@pytest.mark.slow
+def test_variants_claiming_tflite_runtime_2_14_run_on_it(exported, tflite_runtime_2_14, tmp_path):
+    model, artifact, entries = exported
+    claimed = [v for v, e in entries.items() if e["oldest_runtime"] == "tflite-runtime 2.14"]
+    assert {"fp32", "fp16", "int8"} == set(claimed)  # int4 needs ai-edge-litert
+    x = batch_input(6)
+    outputs = run_loader_in(tflite_runtime_2_14, artifact, claimed, x, tmp_path, """
+        import tflite_runtime
+        assert tflite_runtime.__version__ == "2.14.0" and "ai_edge_litert" not in sys.modules
+    """)
+    real = x["padding_mask"].astype(bool)
+    for variant, got in outputs.items():
         assert cosine(got[real], model(x).numpy()[real]) >= COSINE[variant], variant
+
+
+@pytest.mark.slow
+def test_loader_passes_in_an_environment_without_tensorflow(exported, litert_only, tmp_path):
+    model, artifact, _ = exported
+    x = batch_input(7)
+    outputs = run_loader_in(litert_only, artifact, VARIANTS, x, tmp_path, """
+        import importlib.util
+        assert importlib.util.find_spec("tensorflow") is None  # not even installed
+        assert importlib.util.find_spec("keras") is None
+    """)
+    real = x["padding_mask"].astype(bool)
+    for variant, got in outputs.items():
+        assert cosine(got[real], model(x).numpy()[real]) >= COSINE[variant], variant
+    np.testing.assert_allclose(outputs["fp32"], model(x).numpy(), rtol=0, atol=1e-4)
