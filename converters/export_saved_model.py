@@ -114,14 +114,6 @@ def models_config(model_name, base_path):
     return text_format.MessageToString(config)
 
 
-def _write_text(path, text):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def export_saved_model(preset, out_dir="artifacts", name=None, model=None):
     """Exports `preset` (anything FalconBackbone.from_preset takes, or `model`).
 
@@ -187,9 +179,10 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None):
             shutil.rmtree(tmp, ignore_errors=True)
 
         serving = os.path.join(artifact_dir, "serving")
-        _write_text(os.path.join(serving, "models.config"),
-                    models_config(name, f"/models/{name}/saved_model"))
-        _write_text(os.path.join(serving, "batching_parameters.txt"), BATCHING_PARAMETERS)
+        manifest.atomic_write(os.path.join(serving, "models.config"),
+                              models_config(name, f"/models/{name}/saved_model"))
+        manifest.atomic_write(os.path.join(serving, "batching_parameters.txt"),
+                              BATCHING_PARAMETERS)
         entry = {
             "files": manifest.describe_files(artifact_dir, final),
             "signatures": signatures,

@@ -221,8 +221,9 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
                   batch=1, seq=128):
     """Exports each variant to `out_dir/<name>/tflite/<name>_<variant>.tflite`.
 
-    Refuses, naming the variants that fit, any variant whose weights exceed
-    the 2 GiB FlatBuffer cap. Returns {variant: manifest entry}.
+    Refuses, before any work, a variant whose weights exceed the 2 GiB
+    FlatBuffer cap (naming the variants that fit) and a model this machine has
+    too little memory to convert. Returns {variant: manifest entry}.
     """
     import tensorflow as tf
 
@@ -254,14 +255,8 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
         for done, variant in enumerate(variants):
             data = convert(model, variant, batch, seq)
             path = os.path.join(folder, f"{name}_{variant}.tflite")
-            fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)  # a reader sees the old file or the new one, whole
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            manifest.atomic_write(path, data)
+            versions = op_versions(data)
             relative = os.path.relpath(path, artifact_dir)
             entries[variant] = {
                 "file": relative,
@@ -274,8 +269,8 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
                     "outputs": {"sequence_output": {"dtype": "float32",
                                                     "shape": [batch, seq, model.hidden_dim]}}}},
                 "parity": parity(data, model, batch, seq),
-                "op_versions": op_versions(data),
-                "oldest_runtime": oldest_runtime(op_versions(data)),
+                "op_versions": versions,
+                "oldest_runtime": oldest_runtime(versions),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
                     timespec="seconds"),
                 "tool_versions": {"falcon_tf": __version__, "tensorflow": tf.__version__},

@@ -45,21 +45,28 @@ def read(artifact_dir):
     return data
 
 
-def update(artifact_dir, edit):
-    """Reads the manifest (or starts one), applies `edit(data)`, writes it atomically."""
-    path = os.path.join(artifact_dir, MANIFEST_FILE)
-    data = read(artifact_dir) if os.path.exists(path) else {"format_version": FORMAT_VERSION}
-    edit(data)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=artifact_dir)
+def atomic_write(path, content):
+    """Writes bytes or text to `path` through a temporary sibling and a rename:
+    a reader sees the old file or the new one, whole."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode("utf-8") if isinstance(content, str) else content)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def update(artifact_dir, edit):
+    """Reads the manifest (or starts one), applies `edit(data)`, writes it atomically."""
+    path = os.path.join(artifact_dir, MANIFEST_FILE)
+    data = read(artifact_dir) if os.path.exists(path) else {"format_version": FORMAT_VERSION}
+    edit(data)
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return data
 
 
