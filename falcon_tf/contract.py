@@ -1,0 +1,54 @@
+"""The export contract: signature and tensor names every runtime agrees on.
+
+The exporters write these names, the loaders (`falcon_tf.serving`,
+`falcon_tf.lite`) read them, and the Android app's constants are checked
+against them. Plain data, importable with numpy alone.
+
+Backbone (one signature):
+    serving_default: token_ids, padding_mask (int32 [batch, seq])
+                     -> sequence_output (float32 [batch, seq, hidden])
+
+Causal LM, the on-device LLM convention (ai-edge-torch / LiteRT-LM), batch 1:
+    prefill_<L>: tokens int32 [1, L], input_pos int32 [L],
+                 mask float32 [1, 1, L, cache_len] (0 where attention is
+                 allowed, MASK_VALUE elsewhere),
+                 kv_cache_k_<i>, kv_cache_v_<i> float32 [1, cache_len, kv_heads, head_dim]
+              -> logits float32 [1, L, vocab], kv_cache_k_<i>, kv_cache_v_<i> (updated)
+    decode:      the same with L = 1.
+
+`input_pos` holds the cache slots the L tokens are written to (their positions).
+"""
+
+BACKBONE_SIGNATURE = "serving_default"
+TOKEN_IDS = "token_ids"
+PADDING_MASK = "padding_mask"
+SEQUENCE_OUTPUT = "sequence_output"
+
+PREFILL_PREFIX = "prefill_"
+DECODE_SIGNATURE = "decode"
+TOKENS = "tokens"
+INPUT_POS = "input_pos"
+MASK = "mask"
+LOGITS = "logits"
+CACHE_K_PREFIX = "kv_cache_k_"
+CACHE_V_PREFIX = "kv_cache_v_"
+# Additive mask value for a forbidden key: large, and finite in float16 (the
+# GPU delegate computes in float16, where -1e9 becomes -inf and then NaN).
+MASK_VALUE = -30000.0
+
+# Files the device side reads, relative to the artifact directory.
+TOKENIZER_FILE = "tokenizer/tokenizer.json"
+MANIFEST_FILE = "manifest.json"
+
+
+def prefill_signature(length):
+    """The prefill signature's name for prompts of `length` tokens."""
+    return f"{PREFILL_PREFIX}{int(length)}"
+
+
+def cache_names(num_layers):
+    """The cache tensor names in layer order: k_0, v_0, k_1, v_1, …"""
+    names = []
+    for i in range(num_layers):
+        names += [f"{CACHE_K_PREFIX}{i}", f"{CACHE_V_PREFIX}{i}"]
+    return names
