@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "FalconBackbone": "falcon_tf.backbone",
     "FalconConfig": "falcon_tf.config",
+    "FalconTokenizer": "falcon_tf.tokenizer",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
