@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY = {
     "FalconBackbone": "falcon_tf.backbone",
+    "FalconCausalLM": "falcon_tf.causal_lm",
     "FalconConfig": "falcon_tf.config",
     "FalconTokenizer": "falcon_tf.tokenizer",
 }

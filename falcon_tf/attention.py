@@ -65,11 +65,8 @@ class FalconAttention(keras.layers.Layer):
         self.query_key_value.build(input_shape)
         self.output_dense.build(input_shape)
 
-    def call(self, x, mask_bias, keep, position, training=None):
-        # No tensor here has more than 4 dimensions: the LiteRT GPU delegate
-        # rejects 5-D ones. Query head j = h * g + i (h its key/value head), so
-        # (b, n, s, d) and (b, kv, g * s, d) share one memory order, and grouped
-        # attention is a 4-D batched matmul over the kv heads.
+    def _project(self, x, position):
+        """(b, s, hidden) -> query (b, s, n, d), key and value (b, s, kv, d), rotated."""
         n, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
         batch, seq = ops.shape(x)[0], ops.shape(x)[1]
         qkv = self.query_key_value(x)  # (b, s, (n + 2 kv) d)
@@ -77,19 +74,52 @@ class FalconAttention(keras.layers.Layer):
         key = ops.reshape(qkv[..., n * d:(n + kv) * d], (batch, seq, kv, d))
         value = ops.reshape(qkv[..., (n + kv) * d:], (batch, seq, kv, d))
         query, key = self._rotate(query, key, position)
+        return query, key, value
+
+    def _attend(self, query, key, value, mask_bias, position, keep=None, training=None):
+        """query (b, q, n, d) over key and value (b, k, kv, d) -> (b, q, hidden)."""
+        # No tensor here has more than 4 dimensions: the LiteRT GPU delegate
+        # rejects 5-D ones. Query head j = h * g + i (h its key/value head), so
+        # (b, n, q, d) and (b, kv, g * q, d) share one memory order, and grouped
+        # attention is a 4-D batched matmul over the kv heads.
+        n, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        batch, seq, keys = ops.shape(query)[0], ops.shape(query)[1], ops.shape(key)[1]
         # Scaling the query scales the logits; an ALiBi bias arrives pre-scaled.
         query = query * ops.cast(1.0 / math.sqrt(d), query.dtype)
-        query = ops.reshape(ops.transpose(query, (0, 2, 1, 3)), (batch, kv, -1, d))  # (b, kv, g s, d)
-        key = ops.transpose(key, (0, 2, 3, 1))  # (b, kv, d, s)
-        value = ops.transpose(value, (0, 2, 1, 3))  # (b, kv, s, d)
-        logits = ops.reshape(ops.matmul(query, key), (batch, n, seq, seq))  # (b, n, q, k)
+        query = ops.reshape(ops.transpose(query, (0, 2, 1, 3)), (batch, kv, -1, d))  # (b, kv, g q, d)
+        key = ops.transpose(key, (0, 2, 3, 1))  # (b, kv, d, k)
+        value = ops.transpose(value, (0, 2, 1, 3))  # (b, kv, k, d)
+        logits = ops.reshape(ops.matmul(query, key), (batch, n, seq, keys))  # (b, n, q, k)
         logits = self._bias(ops.cast(logits, "float32"), position) + mask_bias
-        probs = tf.nn.softmax(logits, axis=-1) * keep  # float32 whatever the policy
+        probs = tf.nn.softmax(logits, axis=-1)  # float32 whatever the policy
+        if keep is not None:
+            probs = probs * keep
         probs = self.dropout(probs, training=training)
-        probs = ops.reshape(ops.cast(probs, self.compute_dtype), (batch, kv, -1, seq))
-        out = ops.reshape(ops.matmul(probs, value), (batch, n, seq, d))  # (b, n, s, d)
+        probs = ops.reshape(ops.cast(probs, self.compute_dtype), (batch, kv, -1, keys))
+        out = ops.reshape(ops.matmul(probs, value), (batch, n, seq, d))  # (b, n, q, d)
         out = ops.reshape(ops.transpose(out, (0, 2, 1, 3)), (batch, seq, self.hidden_dim))
         return self.output_dense(out)
+
+    def call(self, x, mask_bias, keep, position, training=None):
+        query, key, value = self._project(x, position)
+        return self._attend(query, key, value, mask_bias, position, keep, training=training)
+
+    def call_cached(self, x, cache_key, cache_value, mask_bias, position, write):
+        """Attention of new tokens over a fixed-size key/value cache.
+
+        x: (b, L, hidden), the new tokens. cache_key, cache_value:
+        (b, C, kv, d). mask_bias: (b, 1, L, C), 0 where a new token may attend
+        a cache slot. position: rotary angles of the new tokens (b, L, 2, d),
+        or the ALiBi bias of every slot (1, n, 1, C). write(cache, new) puts
+        the new keys (values) into their slots. Returns (out, cache_key,
+        cache_value), the caches holding the new tokens.
+        """
+        query, key, value = self._project(x, position)
+        cache_key = write(cache_key, ops.cast(key, cache_key.dtype))
+        cache_value = write(cache_value, ops.cast(value, cache_value.dtype))
+        out = self._attend(query, ops.cast(cache_key, query.dtype),
+                           ops.cast(cache_value, query.dtype), mask_bias, position)
+        return out, cache_key, cache_value
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from falcon_tf import contract
 from falcon_tf._keras import keras
 
 ops = keras.ops
@@ -19,7 +20,7 @@ ops = keras.ops
 # float16, where the LiteRT GPU delegate computes: -1e9 becomes -inf there and a
 # row with every key masked turns to NaN. Such rows are zeroed by `keep`, as
 # keras.layers.Softmax zeroes them.
-MASKED_LOGIT = -3e4
+MASKED_LOGIT = contract.MASK_VALUE
 
 
 def alibi_slopes(num_heads):
@@ -35,6 +36,14 @@ def alibi_slopes(num_heads):
     m = 2 ** int(math.floor(math.log2(num_heads)))
     slopes = geometric(m) + geometric(2 * m)[0::2][: num_heads - m]
     return np.asarray(slopes, dtype="float32")
+
+
+def causal_cache_mask(positions, cache_length):
+    """(b, L) slot of each new token -> (b, 1, L, cache_length) additive mask:
+    0 for slots at or before the token's own, MASKED_LOGIT after it."""
+    slots = ops.arange(cache_length, dtype="int32")
+    allowed = ops.less_equal(slots[None, None, None, :], positions[:, None, :, None])
+    return (1.0 - ops.cast(allowed, "float32")) * MASKED_LOGIT
 
 
 class FalconAttentionBias(keras.layers.Layer):
@@ -88,6 +97,19 @@ class FalconAttentionBias(keras.layers.Layer):
         keep = causal[None, None, :, :] * mask[:, None, None, :]
         mask_bias = (1.0 - keep) * MASKED_LOGIT
         return mask_bias, keep, self._position(position)
+
+    def cached_position(self, positions, cache_length):
+        """What attention needs with a cache: for rotary, the angles of the new
+        tokens at `positions` (b, L) -> (b, L, 2, head_dim); for ALiBi, the bias
+        of every cache slot (1, heads, 1, cache_length), a slot's position being
+        its index. Softmax ignores a shift shared by a query's keys, so slot
+        indices give the same attention as positions counted from a row's
+        first real token, for ALiBi (bias linear in the key) and rotary
+        (angles of q and k differ by their distance) alike.
+        """
+        if self.position_embedding == "alibi":
+            return self._alibi(ops.cast(ops.arange(cache_length), "float32")[None, :])
+        return self._rotary(ops.cast(positions, "float32"))
 
     def compute_output_spec(self, padding_mask):
         batch, seq = padding_mask.shape

@@ -142,6 +142,7 @@ class FalconBackbone(keras.Model):
             setattr(self, field, value)
         self._token_embedding = embedding
         self.transformer_layers = blocks
+        self.attention_bias = attention_bias
         self.final_layernorm = final_layernorm
         # model.predict(...) runs the forward through XLA.
         self.jit_compile = True

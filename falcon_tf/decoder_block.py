@@ -48,6 +48,25 @@ class _FalconBlockBase(keras.layers.Layer):
     def mlp(self, x):
         return self.dense_4h_to_h(self.dense_h_to_4h(x))
 
+    def call(self, x, mask_bias, keep, position, training=None):
+        return self.combine(
+            x, lambda h: self.attention(h, mask_bias, keep, position, training=training),
+            training=training)
+
+    def call_cached(self, x, cache_key, cache_value, mask_bias, position, write):
+        """The block over new tokens `x` with a key/value cache (see
+        `FalconAttention.call_cached`). Returns (x, cache_key, cache_value)."""
+        caches = []
+
+        def attend(h):
+            out, *new = self.attention.call_cached(h, cache_key, cache_value, mask_bias,
+                                                   position, write)
+            caches.extend(new)
+            return out
+
+        x = self.combine(x, attend, training=False)
+        return x, caches[0], caches[1]
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
@@ -57,9 +76,8 @@ class FalconDecoderBlock(_FalconBlockBase):
 
     layer_norm_names = ("input_layernorm", "post_attention_layernorm")
 
-    def call(self, x, mask_bias, keep, position, training=None):
-        x = x + self.attention(self.input_layernorm(x), mask_bias, keep, position,
-                               training=training)
+    def combine(self, x, attend, training=None):
+        x = x + attend(self.input_layernorm(x))
         h = self.mlp(self.post_attention_layernorm(x))
         return x + self.feedforward_dropout(h, training=training)
 
@@ -69,9 +87,9 @@ class FalconParallelDecoderBlock(_FalconBlockBase):
 
     layer_norm_names = ("input_layernorm",)
 
-    def call(self, x, mask_bias, keep, position, training=None):
+    def combine(self, x, attend, training=None):
         h = self.input_layernorm(x)
-        attention = self.attention(h, mask_bias, keep, position, training=training)
+        attention = attend(h)
         return x + self.feedforward_dropout(attention + self.mlp(h), training=training)
 
 
@@ -80,8 +98,8 @@ class FalconParallelDecoderBlockSeparateNorms(_FalconBlockBase):
 
     layer_norm_names = ("ln_attn", "ln_mlp")
 
-    def call(self, x, mask_bias, keep, position, training=None):
-        attention = self.attention(self.ln_attn(x), mask_bias, keep, position, training=training)
+    def combine(self, x, attend, training=None):
+        attention = attend(self.ln_attn(x))
         mlp = self.mlp(self.ln_mlp(x))
         return x + self.feedforward_dropout(attention + mlp, training=training)
 

@@ -125,6 +125,18 @@ def read_hf_config(directory):
     return kwargs, layout
 
 
+def check_tied_head(directory):
+    """FalconCausalLM ties its LM head to the token embedding; a checkpoint
+    with its own lm_head (`tie_word_embeddings: false`) is refused by name."""
+    path = os.path.join(directory, HF_CONFIG_FILE)
+    hf = read_json(path, "Checkpoint file")
+    if isinstance(hf, dict) and hf.get("tie_word_embeddings", True) is False:
+        raise ValueError(
+            f"{path}: field `tie_word_embeddings` is false: this checkpoint has its own "
+            f"lm_head, and FalconCausalLM supports only the LM head tied to the token "
+            f"embedding. FalconBackbone.from_preset loads its backbone.")
+
+
 def _qkv_to_ours(array, config, layout):
     """HF fused rows -> our [q | k | v] rows. `array`: (rows, hidden) weight or (rows,) bias."""
     n, kv, d = config.num_attention_heads, config.kv_heads, config.head_dim

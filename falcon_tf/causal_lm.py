@@ -1,0 +1,393 @@
+"""FalconCausalLM: the backbone with its tied LM head, and text generation.
+
+Generation keeps a key/value cache of fixed capacity: one prefill over the
+prompts, then one decode step per token. Prompts of different lengths share
+one batch right-padded: row b's token t sits in cache slot t, so decode
+writes each row at its own slot. The prefill and the whole decode loop run in
+one XLA-compiled function, compiled once per batch size, prompt bucket and
+cache size (powers of two), never per prompt length or `max_length`; the
+sampler's numbers and the seed are tensors, so changing them recompiles
+nothing.
+"""
+
+import numpy as np
+
+from falcon_tf import samplers as _samplers
+from falcon_tf._keras import keras, tf
+from falcon_tf.attention_bias import causal_cache_mask
+
+ops = keras.ops
+
+# Falcon's context length; the default cache capacity.
+DEFAULT_CACHE_LENGTH = 2048
+_MIN_BUCKET = 16
+
+
+def _bucket(n, cap):
+    """The power of two at least n (and _MIN_BUCKET), at most cap."""
+    size = _MIN_BUCKET
+    while size < n:
+        size *= 2
+    return min(size, cap)
+
+
+def scatter_write(positions):
+    """A cache writer for XLA: row b's new entries go to slots positions[b]
+    (b, L), in place."""
+    batch = tf.shape(positions)[0]
+    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(positions))
+    indices = tf.stack([rows, positions], axis=-1)  # (b, L, 2)
+
+    def write(cache, new):  # cache (b, C, kv, d), new (b, L, kv, d)
+        return tf.tensor_scatter_nd_update(cache, indices, new)
+
+    return write
+
+
+class FalconCausalLM(keras.Model):
+    """Falcon with its LM head tied to the token embedding (keras-hub's
+    `FalconCausalLM`), and `generate`.
+
+    Args:
+        backbone: a `falcon_tf.FalconBackbone`.
+        tokenizer: a `falcon_tf.FalconTokenizer`, or None (then `generate`
+            takes token ids only).
+        cache_length: capacity of the key/value cache: the longest sequence,
+            prompt included, that `generate` produces.
+
+    Called on `{"token_ids", "padding_mask"}` it returns logits
+    (batch, seq, vocabulary) in float32.
+
+    Example:
+
+    >>> from falcon_tf import FalconCausalLM
+    >>> lm = FalconCausalLM.from_preset("falcon_tiny_random")
+    >>> out = lm.generate([[1, 2, 3], [4, 5]], max_length=8, stop_token_ids=None)
+    >>> [len(row) for row in out]
+    [8, 8]
+    """
+
+    def __init__(self, backbone, tokenizer=None, cache_length=DEFAULT_CACHE_LENGTH, **kwargs):
+        from falcon_tf.backbone import FalconBackbone
+
+        if not isinstance(backbone, FalconBackbone):
+            raise ValueError(f"`backbone` must be a falcon_tf.FalconBackbone; received "
+                             f"{type(backbone).__name__}.")
+        if isinstance(cache_length, bool) or not isinstance(cache_length, int) or cache_length < 2:
+            raise ValueError(f"`cache_length` must be an integer >= 2; received {cache_length!r}.")
+        if tokenizer is not None and tokenizer.vocabulary_size() > backbone.vocabulary_size:
+            raise ValueError(
+                f"The tokenizer has {tokenizer.vocabulary_size()} tokens but the backbone's "
+                f"vocabulary_size is {backbone.vocabulary_size}.")
+        inputs = backbone.input
+        hidden = backbone(inputs)
+        logits = ops.cast(backbone.token_embedding(hidden, reverse=True), "float32")
+        super().__init__(inputs=inputs, outputs=logits, **kwargs)
+        self.backbone = backbone
+        self.tokenizer = tokenizer
+        self.cache_length = cache_length
+        self._generate_functions = {}
+        self._step_functions = {}
+
+    # --- the cached forward, shared by generate and every exporter ---
+
+    def cache_shape(self, batch, cache_length):
+        c = self.backbone.falcon_config
+        return (batch, cache_length, c.kv_heads, c.head_dim)
+
+    def empty_cache(self, batch, cache_length):
+        """Zeros for every layer's keys and values: [k_0, v_0, k_1, v_1, …]."""
+        shape = self.cache_shape(batch, cache_length)
+        dtype = self.backbone.compute_dtype
+        return [tf.zeros(shape, dtype) for _ in range(2 * self.backbone.num_layers)]
+
+    def call_with_cache(self, token_ids, positions, mask_bias, caches, write=None):
+        """One cached forward over new tokens.
+
+        token_ids, positions: (b, L) int32: the tokens and the cache slots
+            they go to (their positions).
+        mask_bias: (b, 1, L, C) float32, 0 where a token may attend a slot
+            and a large negative number elsewhere (`causal_cache_mask`).
+        caches: [k_0, v_0, …], each (b, C, kv_heads, head_dim).
+        write: how new keys and values enter a cache: `write(cache, new)`;
+            by default an XLA scatter at `positions`.
+        Returns (logits (b, L, vocabulary) float32, updated caches).
+        """
+        backbone = self.backbone
+        cache_length = caches[0].shape[1]
+        write = write or scatter_write(positions)
+        x = backbone.token_embedding(token_ids)
+        position = backbone.attention_bias.cached_position(positions, cache_length)
+        out = []
+        for i, block in enumerate(backbone.transformer_layers):
+            x, k, v = block.call_cached(x, caches[2 * i], caches[2 * i + 1], mask_bias,
+                                        position, write)
+            out += [k, v]
+        x = backbone.final_layernorm(x)
+        logits = ops.cast(backbone.token_embedding(x, reverse=True), "float32")
+        return logits, out
+
+    # --- generation ---
+
+    def _prefill(self, prompt, lengths, cache_length):
+        batch, length = tf.shape(prompt)[0], tf.shape(prompt)[1]
+        positions = tf.broadcast_to(tf.range(length)[None, :], (batch, length))
+        logits, caches = self.call_with_cache(
+            prompt, positions, causal_cache_mask(positions, cache_length),
+            self.empty_cache(batch, cache_length))
+        return tf.gather(logits, lengths - 1, batch_dims=1), caches  # (b, vocab)
+
+    def _start(self, prompt, lengths, max_length, k, p, temperature, seed, stop_ids,
+               cache_length):
+        """Prefill, then the first token. Returns the decode loop's state."""
+        batch = tf.shape(prompt)[0]
+        last, caches = self._prefill(prompt, lengths, cache_length)
+        tokens = tf.pad(prompt, [[0, 0], [0, cache_length - tf.shape(prompt)[1]]])
+        ends = lengths  # (b,): tokens so far; a row stops growing once done
+        done = lengths >= max_length
+        state = (tf.constant(0), tokens, caches, tf.zeros((batch,), tf.int32), ends, done)
+        return self._emit(state, last, max_length, k, p, temperature, seed, stop_ids)
+
+    def _emit(self, state, logits, max_length, k, p, temperature, seed, stop_ids):
+        """Samples each row's next token from `logits` and appends it."""
+        step, tokens, caches, _, ends, done = state
+        token = _samplers.sample_tf(logits, k, p, temperature, seed, step)
+        cache_length = tokens.shape[1]
+        slot = tf.minimum(ends, cache_length - 1)
+        rows = tf.range(tf.shape(tokens)[0])
+        current = tf.gather(tokens, slot, batch_dims=1)
+        tokens = tf.tensor_scatter_nd_update(tokens, tf.stack([rows, slot], -1),
+                                             tf.where(done, current, token))
+        stopped = tf.reduce_any(token[:, None] == stop_ids[None, :], axis=-1)
+        new_ends = tf.where(done, ends, ends + 1)
+        done = done | stopped | (new_ends >= max_length)
+        return step + 1, tokens, caches, token, new_ends, done
+
+    def _decode(self, state, max_length, k, p, temperature, seed, stop_ids):
+        """Feeds each row's last token, then samples the next."""
+        step, tokens, caches, token, ends, done = state
+        cache_length = tokens.shape[1]
+        positions = tf.minimum(ends - 1, cache_length - 1)[:, None]  # (b, 1)
+        logits, caches = self.call_with_cache(
+            token[:, None], positions, causal_cache_mask(positions, cache_length), caches)
+        state = (step, tokens, caches, token, ends, done)
+        return self._emit(state, logits[:, 0], max_length, k, p, temperature, seed, stop_ids)
+
+    def generate_graph(self, prompt, lengths, max_length, k, p, temperature, seed, stop_ids,
+                       cache_length):
+        """The whole generation as TensorFlow ops (no Python between steps).
+
+        prompt (b, P) int32 right-padded, lengths (b,), max_length: int32
+        scalar; k, p, temperature: the sampler (`samplers.Sampler.parameters`);
+        seed int32 scalar; stop_ids (s,) int32; cache_length: Python int >= P.
+        Returns token_ids (b, cache_length) and the length of each row
+        (prompt + generated, a stop token included); slots past it hold 0.
+        """
+        args = (max_length, k, p, temperature, seed, stop_ids)
+        state = self._start(prompt, lengths, *args, cache_length)
+        state = tf.while_loop(
+            lambda *s: tf.reduce_any(~s[-1]),
+            lambda *s: self._decode(s, *args),
+            state, maximum_iterations=cache_length)
+        return state[1], state[4]
+
+    def _compiled_generate(self, cache_length):
+        if cache_length not in self._generate_functions:
+            self._generate_functions[cache_length] = tf.function(
+                lambda *args: self.generate_graph(*args, cache_length),
+                jit_compile=True, reduce_retracing=True)
+        return self._generate_functions[cache_length]
+
+    def _compiled_steps(self, cache_length):
+        """(start, decode) compiled separately, for streaming."""
+        if cache_length not in self._step_functions:
+            start = tf.function(lambda *a: self._start(*a, cache_length), jit_compile=True)
+            decode = tf.function(lambda s, *a: self._decode(s, *a), jit_compile=True)
+            self._step_functions[cache_length] = (start, decode)
+        return self._step_functions[cache_length]
+
+    def _prepare(self, inputs, max_length, sampler, stop_token_ids, seed):
+        """Validates everything before any compute. Returns the prompt rows,
+        how to format the output, and the loop's arguments."""
+        vocab = self.backbone.vocabulary_size
+        if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs
+                                       and all(isinstance(x, str) for x in inputs)):
+            if self.tokenizer is None:
+                raise ValueError("This FalconCausalLM has no tokenizer: pass token ids, or "
+                                 "build it with `tokenizer=` (from_preset adds one when the "
+                                 "preset has tokenizer files).")
+            texts = [inputs] if isinstance(inputs, str) else list(inputs)
+            start = self.tokenizer.start_token_id
+            rows = [[start] + ids for ids in self.tokenizer.tokenize(texts)]
+            fmt = "string" if isinstance(inputs, str) else "strings"
+        elif isinstance(inputs, dict):
+            missing = {"token_ids", "padding_mask"} - set(inputs)
+            if missing:
+                raise ValueError(f"`inputs` dict needs token_ids and padding_mask; missing "
+                                 f"{', '.join(sorted(missing))}.")
+            ids = np.asarray(inputs["token_ids"])
+            mask = np.asarray(inputs["padding_mask"]).astype(bool)
+            if ids.ndim == 1:
+                ids, mask = ids[None], mask[None]
+            if ids.ndim != 2 or ids.shape != mask.shape:
+                raise ValueError(f"`token_ids` and `padding_mask` must have one shape "
+                                 f"(batch, seq); received {ids.shape} and {mask.shape}.")
+            if not np.issubdtype(ids.dtype, np.integer):
+                raise ValueError(f"`token_ids` must be integers; received {ids.dtype}.")
+            lengths = mask.sum(axis=1)
+            if not (mask == (np.arange(ids.shape[1])[None] < lengths[:, None])).all():
+                raise ValueError("`padding_mask` must be right-padded: ones, then zeros.")
+            rows = [row[:n].tolist() for row, n in zip(ids, lengths)]
+            fmt = "dict"
+        elif isinstance(inputs, (list, tuple)) and inputs and all(
+                isinstance(r, (list, tuple, np.ndarray)) for r in inputs):
+            rows = [np.asarray(r).tolist() for r in inputs]
+            fmt = "ids"
+        elif isinstance(inputs, (list, tuple, np.ndarray)) and len(inputs) and all(
+                isinstance(x, (int, np.integer)) for x in np.asarray(inputs).ravel().tolist()):
+            rows, fmt = [np.asarray(inputs).tolist()], "row"
+        else:
+            raise ValueError("`inputs` must be a string, a list of strings, a list of token id "
+                             "lists, or a dict of token_ids and padding_mask.")
+        for i, row in enumerate(rows):
+            if not row:
+                raise ValueError(f"Prompt {i} is empty: a prompt needs at least one token.")
+            bad = [t for t in row if not isinstance(t, int) or not 0 <= t < vocab]
+            if bad:
+                raise ValueError(f"Prompt {i} has token ids outside [0, {vocab}): {bad[:5]}.")
+            if len(row) > self.cache_length:
+                raise ValueError(f"Prompt {i} has {len(row)} tokens, more than the cache holds "
+                                 f"(cache_length={self.cache_length}).")
+        longest = max(len(r) for r in rows)
+        if max_length is None:
+            max_length = self.cache_length
+        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
+            raise ValueError(f"`max_length` must be an integer; received {max_length!r}.")
+        if max_length > self.cache_length:
+            raise ValueError(f"`max_length` ({max_length}) is beyond the cache's capacity "
+                             f"(cache_length={self.cache_length}); build the model with a "
+                             f"larger cache_length.")
+        if max_length < longest:
+            raise ValueError(f"`max_length` ({max_length}) is shorter than the longest prompt "
+                             f"({longest} tokens).")
+        if isinstance(stop_token_ids, str) and stop_token_ids == "auto":
+            if self.tokenizer is None:
+                raise ValueError('`stop_token_ids="auto"` needs a tokenizer; pass a list of '
+                                 'ids, or None to always generate `max_length` tokens.')
+            stop_token_ids = [self.tokenizer.end_token_id]
+        stop_token_ids = list(stop_token_ids or [])
+        bad = [t for t in stop_token_ids
+               if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"`stop_token_ids` must be ids in [0, {vocab}); received {bad}.")
+        sampler = _samplers.resolve(sampler)
+        if seed is None:
+            seed = int(np.random.default_rng().integers(0, 2 ** 31 - 1))
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"`seed` must be an integer or None; received {seed!r}.")
+        cache = _bucket(int(max_length), self.cache_length)
+        bucket = _bucket(longest, cache)
+        prompt = np.zeros((len(rows), bucket), np.int32)
+        for i, row in enumerate(rows):
+            prompt[i, :len(row)] = row
+        k, p, temperature = sampler.parameters()
+        args = (tf.constant(prompt), tf.constant([len(r) for r in rows], tf.int32),
+                tf.constant(int(max_length), tf.int32), tf.constant(k, tf.int32),
+                tf.constant(p, tf.float32), tf.constant(temperature, tf.float32),
+                tf.constant(int(seed) % (2 ** 31), tf.int32),
+                tf.constant(stop_token_ids or [-1], tf.int32))
+        return rows, fmt, int(max_length), cache, args
+
+    def _format(self, tokens, ends, rows, fmt, max_length, strip_prompt):
+        tokens = np.asarray(tokens)[:, :max_length]
+        ends = np.asarray(ends)
+        out = [tokens[i, len(rows[i]) if strip_prompt else 0:ends[i]].tolist()
+               for i in range(len(rows))]
+        if fmt == "dict":
+            width = max_length - (min(len(r) for r in rows) if strip_prompt else 0)
+            ids = np.zeros((len(out), width), np.int32)
+            mask = np.zeros((len(out), width), bool)
+            for i, row in enumerate(out):
+                ids[i, :len(row)], mask[i, :len(row)] = row, True
+            return {"token_ids": ids, "padding_mask": mask}
+        if fmt in ("string", "strings"):
+            # As keras-hub's postprocessing: start and end tokens are dropped.
+            special = {self.tokenizer.start_token_id, self.tokenizer.end_token_id}
+            texts = [self.tokenizer.detokenize([t for t in row if t not in special])
+                     for row in out]
+            return texts[0] if fmt == "string" else texts
+        return out[0] if fmt == "row" else out
+
+    def generate(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto",
+                 seed=None, strip_prompt=False):
+        """Generates until `max_length` tokens (prompt included) or a stop token.
+
+        Args:
+            inputs: a string or list of strings (needs a tokenizer; the start
+                token is prepended, as keras-hub's preprocessor does), a list
+                of token-id lists of any lengths, or a dict of right-padded
+                `token_ids` and `padding_mask` (keras-hub's form).
+            max_length: total length of each sequence; at most `cache_length`
+                (its default).
+            sampler: "greedy", "top_k", "top_p", "temperature", or a
+                `falcon_tf.samplers.Sampler` with its parameters.
+            stop_token_ids: "auto" (the tokenizer's end token), a list of ids,
+                or None (always generate to `max_length`).
+            seed: int, makes sampling repeatable; None draws one.
+            strip_prompt: return only the generated part.
+
+        Returns what came in: a string, a list of strings, lists of ids, or a
+        dict of `token_ids` and `padding_mask`. Every argument is checked
+        before any compute.
+        """
+        rows, fmt, max_length, cache, args = self._prepare(
+            inputs, max_length, sampler, stop_token_ids, seed)
+        tokens, ends = self._compiled_generate(cache)(*args)
+        return self._format(tokens, ends, rows, fmt, max_length, strip_prompt)
+
+    def stream(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto",
+               seed=None):
+        """Like `generate`, yielding each step's new tokens as they come:
+        a (batch,) int array per step (rows that have stopped repeat their
+        last token; `generate` gives the final sequences)."""
+        rows, fmt, max_length, cache, args = self._prepare(
+            inputs, max_length, sampler, stop_token_ids, seed)
+        start, decode = self._compiled_steps(cache)
+        loop_args = args[2:]
+        state = start(*args)
+        while True:
+            done = state[-1].numpy()
+            yield state[3].numpy()
+            if done.all():
+                return
+            state = decode(state, *loop_args)
+
+    # --- presets ---
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, cache_length=DEFAULT_CACHE_LENGTH,
+                    **kwargs):
+        """The backbone of `preset` (any handle `FalconBackbone.from_preset`
+        takes) with its tokenizer, when the preset has tokenizer files."""
+        from falcon_tf import preset_io
+        from falcon_tf.backbone import FalconBackbone
+        from falcon_tf.tokenizer import FalconTokenizer
+
+        builtin = FalconBackbone.presets.get(preset) if isinstance(preset, str) else None
+        if builtin is not None and not load_weights:  # no download for fresh weights
+            backbone = FalconBackbone.from_preset(preset, load_weights=False, **kwargs)
+            tokenizer = (FalconTokenizer.from_preset(preset) if "random_seed" in builtin
+                         else None)
+            return cls(backbone, tokenizer=tokenizer, cache_length=cache_length)
+        kind, found = preset_io.resolve(preset)
+        source = preset if kind == "random" else found
+        if kind == "hf":
+            from falcon_tf.huggingface import check_tied_head
+
+            check_tied_head(found)
+        backbone = FalconBackbone.from_preset(source, load_weights=load_weights, **kwargs)
+        try:
+            tokenizer = FalconTokenizer.from_preset(source)
+        except FileNotFoundError:
+            tokenizer = None
+        return cls(backbone, tokenizer=tokenizer, cache_length=cache_length)
