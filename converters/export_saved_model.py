@@ -10,10 +10,23 @@ writes
     artifacts/<name>/serving/batching_parameters.txt
     artifacts/<name>/manifest.json               checksums, signatures, parity
 
-Signatures (inputs int32 [batch, seq], both dynamic; output `sequence_output`):
+Signatures of the backbone (inputs int32 [batch, seq], both dynamic; output
+`sequence_output`):
   serving_default   a plain TensorFlow graph: runs on any TF Serving build
   serving_xla       the same forward compiled with XLA (jit_compile=True); TF
                     Serving runs it on CPU only with --xla_cpu_compilation_enabled
+and of the causal LM (the LM head is tied to the token embedding), all
+dynamic in batch, length and cache size:
+  prefill, decode   tokens, input_pos int32 [batch, L] (decode: L = 1; input_pos
+                    the cache slot of each token, its position) and the cache
+                    kv_cache_k_<i>, kv_cache_v_<i> float32 [batch, cache, kv_heads,
+                    head_dim] -> logits [batch, L, vocab] and the updated cache.
+                    A token attends the slots up to its own.
+  generate          token_ids, padding_mask [batch, seq] (right-padded prompts),
+                    max_length, top_k, seed (int32 scalars), top_p, temperature
+                    (float32 scalars; temperature 0 = greedy), stop_token_ids
+                    int32 [n] -> token_ids, padding_mask [batch, max_length]: the
+                    whole loop in one request.
 
 A version is written into a hidden temporary sibling (`.tmp-<pid>-…`, not a
 number, so TF Serving ignores it) and renamed to its number when complete:
@@ -29,6 +42,7 @@ import tempfile
 
 import numpy as np
 
+from converters.export_tokenizer import export_tokenizer
 from falcon_tf import manifest
 from falcon_tf.preset_io import artifact_name, progress_bar
 
@@ -114,8 +128,103 @@ def models_config(model_name, base_path):
     return text_format.MessageToString(config)
 
 
-def export_saved_model(preset, out_dir="artifacts", name=None, model=None):
-    """Exports `preset` (anything FalconBackbone.from_preset takes, or `model`).
+def add_causal_lm_endpoints(archive, backbone):
+    """Adds prefill, decode and generate (see the module docstring); returns their names."""
+    import tensorflow as tf
+
+    from falcon_tf import contract
+    from falcon_tf.attention_bias import causal_cache_mask
+    from falcon_tf.causal_lm import FalconCausalLM
+
+    lm = FalconCausalLM(backbone)
+    config = backbone.falcon_config
+    names = contract.cache_names(config.num_layers)
+    cache_spec = [tf.TensorSpec([None, None, config.kv_heads, config.head_dim], tf.float32, n)
+                  for n in names]
+
+    def step(tokens, input_pos, *caches):
+        mask = causal_cache_mask(input_pos, tf.shape(caches[0])[1])
+        caches = [tf.cast(c, backbone.compute_dtype) for c in caches]
+        logits, caches = lm.call_with_cache(tokens, input_pos, mask, caches)
+        out = {contract.LOGITS: logits}
+        out.update({n: tf.cast(c, tf.float32) for n, c in zip(names, caches)})
+        return out
+
+    for name, length in (("prefill", None), (contract.DECODE_SIGNATURE, 1)):
+        spec = [tf.TensorSpec([None, length], tf.int32, contract.TOKENS),
+                tf.TensorSpec([None, length], tf.int32, contract.INPUT_POS)] + cache_spec
+        archive.add_endpoint(name, tf.function(step, input_signature=spec))
+
+    def generate(token_ids, padding_mask, max_length, top_k, top_p, temperature, seed,
+                 stop_token_ids):
+        lengths = tf.reduce_sum(tf.cast(padding_mask, tf.int32), axis=1)
+        prompt = token_ids * tf.cast(padding_mask, tf.int32)
+        cache = tf.maximum(max_length, tf.shape(token_ids)[1])
+        tokens, ends = lm.generate_graph(prompt, lengths, max_length, top_k, top_p,
+                                         temperature, seed,
+                                         tf.concat([stop_token_ids, [-1]], 0), cache)
+        mask = tf.range(max_length)[None, :] < ends[:, None]
+        return {"token_ids": tokens[:, :max_length] * tf.cast(mask, tf.int32),
+                "padding_mask": tf.cast(mask, tf.int32)}
+
+    scalar = lambda dtype, name: tf.TensorSpec([], dtype, name)  # noqa: E731
+    archive.add_endpoint("generate", tf.function(generate, input_signature=[
+        tf.TensorSpec([None, None], tf.int32, "token_ids"),
+        tf.TensorSpec([None, None], tf.int32, "padding_mask"),
+        scalar(tf.int32, "max_length"), scalar(tf.int32, "top_k"),
+        scalar(tf.float32, "top_p"), scalar(tf.float32, "temperature"),
+        scalar(tf.int32, "seed"), tf.TensorSpec([None], tf.int32, "stop_token_ids")]))
+    return ["prefill", contract.DECODE_SIGNATURE, "generate"]
+
+
+def causal_lm_parity(loaded, backbone, new_tokens=8):
+    """Greedy tokens of the written `generate` signature against Keras, and the
+    largest logit difference of prefill + decode steps against the uncached
+    Keras forward."""
+    import tensorflow as tf
+
+    from falcon_tf import contract
+    from falcon_tf.causal_lm import FalconCausalLM
+
+    lm = FalconCausalLM(backbone, cache_length=64)
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(0, backbone.vocabulary_size, n).tolist() for n in (5, 9)]
+    max_length = 9 + new_tokens
+    expected = lm.generate(prompts, max_length=max_length, stop_token_ids=None)
+    ids = np.zeros((2, 9), "int32")
+    mask = np.zeros((2, 9), "int32")
+    for i, row in enumerate(prompts):
+        ids[i, :len(row)], mask[i, :len(row)] = row, 1
+    out = loaded.signatures["generate"](
+        token_ids=tf.constant(ids), padding_mask=tf.constant(mask),
+        max_length=tf.constant(max_length), top_k=tf.constant(0), top_p=tf.constant(1.0),
+        temperature=tf.constant(0.0), seed=tf.constant(0),
+        stop_token_ids=tf.constant([], tf.int32))
+    got = out["token_ids"].numpy().tolist()
+    same = got == expected
+    # Step logits: prefill the first prompt, decode its greedy continuation.
+    sequence = expected[1]
+    config = backbone.falcon_config
+    names = contract.cache_names(config.num_layers)
+    caches = {n: tf.zeros((1, 32, config.kv_heads, config.head_dim)) for n in names}
+    full = lm({"token_ids": np.array([sequence], "int32"),
+               "padding_mask": np.ones((1, len(sequence)), "int32")}).numpy()[0]
+    n = len(prompts[1])
+    step = loaded.signatures["prefill"](tokens=tf.constant([sequence[:n]]),
+                                        input_pos=tf.constant([list(range(n))]), **caches)
+    worst = float(np.abs(step[contract.LOGITS].numpy()[0] - full[:n]).max())
+    for pos in range(n, len(sequence)):
+        caches = {k: step[k] for k in names}
+        step = loaded.signatures[contract.DECODE_SIGNATURE](
+            tokens=tf.constant([[sequence[pos]]]), input_pos=tf.constant([[pos]]), **caches)
+        worst = max(worst, float(np.abs(step[contract.LOGITS].numpy()[0, 0] - full[pos]).max()))
+    return {"prefill+decode": {"max_abs_diff_vs_keras": worst, "of": "logits"},
+            "generate": {"greedy_tokens_equal_keras": same}}
+
+
+def export_saved_model(preset, out_dir="artifacts", name=None, model=None, tokenizer=None):
+    """Exports `preset` (anything FalconBackbone.from_preset takes, or `model`),
+    and its tokenizer (the preset's, or `tokenizer`) when it has one.
 
     Returns (version directory, manifest entry of this version).
     """
@@ -148,6 +257,7 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None):
                 forward, input_signature=[tf.TensorSpec([None, None], tf.int32, "token_ids"),
                                           tf.TensorSpec([None, None], tf.int32, "padding_mask")],
                 jit_compile=jit))
+        lm_signatures = add_causal_lm_endpoints(archive, model)
         progress(2, len(steps))
 
         tmp = tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=base)
@@ -169,6 +279,9 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None):
                 parity[signature] = {"max_abs_diff_vs_keras": float(np.abs(got - expected).max()),
                                      "finite": bool(np.isfinite(got).all())}
                 signatures[signature] = _signature_spec(fn)
+            parity.update(causal_lm_parity(loaded, model))
+            for signature in lm_signatures:
+                signatures[signature] = _signature_spec(loaded.signatures[signature])
             del loaded
             progress(5, len(steps))
 
@@ -199,5 +312,6 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None):
             data["serving"] = manifest.describe_files(artifact_dir, serving)
 
         manifest.update(artifact_dir, record)
+        export_tokenizer(preset, artifact_dir, tokenizer)
         progress(6, len(steps))
     return final, entry

@@ -12,6 +12,7 @@ nothing.
 
 import numpy as np
 
+from falcon_tf import generation as _generation
 from falcon_tf import samplers as _samplers
 from falcon_tf._keras import keras, tf
 from falcon_tf.attention_bias import causal_cache_mask
@@ -29,6 +30,12 @@ def _bucket(n, cap):
     while size < n:
         size *= 2
     return min(size, cap)
+
+
+def _dim(tensor, axis):
+    """A static dimension when known (XLA), else the dynamic one (SavedModel signatures)."""
+    static = tensor.shape[axis]
+    return static if static is not None else tf.shape(tensor)[axis]
 
 
 def scatter_write(positions):
@@ -114,7 +121,7 @@ class FalconCausalLM(keras.Model):
         Returns (logits (b, L, vocabulary) float32, updated caches).
         """
         backbone = self.backbone
-        cache_length = caches[0].shape[1]
+        cache_length = _dim(caches[0], 1)
         write = write or scatter_write(positions)
         x = backbone.token_embedding(token_ids)
         position = backbone.attention_bias.cached_position(positions, cache_length)
@@ -152,7 +159,7 @@ class FalconCausalLM(keras.Model):
         """Samples each row's next token from `logits` and appends it."""
         step, tokens, caches, _, ends, done = state
         token = _samplers.sample_tf(logits, k, p, temperature, seed, step)
-        cache_length = tokens.shape[1]
+        cache_length = _dim(tokens, 1)
         slot = tf.minimum(ends, cache_length - 1)
         rows = tf.range(tf.shape(tokens)[0])
         current = tf.gather(tokens, slot, batch_dims=1)
@@ -166,7 +173,7 @@ class FalconCausalLM(keras.Model):
     def _decode(self, state, max_length, k, p, temperature, seed, stop_ids):
         """Feeds each row's last token, then samples the next."""
         step, tokens, caches, token, ends, done = state
-        cache_length = tokens.shape[1]
+        cache_length = _dim(tokens, 1)
         positions = tf.minimum(ends - 1, cache_length - 1)[:, None]  # (b, 1)
         logits, caches = self.call_with_cache(
             token[:, None], positions, causal_cache_mask(positions, cache_length), caches)
@@ -207,116 +214,21 @@ class FalconCausalLM(keras.Model):
         return self._step_functions[cache_length]
 
     def _prepare(self, inputs, max_length, sampler, stop_token_ids, seed):
-        """Validates everything before any compute. Returns the prompt rows,
-        how to format the output, and the loop's arguments."""
-        vocab = self.backbone.vocabulary_size
-        if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs
-                                       and all(isinstance(x, str) for x in inputs)):
-            if self.tokenizer is None:
-                raise ValueError("This FalconCausalLM has no tokenizer: pass token ids, or "
-                                 "build it with `tokenizer=` (from_preset adds one when the "
-                                 "preset has tokenizer files).")
-            texts = [inputs] if isinstance(inputs, str) else list(inputs)
-            start = self.tokenizer.start_token_id
-            rows = [[start] + ids for ids in self.tokenizer.tokenize(texts)]
-            fmt = "string" if isinstance(inputs, str) else "strings"
-        elif isinstance(inputs, dict):
-            missing = {"token_ids", "padding_mask"} - set(inputs)
-            if missing:
-                raise ValueError(f"`inputs` dict needs token_ids and padding_mask; missing "
-                                 f"{', '.join(sorted(missing))}.")
-            ids = np.asarray(inputs["token_ids"])
-            mask = np.asarray(inputs["padding_mask"]).astype(bool)
-            if ids.ndim == 1:
-                ids, mask = ids[None], mask[None]
-            if ids.ndim != 2 or ids.shape != mask.shape:
-                raise ValueError(f"`token_ids` and `padding_mask` must have one shape "
-                                 f"(batch, seq); received {ids.shape} and {mask.shape}.")
-            if not np.issubdtype(ids.dtype, np.integer):
-                raise ValueError(f"`token_ids` must be integers; received {ids.dtype}.")
-            lengths = mask.sum(axis=1)
-            if not (mask == (np.arange(ids.shape[1])[None] < lengths[:, None])).all():
-                raise ValueError("`padding_mask` must be right-padded: ones, then zeros.")
-            rows = [row[:n].tolist() for row, n in zip(ids, lengths)]
-            fmt = "dict"
-        elif isinstance(inputs, (list, tuple)) and inputs and all(
-                isinstance(r, (list, tuple, np.ndarray)) for r in inputs):
-            rows = [np.asarray(r).tolist() for r in inputs]
-            fmt = "ids"
-        elif isinstance(inputs, (list, tuple, np.ndarray)) and len(inputs) and all(
-                isinstance(x, (int, np.integer)) for x in np.asarray(inputs).ravel().tolist()):
-            rows, fmt = [np.asarray(inputs).tolist()], "row"
-        else:
-            raise ValueError("`inputs` must be a string, a list of strings, a list of token id "
-                             "lists, or a dict of token_ids and padding_mask.")
-        for i, row in enumerate(rows):
-            if not row:
-                raise ValueError(f"Prompt {i} is empty: a prompt needs at least one token.")
-            bad = [t for t in row if not isinstance(t, int) or not 0 <= t < vocab]
-            if bad:
-                raise ValueError(f"Prompt {i} has token ids outside [0, {vocab}): {bad[:5]}.")
-            if len(row) > self.cache_length:
-                raise ValueError(f"Prompt {i} has {len(row)} tokens, more than the cache holds "
-                                 f"(cache_length={self.cache_length}).")
-        longest = max(len(r) for r in rows)
-        if max_length is None:
-            max_length = self.cache_length
-        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
-            raise ValueError(f"`max_length` must be an integer; received {max_length!r}.")
-        if max_length > self.cache_length:
-            raise ValueError(f"`max_length` ({max_length}) is beyond the cache's capacity "
-                             f"(cache_length={self.cache_length}); build the model with a "
-                             f"larger cache_length.")
-        if max_length < longest:
-            raise ValueError(f"`max_length` ({max_length}) is shorter than the longest prompt "
-                             f"({longest} tokens).")
-        if isinstance(stop_token_ids, str) and stop_token_ids == "auto":
-            if self.tokenizer is None:
-                raise ValueError('`stop_token_ids="auto"` needs a tokenizer; pass a list of '
-                                 'ids, or None to always generate `max_length` tokens.')
-            stop_token_ids = [self.tokenizer.end_token_id]
-        stop_token_ids = list(stop_token_ids or [])
-        bad = [t for t in stop_token_ids
-               if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"`stop_token_ids` must be ids in [0, {vocab}); received {bad}.")
-        sampler = _samplers.resolve(sampler)
-        if seed is None:
-            seed = int(np.random.default_rng().integers(0, 2 ** 31 - 1))
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"`seed` must be an integer or None; received {seed!r}.")
-        cache = _bucket(int(max_length), self.cache_length)
-        bucket = _bucket(longest, cache)
-        prompt = np.zeros((len(rows), bucket), np.int32)
-        for i, row in enumerate(rows):
+        request = _generation.prepare(inputs, self.tokenizer, self.backbone.vocabulary_size,
+                                      self.cache_length, max_length, sampler, stop_token_ids,
+                                      seed)
+        cache = _bucket(request.max_length, self.cache_length)
+        bucket = _bucket(request.longest, cache)
+        prompt = np.zeros((len(request.rows), bucket), np.int32)
+        for i, row in enumerate(request.rows):
             prompt[i, :len(row)] = row
-        k, p, temperature = sampler.parameters()
-        args = (tf.constant(prompt), tf.constant([len(r) for r in rows], tf.int32),
-                tf.constant(int(max_length), tf.int32), tf.constant(k, tf.int32),
+        k, p, temperature = request.sampler.parameters()
+        args = (tf.constant(prompt), tf.constant([len(r) for r in request.rows], tf.int32),
+                tf.constant(request.max_length, tf.int32), tf.constant(k, tf.int32),
                 tf.constant(p, tf.float32), tf.constant(temperature, tf.float32),
-                tf.constant(int(seed) % (2 ** 31), tf.int32),
-                tf.constant(stop_token_ids or [-1], tf.int32))
-        return rows, fmt, int(max_length), cache, args
-
-    def _format(self, tokens, ends, rows, fmt, max_length, strip_prompt):
-        tokens = np.asarray(tokens)[:, :max_length]
-        ends = np.asarray(ends)
-        out = [tokens[i, len(rows[i]) if strip_prompt else 0:ends[i]].tolist()
-               for i in range(len(rows))]
-        if fmt == "dict":
-            width = max_length - (min(len(r) for r in rows) if strip_prompt else 0)
-            ids = np.zeros((len(out), width), np.int32)
-            mask = np.zeros((len(out), width), bool)
-            for i, row in enumerate(out):
-                ids[i, :len(row)], mask[i, :len(row)] = row, True
-            return {"token_ids": ids, "padding_mask": mask}
-        if fmt in ("string", "strings"):
-            # As keras-hub's postprocessing: start and end tokens are dropped.
-            special = {self.tokenizer.start_token_id, self.tokenizer.end_token_id}
-            texts = [self.tokenizer.detokenize([t for t in row if t not in special])
-                     for row in out]
-            return texts[0] if fmt == "string" else texts
-        return out[0] if fmt == "row" else out
+                tf.constant(request.seed, tf.int32),
+                tf.constant(request.stop_token_ids or [-1], tf.int32))
+        return request, cache, args
 
     def generate(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto",
                  seed=None, strip_prompt=False):
@@ -340,18 +252,16 @@ class FalconCausalLM(keras.Model):
         dict of `token_ids` and `padding_mask`. Every argument is checked
         before any compute.
         """
-        rows, fmt, max_length, cache, args = self._prepare(
-            inputs, max_length, sampler, stop_token_ids, seed)
+        request, cache, args = self._prepare(inputs, max_length, sampler, stop_token_ids, seed)
         tokens, ends = self._compiled_generate(cache)(*args)
-        return self._format(tokens, ends, rows, fmt, max_length, strip_prompt)
+        return request.format(tokens, ends, strip_prompt)
 
     def stream(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto",
                seed=None):
         """Like `generate`, yielding each step's new tokens as they come:
         a (batch,) int array per step (rows that have stopped repeat their
         last token; `generate` gives the final sequences)."""
-        rows, fmt, max_length, cache, args = self._prepare(
-            inputs, max_length, sampler, stop_token_ids, seed)
+        _, cache, args = self._prepare(inputs, max_length, sampler, stop_token_ids, seed)
         start, decode = self._compiled_steps(cache)
         loop_args = args[2:]
         state = start(*args)

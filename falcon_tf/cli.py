@@ -140,8 +140,10 @@ def main(argv=None):
             from converters.export_saved_model import export_saved_model
 
             final, entry = export_saved_model(args.preset, args.out, args.name)
-            parity = ", ".join(f"{k} max|diff| {v['max_abs_diff_vs_keras']:.2e}"
-                               for k, v in entry["parity"].items())
+            parity = ", ".join(
+                f"{k} max|diff| {v['max_abs_diff_vs_keras']:.2e}" if "max_abs_diff_vs_keras" in v
+                else f"{k} greedy tokens {'equal' if v['greedy_tokens_equal_keras'] else 'DIFFER'}"
+                for k, v in entry["parity"].items())
             print(f"wrote {final} ({parity})")
         elif args.command == "convert":
             from converters.convert_hf import convert_checkpoint

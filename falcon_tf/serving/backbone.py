@@ -10,6 +10,33 @@ from falcon_tf import manifest
 SIGNATURES = ("serving_default", "serving_xla")
 
 
+def load_version(preset, version=None, verify_checksums=True):
+    """-> (artifact dir, manifest, loaded SavedModel, its path), the files of
+    that version checked against the manifest's sha256 unless told not to."""
+    artifact_dir = manifest.resolve_artifact_dir(preset, "saved_model")
+    data = manifest.read(artifact_dir)
+    versions = (data.get("saved_model") or {}).get("versions") or {}
+    if not versions:
+        raise FileNotFoundError(f"{artifact_dir}: the manifest lists no SavedModel export.")
+    if version is None:
+        version = max(int(v) for v in versions)
+    if str(version) not in versions:
+        raise ValueError(f"`version` {version} is not exported in {artifact_dir}; "
+                         f"available: {sorted(int(v) for v in versions)}.")
+    entry = versions[str(version)]
+    if verify_checksums:
+        manifest.verify(artifact_dir, entry["files"])
+    path = os.path.join(artifact_dir, "saved_model", str(version))
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(path)
+    except (tf.errors.OpError, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"Could not load the SavedModel in {path}: {reason}") from None
+    return artifact_dir, data, loaded, path
+
+
 class FalconBackbone:
     """An exported backbone, called like the Keras model; returns numpy.
 
@@ -35,27 +62,7 @@ class FalconBackbone:
         """
         if signature not in SIGNATURES:
             raise ValueError(f"`signature` must be one of {SIGNATURES}; received {signature!r}.")
-        artifact_dir = manifest.resolve_artifact_dir(preset, "saved_model")
-        data = manifest.read(artifact_dir)
-        versions = (data.get("saved_model") or {}).get("versions") or {}
-        if not versions:
-            raise FileNotFoundError(f"{artifact_dir}: the manifest lists no SavedModel export.")
-        if version is None:
-            version = max(int(v) for v in versions)
-        if str(version) not in versions:
-            raise ValueError(f"`version` {version} is not exported in {artifact_dir}; "
-                             f"available: {sorted(int(v) for v in versions)}.")
-        entry = versions[str(version)]
-        if verify_checksums:
-            manifest.verify(artifact_dir, entry["files"])
-        path = os.path.join(artifact_dir, "saved_model", str(version))
-        import tensorflow as tf
-
-        try:
-            loaded = tf.saved_model.load(path)
-        except (tf.errors.OpError, OSError, ValueError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ValueError(f"Could not load the SavedModel in {path}: {reason}") from None
+        artifact_dir, data, loaded, path = load_version(preset, version, verify_checksums)
         if signature not in loaded.signatures:
             raise ValueError(f"{path} has no signature {signature!r}; it has "
                              f"{sorted(loaded.signatures)}.")

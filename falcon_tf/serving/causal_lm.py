@@ -1,0 +1,78 @@
+"""Server-side loader of the causal LM in an exported SavedModel."""
+
+import os
+
+import numpy as np
+
+from falcon_tf import contract, generation, manifest
+from falcon_tf.serving.backbone import load_version
+
+DEFAULT_CACHE_LENGTH = 2048
+
+
+def load_tokenizer(artifact_dir, data, verify_checksums=True):
+    """The artifact's tokenizer (checked against the manifest), or None."""
+    entry = data.get("tokenizer")
+    if not entry:
+        return None
+    if verify_checksums:
+        manifest.verify(artifact_dir, entry["files"])
+    from falcon_tf.tokenizer import FalconTokenizer
+
+    return FalconTokenizer.from_file(os.path.join(artifact_dir, contract.TOKENIZER_FILE))
+
+
+class FalconCausalLM:
+    """The exported causal LM: `generate` with the contract of
+    `falcon_tf.FalconCausalLM.generate`, run by the SavedModel's `generate`
+    signature (the whole loop in one graph call), plus its `prefill` and
+    `decode` signatures as `prefill(...)` / `decode(...)`.
+    """
+
+    def __init__(self, loaded, config, tokenizer, cache_length, path):
+        self._loaded = loaded
+        self._generate = loaded.signatures["generate"]
+        self.prefill = loaded.signatures["prefill"]
+        self.decode = loaded.signatures[contract.DECODE_SIGNATURE]
+        self.tokenizer = tokenizer
+        self.vocabulary_size = config["vocabulary_size"]
+        self.cache_length = cache_length
+        self.path = path
+
+    @classmethod
+    def from_preset(cls, preset, version=None, cache_length=DEFAULT_CACHE_LENGTH,
+                    verify_checksums=True):
+        """Loads `artifacts/<preset>/saved_model/<version>` (the latest by default)
+        and the artifact's tokenizer, checking both against the manifest."""
+        if isinstance(cache_length, bool) or not isinstance(cache_length, int) or cache_length < 2:
+            raise ValueError(f"`cache_length` must be an integer >= 2; received {cache_length!r}.")
+        artifact_dir, data, loaded, path = load_version(preset, version, verify_checksums)
+        if "generate" not in loaded.signatures:
+            raise ValueError(f"{path} has no causal LM signatures (prefill, decode, generate); "
+                             f"export it again with this version of falcon-tf.")
+        tokenizer = load_tokenizer(artifact_dir, data, verify_checksums)
+        return cls(loaded, data["config"], tokenizer, cache_length, path)
+
+    def generate(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto",
+                 seed=None, strip_prompt=False):
+        """See `falcon_tf.FalconCausalLM.generate`; every argument is checked
+        before the graph runs."""
+        import tensorflow as tf
+
+        request = generation.prepare(inputs, self.tokenizer, self.vocabulary_size,
+                                     self.cache_length, max_length, sampler, stop_token_ids,
+                                     seed)
+        width = request.longest
+        ids = np.zeros((len(request.rows), width), np.int32)
+        mask = np.zeros_like(ids)
+        for i, row in enumerate(request.rows):
+            ids[i, :len(row)], mask[i, :len(row)] = row, 1
+        k, p, temperature = request.sampler.parameters()
+        out = self._generate(
+            token_ids=tf.constant(ids), padding_mask=tf.constant(mask),
+            max_length=tf.constant(request.max_length), top_k=tf.constant(k),
+            top_p=tf.constant(p, tf.float32), temperature=tf.constant(temperature, tf.float32),
+            seed=tf.constant(request.seed), stop_token_ids=tf.constant(
+                request.stop_token_ids, tf.int32, shape=[len(request.stop_token_ids)]))
+        ends = out["padding_mask"].numpy().sum(axis=1)
+        return request.format(out["token_ids"].numpy(), ends, strip_prompt)
