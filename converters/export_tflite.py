@@ -10,11 +10,18 @@ options) and its variables become constants in the file (see `converter`). One
 signature, `serving_default`, with inputs `token_ids` and `padding_mask`
 (int32 [batch, seq]) and output `sequence_output` (float32 [batch, seq, hidden]).
 
-Variants:
-  fp32  float32 weights
-  fp16  float16 projection weights (ai-edge-quantizer), dequantized at load
-  int8  dynamic-range: int8 weights (per tensor), float activations (TFLite converter)
-  int4  int4 projection weights in blocks of 32 (ai-edge-quantizer), float activations
+Variants (ai-edge-quantizer on the float file; RECIPES holds the rules):
+  fp32  float32 weights; runs whole on the GPU accelerator and on tflite-runtime 2.14
+  fp16  float16 projection weights, dequantized at load, embedding float32;
+        GPU whole, tflite-runtime 2.14
+  int8  int8 projection weights, one scale per output channel, dequantized at
+        load (float compute); int8 embedding rows, one scale per row
+        (`embedding_rows_int8`); tflite-runtime 2.14; CPU only (the GPU
+        accelerator fails on both)
+  int4  int4 MLP weights in blocks of 32 (int8 activations at run time), the
+        attention projections and embedding as in int8; ai-edge-litert only
+        (tflite-runtime 2.14 computes wrong numbers), CPU only (the GPU
+        accelerator aborts on blockwise int4)
 """
 
 import contextlib
@@ -34,7 +41,7 @@ _BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
 
 
 @contextlib.contextmanager
-def converter(model, batch=1, seq=128):
+def converter(model, batch=1, seq=128, int8_embedding=False):
     """A TFLiteConverter over the forward at fixed shapes (set options, convert inside).
 
     The forward goes through a temporary SavedModel that tracks the model's
@@ -43,6 +50,9 @@ def converter(model, batch=1, seq=128):
     keeps them as resource variables (VAR_HANDLE: a file of a few KB that
     returns NaN); freezing the graph in memory first instead fails for large
     models (a 1.3 B-parameter one was killed at 24 GB).
+
+    `int8_embedding=True` stores the embedding table as int8 with one scale
+    per row (see `embedding_rows_int8`) and looks rows up before scaling them.
     """
     import tensorflow as tf
 
@@ -50,13 +60,32 @@ def converter(model, batch=1, seq=128):
         raise ValueError(f"`batch` and `seq` must be positive integers; received {batch}, {seq}.")
     spec = [tf.TensorSpec((batch, seq), tf.int32, "token_ids"),
             tf.TensorSpec((batch, seq), tf.int32, "padding_mask")]
+    module = tf.Module()
+    if int8_embedding:
+        rows, scales = embedding_rows_int8(model.token_embedding.embeddings.numpy())
+        module.embedding = [tf.Variable(rows, trainable=False, name="token_embedding_int8"),
+                            tf.Variable(scales, trainable=False, name="token_embedding_scale")]
+        attention_bias = model.get_layer("attention_bias")
+
+        def forward(token_ids, padding_mask):
+            # The backbone's graph with the lookup replaced: GATHER int8 rows,
+            # CAST, and MUL by each row's GATHERed scale.
+            flat = tf.reshape(token_ids, (-1,))
+            table, scale = module.embedding
+            x = tf.cast(tf.gather(table, flat), tf.float32) * tf.gather(scale, flat)
+            x = tf.cast(tf.reshape(x, (batch, seq, model.hidden_dim)), model.compute_dtype)
+            bias = attention_bias(padding_mask)
+            for block in model.transformer_layers:
+                x = block(x, *bias, training=False)
+            return model.final_layernorm(x)
+    else:
+        def forward(token_ids, padding_mask):
+            return model({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
 
     @tf.function(input_signature=spec)
     def serving_default(token_ids, padding_mask):
-        out = model({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
-        return {"sequence_output": out}
+        return {"sequence_output": forward(token_ids, padding_mask)}
 
-    module = tf.Module()
     module.weights = [variable.value for variable in model.variables]
     module.serving_default = serving_default
     with tempfile.TemporaryDirectory(prefix="falcon-tf-tflite-") as tmp:
@@ -65,85 +94,127 @@ def converter(model, batch=1, seq=128):
         yield tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
 
 
-def convert_fp32(model, batch=1, seq=128):
+def embedding_rows_int8(table):
+    """A float table -> (int8 table, float32 scale per row) with table ~= int8 * scale.
+
+    Symmetric, one scale per row: rows (tokens) differ in norm by an order of
+    magnitude in trained models, and one scale for the whole table cost a
+    trained-like model most of its accuracy (cosine 0.985 against 0.9998).
+    """
+    table = np.asarray(table, np.float32)
+    scales = np.abs(table).max(axis=1, keepdims=True) / 127.0
+    scales[scales == 0] = 1.0  # an all-zero row stays zero
+    return np.round(table / scales).astype(np.int8), scales.astype(np.float32)
+
+
+def convert_fp32(model, batch=1, seq=128, int8_embedding=False):
     """A FalconBackbone -> bytes of a float32 .tflite with its weights embedded."""
-    with converter(model, batch, seq) as conv:
+    with converter(model, batch, seq, int8_embedding) as conv:
         return conv.convert()
+
+
+def _weight_rule(regex, bits, granularity="CHANNELWISE", integer_compute=True):
+    """An ai-edge-quantizer rule for the FULLY_CONNECTED weights whose names match `regex`."""
+    return {"regex": regex, "operation": "FULLY_CONNECTED",
+            "algorithm_key": "min_max_uniform_quantize",
+            "op_config": {"weight_tensor_config": {"num_bits": bits, "symmetric": True,
+                                                   "granularity": granularity, "dtype": "INT"},
+                          "compute_precision": "INTEGER" if integer_compute else "FLOAT",
+                          "explicit_dequantize": not integer_compute}}
+
+
+# ai-edge-quantizer rules per variant; the later of two matching rules wins.
+# Only the decoder's projections: the attention-bias matmul (a 0/1 triangle of
+# seq x seq) stays float32. The embedding table is not an FC weight: int8 and
+# int4 store it as int8 rows (`embedding_rows_int8`), fp16 keeps it float32
+# because the GPU accelerator rejects a GATHER from a float16 table.
+RECIPES = {
+    # float16 weights, dequantized to float32 at load
+    "fp16": [{"regex": ".*transformer_layer_.*", "operation": "FULLY_CONNECTED",
+              "algorithm_key": "float_casting",
+              "op_config": {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"},
+                            "compute_precision": "FLOAT", "explicit_dequantize": True}}],
+    # int8 weights, one scale per output channel, DEQUANTIZEd at load: float
+    # compute. Dynamic int8 (activations quantized per row at run time) is
+    # what the GPU accelerator runs, but tflite-runtime 2.14 computes wrong
+    # numbers with its per-channel weights; the GPU accelerator fails on this
+    # DEQUANTIZE into FULLY_CONNECTED ("Shape mismatch") instead.
+    "int8": [_weight_rule(".*transformer_layer_.*", 8, integer_compute=False)],
+    # int4 weights in blocks of 32 for the MLP (dynamic: int8 activations at
+    # run time); the attention projections, whose errors the softmax
+    # amplifies, keep the int8 variant's scheme.
+    "int4": [_weight_rule(".*transformer_layer_.*", 8, integer_compute=False),
+             _weight_rule(".*transformer_layer_.*dense_(h_to_4h|4h_to_h).*", 4, "BLOCKWISE_32")],
+}
 
 
 def convert(model, variant, batch=1, seq=128):
     """A FalconBackbone -> bytes of one variant's .tflite."""
-    import tensorflow as tf
-
     if variant not in VARIANTS:
         raise ValueError(f"`variant` must be one of {', '.join(VARIANTS)}; received {variant!r}.")
-    if variant in ("fp16", "int4"):
-        from ai_edge_quantizer import quantizer, recipe
+    float_model = convert_fp32(model, batch, seq, int8_embedding=variant in ("int8", "int4"))
+    if variant == "fp32":
+        return float_model
+    from ai_edge_quantizer import quantizer
 
-        # Only the decoder's projections: the attention-bias matmul (a 0/1
-        # triangle of seq x seq) stays float32, and so does the embedding table,
-        # because the GPU accelerator rejects a GATHER from a float16 table.
-        if variant == "int4":  # blockwise, 32 weights per scale
-            rules = recipe.dynamic_wi4b32_afp32()
-        else:  # float16 weights, dequantized to float32 at load
-            rules = [{"operation": "FULLY_CONNECTED", "algorithm_key": "float_casting",
-                      "op_config": {"weight_tensor_config": {"num_bits": 16, "dtype": "FLOAT"},
-                                    "compute_precision": "FLOAT",
-                                    "explicit_dequantize": True}}]
-        for rule in rules:
-            rule["regex"] = ".*transformer_layer_.*"
-        float_model = convert_fp32(model, batch, seq)
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints a size report
-            result = quantizer.Quantizer(float_model, rules).quantize()
-        return bytes(result.quantized_model)
-    with converter(model, batch, seq) as conv:
-        if variant == "int8":
-            conv.optimizations = [tf.lite.Optimize.DEFAULT]
-            # Per-channel dense weights make FULLY_CONNECTED version 12, which
-            # tflite-runtime 2.14 (still in many apps) cannot run; per-tensor keeps
-            # version 9, which it and the GPU accelerator both run.
-            conv._experimental_disable_per_channel_quantization_for_dense_layers = True
-        return conv.convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints a size report
+        result = quantizer.Quantizer(float_model, RECIPES[variant]).quantize()
+    return bytes(result.quantized_model)
 
 
 # Highest op versions verified to run on tflite-runtime 2.14, the last
 # tflite-runtime release (tests/test_tflite.py runs every variant on it).
 TFLITE_RUNTIME_2_14 = {
-    "ADD": 1, "BATCH_MATMUL": 1, "CAST": 1, "DEQUANTIZE": 3, "FULLY_CONNECTED": 9,
+    "ADD": 1, "BATCH_MATMUL": 1, "CAST": 3, "DEQUANTIZE": 3, "FULLY_CONNECTED": 9,
     "GATHER": 2, "GELU": 1, "MEAN": 1, "MUL": 1, "NEG": 1, "RESHAPE": 1, "RSQRT": 1,
     "SOFTMAX": 1, "SQUARED_DIFFERENCE": 1, "STRIDED_SLICE": 1, "SUB": 1, "TRANSPOSE": 1,
 }
 
 
 def op_versions(data):
-    """{builtin op name: highest version} used by a .tflite file, and
-    "tensor_types": the element types of its tensors."""
+    """{builtin op name: highest version} used by a .tflite file; "tensor_types":
+    the element types of its tensors; "per_channel_hybrid": whether an op takes
+    float activations with per-channel int8 weights (no DEQUANTIZE between)."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
     model = schema.Model.GetRootAsModel(data, 0)
-    ops = {}
+    ops, codes = {}, []
     for i in range(model.OperatorCodesLength()):
         code = model.OperatorCodes(i)
-        name = names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
-        ops[name] = max(ops.get(name, 0), code.Version())
-    types = set()
+        codes.append(names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())])
+        ops[codes[-1]] = max(ops.get(codes[-1], 0), code.Version())
+    types, hybrid = set(), False
     for g in range(model.SubgraphsLength()):
         graph = model.Subgraphs(g)
         types.update(type_names[graph.Tensors(t).Type()] for t in range(graph.TensorsLength()))
-    return {"ops": dict(sorted(ops.items())), "tensor_types": sorted(types)}
+        for o in range(graph.OperatorsLength()):
+            op = graph.Operators(o)
+            if codes[op.OpcodeIndex()] == "DEQUANTIZE":
+                continue
+            inputs = [graph.Tensors(i) for i in op.InputsAsNumpy() if i >= 0] \
+                if op.InputsLength() else []
+            has_float = any(t.Type() == schema.TensorType.FLOAT32 for t in inputs)
+            hybrid |= has_float and any(
+                t.Type() == schema.TensorType.INT8 and t.Quantization() is not None
+                and t.Quantization().ScaleLength() > 1 for t in inputs)
+    return {"ops": dict(sorted(ops.items())), "tensor_types": sorted(types),
+            "per_channel_hybrid": hybrid}
 
 
 def oldest_runtime(versions):
     """The oldest runtime known to run a file with these op versions and tensor types.
 
     Op versions alone are not enough: tflite-runtime 2.14 loads blockwise INT4
-    weights and computes wrong numbers with them.
+    weights, and per-channel int8 weights fed to FULLY_CONNECTED with float
+    activations (ai-edge-quantizer's dynamic int8, still version 5), and
+    computes wrong numbers with both.
     """
     ops_known = all(TFLITE_RUNTIME_2_14.get(op, 0) >= version
                     for op, version in versions["ops"].items())
-    if ops_known and "INT4" not in versions["tensor_types"]:
+    if ops_known and "INT4" not in versions["tensor_types"] \
+            and not versions.get("per_channel_hybrid"):
         return "tflite-runtime 2.14"
     from importlib.metadata import version
 
