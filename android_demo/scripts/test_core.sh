@@ -30,5 +30,20 @@ javac --release 17 -encoding UTF-8 -cp "$build/main:$junit" -d "$build/test" @"$
 classes=$(cd "$core/src/test/java" && find . -name '*Test.java' | sed 's|^\./||; s|\.java$||; s|/|.|g' | sort)
 # Test resources are read from the source tree (the JVM tests' working directory).
 cd "$core"
+set +e
 java -cp "$build/main:$build/test:$core/src/test/resources:$junit:$hamcrest" \
-    org.junit.runner.JUnitCore $classes
+    org.junit.runner.JUnitCore $classes | tee "$build/junit.log"
+status=${PIPESTATUS[0]}
+set -e
+# JUnitCore closes with "OK (N tests)" or "Tests run: N,  Failures: F"; say it plainly too.
+ok=$(sed -n 's/^OK (\([0-9]*\) tests*)$/\1/p' "$build/junit.log")
+if [ -n "$ok" ]; then
+    echo "jvm: $ok passed, 0 failed"
+else
+    run=$(sed -n 's/^Tests run: \([0-9]*\), *Failures: \([0-9]*\)$/\1 \2/p' "$build/junit.log")
+    if [ -n "$run" ]; then
+        set -- $run
+        echo "jvm: $(($1 - $2)) passed, $2 failed"
+    fi
+fi
+exit "$status"
