@@ -26,6 +26,8 @@ demo: $(VENV)/.base-$(HASH)
 
 test: $(VENV)/.test-$(HASH)
 	$(PY) -m pytest -q
+	@if [ "$${FALCON_TF_SKIP_JVM:-0}" = 1 ]; then echo "JVM tests skipped (FALCON_TF_SKIP_JVM=1)"; \
+	else bash android_demo/scripts/test_core.sh; fi
 
 # The benchmarks' references (keras-hub, torch, transformers) are the tests' ones.
 bench: $(VENV)/.test-$(HASH)

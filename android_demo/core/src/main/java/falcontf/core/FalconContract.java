@@ -1,0 +1,57 @@
+package falcontf.core;
+
+/**
+ * The export contract's names, as falcon_tf/contract.py defines them; the test
+ * tests/test_android_contract.py fails if any value here drifts from that file.
+ *
+ * <p>Causal LM, batch 1: {@code prefill_<L>} and {@code decode} (L = 1) take
+ * tokens int32 [1, L], input_pos int32 [L] (the cache slots written), mask float32
+ * [1, 1, L, cache_len] (0 where attention is allowed, MASK_VALUE elsewhere) and
+ * kv_cache_k_i / kv_cache_v_i float32 [1, cache_len, kv_heads, head_dim]; they return
+ * logits float32 [1, L, vocab] and the updated caches under the same names.
+ */
+public final class FalconContract {
+    private FalconContract() {}
+
+    public static final String PREFILL_PREFIX = "prefill_";
+    public static final String DECODE_SIGNATURE = "decode";
+    public static final String TOKENS = "tokens";
+    public static final String INPUT_POS = "input_pos";
+    public static final String MASK = "mask";
+    public static final String LOGITS = "logits";
+    public static final String CACHE_K_PREFIX = "kv_cache_k_";
+    public static final String CACHE_V_PREFIX = "kv_cache_v_";
+    /** Additive mask value for a forbidden key; finite in float16 (the GPU delegate's precision). */
+    public static final float MASK_VALUE = -30000.0f;
+
+    /** Files the device side reads, relative to the artifact directory. */
+    public static final String TOKENIZER_FILE = "tokenizer/tokenizer.json";
+    public static final String MANIFEST_FILE = "manifest.json";
+
+    /** The prefill signature for prompts of {@code length} tokens. */
+    public static String prefillSignature(int length) {
+        return PREFILL_PREFIX + length;
+    }
+
+    /** Cache tensor names in layer order: k_0, v_0, k_1, v_1, ... */
+    public static String[] cacheNames(int numLayers) {
+        String[] names = new String[2 * numLayers];
+        for (int i = 0; i < numLayers; i++) {
+            names[2 * i] = CACHE_K_PREFIX + i;
+            names[2 * i + 1] = CACHE_V_PREFIX + i;
+        }
+        return names;
+    }
+
+    /** The L of a "prefill_L" name, or -1 for any other name. */
+    public static int prefillLength(String signature) {
+        if (signature == null || !signature.startsWith(PREFILL_PREFIX)) return -1;
+        String digits = signature.substring(PREFILL_PREFIX.length());
+        if (digits.isEmpty() || digits.length() > 9) return -1;
+        for (int i = 0; i < digits.length(); i++) {
+            if (digits.charAt(i) < '0' || digits.charAt(i) > '9') return -1;
+        }
+        int length = Integer.parseInt(digits);
+        return length > 0 ? length : -1;
+    }
+}

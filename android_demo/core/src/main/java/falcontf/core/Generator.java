@@ -1,0 +1,226 @@
+package falcontf.core;
+
+import java.util.Arrays;
+
+/**
+ * The prefill/decode loop over a {@link CausalLm}.
+ *
+ * <p>The prompt goes through the prefill signatures in chunks: for the tokens left, the
+ * shortest prefill length that holds them all, else the longest that fits (the decode
+ * signature, L = 1, when nothing longer fits in the cache). A chunk shorter than its
+ * signature is padded; the padding writes cache slots after the prompt, which no
+ * query can see (the mask allows a query at position p only slots 0..p) and which the
+ * following tokens overwrite. Then each new token is fed to {@code decode} at the next
+ * position. Generation stops at a stop token, at {@code maxNewTokens}, when the
+ * listener asks to, or when the cache is full, with a message saying which.
+ */
+public final class Generator {
+    /** Why generation ended. */
+    public enum StopReason { STOP_TOKEN, MAX_TOKENS, CACHE_FULL, CANCELLED }
+
+    /** Receives each new token as it is drawn; returning false stops generation. */
+    public interface Listener {
+        boolean onToken(int tokenId);
+    }
+
+    /** What a run produced, with timings. */
+    public static final class Result {
+        public final int[] tokens;
+        public final int promptTokens;
+        public final StopReason stopReason;
+        public final String message;
+        public final long prefillNanos;
+        public final long decodeNanos;
+        public final int decodeSteps;
+
+        Result(int[] tokens, int promptTokens, StopReason stopReason, String message,
+               long prefillNanos, long decodeNanos, int decodeSteps) {
+            this.tokens = tokens;
+            this.promptTokens = promptTokens;
+            this.stopReason = stopReason;
+            this.message = message;
+            this.prefillNanos = prefillNanos;
+            this.decodeNanos = decodeNanos;
+            this.decodeSteps = decodeSteps;
+        }
+
+        /** Decode throughput: tokens per second over the decode steps (0 when none ran). */
+        public double decodeTokensPerSecond() {
+            return decodeSteps == 0 || decodeNanos <= 0 ? 0 : decodeSteps * 1e9 / decodeNanos;
+        }
+
+        /** Prompt throughput: prompt tokens per second of prefill. */
+        public double prefillTokensPerSecond() {
+            return prefillNanos <= 0 ? 0 : promptTokens * 1e9 / prefillNanos;
+        }
+    }
+
+    private final CausalLm model;
+    private final int cacheLength;
+    private final int vocab;
+    private final int[] prefillLengths;
+
+    public Generator(CausalLm model) {
+        this.model = model;
+        this.cacheLength = model.cacheLength();
+        this.vocab = model.vocabSize();
+        if (cacheLength <= 0 || vocab <= 0) {
+            throw new IllegalArgumentException("The model reports cache length " + cacheLength
+                    + " and vocabulary " + vocab + "; both must be positive.");
+        }
+        int[] lengths = model.prefillLengths().clone();
+        Arrays.sort(lengths);
+        for (int length : lengths) {
+            if (length <= 0) {
+                throw new IllegalArgumentException("Prefill length " + length + " must be positive.");
+            }
+        }
+        this.prefillLengths = lengths;
+    }
+
+    /**
+     * Generates up to {@code maxNewTokens} tokens after {@code prompt}. The tokens
+     * returned include the stop token when one ended the run.
+     */
+    public Result generate(int[] prompt, int maxNewTokens, Sampler sampler, int[] stopTokens, Listener listener) {
+        if (prompt == null || prompt.length == 0) {
+            throw new IllegalArgumentException("The prompt has no tokens; type some text first.");
+        }
+        if (maxNewTokens <= 0) {
+            throw new IllegalArgumentException("maxNewTokens must be positive; received " + maxNewTokens + ".");
+        }
+        if (prompt.length > cacheLength) {
+            throw new IllegalArgumentException("The prompt has " + prompt.length + " tokens; the model's cache holds "
+                    + cacheLength + ". Shorten the prompt or export with a longer cache.");
+        }
+        for (int token : prompt) {
+            checkToken(token, "prompt");
+        }
+        model.resetCache();
+
+        long start = System.nanoTime();
+        float[] logits = null;
+        int lastRow = 0;
+        int position = 0;
+        while (position < prompt.length) {
+            int left = prompt.length - position;
+            int length = chunkLength(left, position);
+            int used = Math.min(left, length);
+            int[] tokens = new int[length];
+            System.arraycopy(prompt, position, tokens, 0, used);
+            logits = runChecked(length == 1 && !hasPrefill(1) ? FalconContract.DECODE_SIGNATURE
+                    : FalconContract.prefillSignature(length), tokens, position);
+            lastRow = used - 1;
+            position += used;
+        }
+        long prefillNanos = System.nanoTime() - start;
+
+        TokenBuffer out = new TokenBuffer();
+        long decodeNanos = 0;
+        int decodeSteps = 0;
+        StopReason reason;
+        String message;
+        while (true) {
+            int token = sampler.sample(logits, lastRow * vocab, vocab);
+            out.add(token);
+            boolean keepGoing = listener == null || listener.onToken(token);
+            if (contains(stopTokens, token)) {
+                reason = StopReason.STOP_TOKEN;
+                message = "Stopped at stop token " + token + ".";
+                break;
+            }
+            if (!keepGoing) {
+                reason = StopReason.CANCELLED;
+                message = "Stopped on request.";
+                break;
+            }
+            if (out.size() >= maxNewTokens) {
+                reason = StopReason.MAX_TOKENS;
+                message = "Stopped after " + maxNewTokens + " new tokens (the limit).";
+                break;
+            }
+            if (position >= cacheLength) {
+                reason = StopReason.CACHE_FULL;
+                message = "Stopped: the model's cache of " + cacheLength + " positions is full ("
+                        + prompt.length + " prompt + " + out.size() + " new tokens).";
+                break;
+            }
+            long stepStart = System.nanoTime();
+            logits = runChecked(FalconContract.DECODE_SIGNATURE, new int[] {token}, position);
+            decodeNanos += System.nanoTime() - stepStart;
+            decodeSteps++;
+            lastRow = 0;
+            position++;
+        }
+        return new Result(out.toArray(), prompt.length, reason, message, prefillNanos, decodeNanos, decodeSteps);
+    }
+
+    /** The signature length for the next prompt chunk starting at {@code position}. */
+    private int chunkLength(int left, int position) {
+        int room = cacheLength - position;
+        for (int length : prefillLengths) {
+            if (length >= left && length <= room) return length;
+        }
+        for (int k = prefillLengths.length - 1; k >= 0; k--) {
+            if (prefillLengths[k] <= Math.min(left, room)) return prefillLengths[k];
+        }
+        return 1; // decode, one token at a time
+    }
+
+    private boolean hasPrefill(int length) {
+        return Arrays.binarySearch(prefillLengths, length) >= 0;
+    }
+
+    /** Runs one signature over positions start .. start + L - 1 with the causal mask. */
+    private float[] runChecked(String signature, int[] tokens, int start) {
+        int length = tokens.length;
+        int[] inputPos = new int[length];
+        float[] mask = new float[length * cacheLength];
+        Arrays.fill(mask, FalconContract.MASK_VALUE);
+        for (int i = 0; i < length; i++) {
+            inputPos[i] = start + i;
+            Arrays.fill(mask, i * cacheLength, i * cacheLength + start + i + 1, 0f);
+        }
+        float[] logits = model.run(signature, tokens, inputPos, mask);
+        if (logits == null || logits.length != length * vocab) {
+            throw new IllegalStateException("Signature " + signature + " returned "
+                    + (logits == null ? "no" : String.valueOf(logits.length)) + " logits; expected "
+                    + length + " x " + vocab + ".");
+        }
+        return logits;
+    }
+
+    private void checkToken(int token, String where) {
+        if (token < 0 || token >= vocab) {
+            throw new IllegalArgumentException("Token id " + token + " in the " + where
+                    + " is outside the model's vocabulary of " + vocab + ".");
+        }
+    }
+
+    private static boolean contains(int[] values, int value) {
+        if (values == null) return false;
+        for (int v : values) {
+            if (v == value) return true;
+        }
+        return false;
+    }
+
+    /** A growable int array. */
+    private static final class TokenBuffer {
+        private int[] data = new int[64];
+        private int size;
+
+        void add(int value) {
+            if (size == data.length) data = Arrays.copyOf(data, size * 2);
+            data[size++] = value;
+        }
+
+        int size() {
+            return size;
+        }
+
+        int[] toArray() {
+            return Arrays.copyOf(data, size);
+        }
+    }
+}

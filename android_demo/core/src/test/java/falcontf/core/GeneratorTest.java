@@ -1,0 +1,236 @@
+package falcontf.core;
+
+import static org.junit.Assert.assertArrayEquals;
+import static org.junit.Assert.assertEquals;
+import static org.junit.Assert.assertThrows;
+import static org.junit.Assert.assertTrue;
+
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Map;
+import org.junit.Test;
+
+public class GeneratorTest {
+    /**
+     * A fake model with a real cache: it stores each run's tokens in the slots of
+     * input_pos, and each row's next token is a hash of the tokens in the slots its
+     * mask allows, in slot order. A generator that feeds wrong positions or masks, or
+     * lets a query see padding or an unwritten slot, gets other tokens.
+     */
+    static class HashingModel implements CausalLm {
+        final int cache;
+        final int vocab;
+        final int[] prefill;
+        final int[] slots;
+        final List<String> calls = new ArrayList<>();
+
+        HashingModel(int cache, int vocab, int... prefill) {
+            this.cache = cache;
+            this.vocab = vocab;
+            this.prefill = prefill;
+            this.slots = new int[cache];
+        }
+
+        @Override public int cacheLength() { return cache; }
+        @Override public int vocabSize() { return vocab; }
+        @Override public int[] prefillLengths() { return prefill; }
+        @Override public void resetCache() { Arrays.fill(slots, -1); }
+
+        @Override
+        public float[] run(String signature, int[] tokens, int[] inputPos, float[] mask) {
+            int length = tokens.length;
+            int expectedLength = signature.equals(FalconContract.DECODE_SIGNATURE) ? 1
+                    : FalconContract.prefillLength(signature);
+            assertEquals(signature, expectedLength, length);
+            assertTrue(signature, expectedLength == 1 || Arrays.stream(prefill).anyMatch(p -> p == length));
+            assertEquals(length, inputPos.length);
+            assertEquals(length * cache, mask.length);
+            calls.add(signature + "@" + inputPos[0]);
+            for (int i = 0; i < length; i++) {
+                assertTrue("input_pos inside the cache", inputPos[i] >= 0 && inputPos[i] < cache);
+                slots[inputPos[i]] = tokens[i];
+            }
+            float[] logits = new float[length * vocab];
+            for (int i = 0; i < length; i++) {
+                long hash = 17;
+                for (int j = 0; j < cache; j++) {
+                    float m = mask[i * cache + j];
+                    assertTrue(m == 0f || m == FalconContract.MASK_VALUE);
+                    if (m == 0f) {
+                        assertTrue("a query sees an unwritten slot " + j, slots[j] >= 0);
+                        hash = hash * 31 + slots[j] + 1;
+                    }
+                }
+                logits[i * vocab + (int) Math.floorMod(hash, (long) vocab)] = 1f;
+            }
+            return logits;
+        }
+    }
+
+    /** The tokens the hashing model must produce: each the hash of everything before it. */
+    static int[] expectedHashTokens(int[] prompt, int count, int vocab) {
+        List<Integer> history = new ArrayList<>();
+        for (int t : prompt) history.add(t);
+        int[] out = new int[count];
+        for (int k = 0; k < count; k++) {
+            long hash = 17;
+            for (int t : history) hash = hash * 31 + t + 1;
+            out[k] = (int) Math.floorMod(hash, (long) vocab);
+            history.add(out[k]);
+        }
+        return out;
+    }
+
+    private static int[] prompt(int n) {
+        int[] p = new int[n];
+        for (int i = 0; i < n; i++) p[i] = (i * 7 + 3) % 50;
+        return p;
+    }
+
+    @Test
+    public void promptShorterThanPrefillIsPadded() {
+        HashingModel model = new HashingModel(64, 50, 8, 32);
+        Generator.Result r = new Generator(model).generate(prompt(5), 10, Sampler.greedy(), null, null);
+        assertArrayEquals(expectedHashTokens(prompt(5), 10, 50), r.tokens);
+        assertEquals(Generator.StopReason.MAX_TOKENS, r.stopReason);
+        assertEquals("prefill_8@0", model.calls.get(0));
+        assertEquals("decode@5", model.calls.get(1));
+        assertEquals(10, model.calls.size()); // prefill + 9 decodes
+        assertEquals(9, r.decodeSteps);
+        assertEquals(5, r.promptTokens);
+    }
+
+    @Test
+    public void longPromptIsPrefilledInChunks() {
+        HashingModel model = new HashingModel(64, 50, 4, 8);
+        Generator.Result r = new Generator(model).generate(prompt(19), 6, Sampler.greedy(), null, null);
+        assertArrayEquals(expectedHashTokens(prompt(19), 6, 50), r.tokens);
+        assertEquals(Arrays.asList("prefill_8@0", "prefill_8@8", "prefill_4@16"), model.calls.subList(0, 3));
+    }
+
+    @Test
+    public void chunkNearTheCacheEndFallsBackToShorterSignatures() {
+        // 15 tokens, cache 16: prefill_8 at 0, then the 7 left padded into prefill_8 at
+        // slots 8..15; the padding's slot 15 is overwritten by the first decode.
+        HashingModel model = new HashingModel(16, 50, 8);
+        Generator.Result r = new Generator(model).generate(prompt(15), 5, Sampler.greedy(), null, null);
+        assertEquals(Arrays.asList("prefill_8@0", "prefill_8@8"), model.calls.subList(0, 2));
+        assertArrayEquals(expectedHashTokens(prompt(15), 2, 50), r.tokens);
+        assertEquals(Generator.StopReason.CACHE_FULL, r.stopReason);
+
+        HashingModel tight = new HashingModel(12, 50, 8);
+        Generator.Result t = new Generator(tight).generate(prompt(11), 5, Sampler.greedy(), null, null);
+        // 8 at 0, then 3 left with only 4 slots: prefill_8 does not fit, decode x3.
+        assertEquals(Arrays.asList("prefill_8@0", "decode@8", "decode@9", "decode@10", "decode@11"), tight.calls);
+        assertArrayEquals(expectedHashTokens(prompt(11), 2, 50), t.tokens);
+    }
+
+    @Test
+    public void stopsWhenTheCacheIsFull() {
+        HashingModel model = new HashingModel(10, 50, 4);
+        Generator.Result r = new Generator(model).generate(prompt(4), 100, Sampler.greedy(), null, null);
+        // Prompt fills slots 0..3; tokens 1..6 are fed at 4..9; 7 tokens drawn in all.
+        assertEquals(7, r.tokens.length);
+        assertArrayEquals(expectedHashTokens(prompt(4), 7, 50), r.tokens);
+        assertEquals(Generator.StopReason.CACHE_FULL, r.stopReason);
+        assertEquals("Stopped: the model's cache of 10 positions is full (4 prompt + 7 new tokens).", r.message);
+    }
+
+    @Test
+    public void promptFillingTheWholeCacheGivesOneToken() {
+        HashingModel model = new HashingModel(8, 50, 8);
+        Generator.Result r = new Generator(model).generate(prompt(8), 5, Sampler.greedy(), null, null);
+        assertEquals(1, r.tokens.length);
+        assertEquals(Generator.StopReason.CACHE_FULL, r.stopReason);
+    }
+
+    @Test
+    public void stopTokenAndCancellation() {
+        int[] expected = expectedHashTokens(prompt(3), 20, 50);
+        HashingModel model = new HashingModel(64, 50, 4);
+        int stop = expected[4];
+        int firstStop = 0;
+        while (expected[firstStop] != stop) firstStop++;
+        Generator.Result r = new Generator(model).generate(prompt(3), 20, Sampler.greedy(), new int[] {stop}, null);
+        assertEquals(Generator.StopReason.STOP_TOKEN, r.stopReason);
+        assertArrayEquals(Arrays.copyOf(expected, firstStop + 1), r.tokens);
+
+        List<Integer> streamed = new ArrayList<>();
+        Generator.Result c = new Generator(new HashingModel(64, 50, 4)).generate(prompt(3), 20, Sampler.greedy(), null,
+                token -> {
+                    streamed.add(token);
+                    return streamed.size() < 3;
+                });
+        assertEquals(Generator.StopReason.CANCELLED, c.stopReason);
+        assertEquals(3, c.tokens.length);
+        assertEquals(Arrays.asList(expected[0], expected[1], expected[2]), streamed);
+    }
+
+    /** The golden logits as a model: the prefill returns row 0, each decode the next row. */
+    static final class RecordedModel implements CausalLm {
+        final List<float[]> rows;
+        int step;
+
+        RecordedModel(List<float[]> rows) {
+            this.rows = rows;
+        }
+
+        @Override public int cacheLength() { return 128; }
+        @Override public int vocabSize() { return rows.get(0).length; }
+        @Override public int[] prefillLengths() { return new int[] {16}; }
+        @Override public void resetCache() { step = 0; }
+
+        @Override
+        public float[] run(String signature, int[] tokens, int[] inputPos, float[] mask) {
+            float[] out = new float[tokens.length * vocabSize()];
+            int row = signature.equals(FalconContract.DECODE_SIGNATURE) ? 0 : 2; // prompt of 3
+            System.arraycopy(rows.get(step++), 0, out, row * vocabSize(), vocabSize());
+            return out;
+        }
+    }
+
+    @Test
+    public void goldenSequencesThroughTheLoop() {
+        Map<String, Object> golden = Golden.json("sampling_cases.json");
+        List<float[]> rows = new ArrayList<>();
+        for (Object row : (List<?>) golden.get("logits")) rows.add(Golden.floats(row));
+        for (Object item : (List<?>) golden.get("cases")) {
+            Map<String, Object> c = Golden.map(item);
+            Sampler sampler = Sampler.create(((Number) c.get("temperature")).doubleValue(),
+                    ((Long) c.get("top_k")).intValue(), ((Number) c.get("top_p")).doubleValue(),
+                    Long.parseUnsignedLong((String) c.get("seed")));
+            Generator.Result r = new Generator(new RecordedModel(rows)).generate(new int[] {1, 2, 3}, rows.size(),
+                    sampler, Golden.ints(c.get("stop_token_ids")), null);
+            assertArrayEquals((String) c.get("name"), Golden.ints(c.get("expected")), r.tokens);
+        }
+    }
+
+    @Test
+    public void badInputsAreNamed() {
+        Generator g = new Generator(new HashingModel(8, 50, 4));
+        assertTrue(assertThrows(IllegalArgumentException.class,
+                () -> g.generate(new int[0], 5, Sampler.greedy(), null, null)).getMessage().contains("no tokens"));
+        assertEquals("The prompt has 9 tokens; the model's cache holds 8. Shorten the prompt or export with a longer cache.",
+                assertThrows(IllegalArgumentException.class,
+                        () -> g.generate(prompt(9), 5, Sampler.greedy(), null, null)).getMessage());
+        assertTrue(assertThrows(IllegalArgumentException.class,
+                () -> g.generate(new int[] {50}, 5, Sampler.greedy(), null, null)).getMessage()
+                .contains("Token id 50 in the prompt is outside the model's vocabulary of 50"));
+        assertTrue(assertThrows(IllegalArgumentException.class,
+                () -> g.generate(prompt(2), 0, Sampler.greedy(), null, null)).getMessage().contains("maxNewTokens"));
+    }
+
+    @Test
+    public void wrongLogitsSizeIsNamed() {
+        CausalLm broken = new HashingModel(8, 50, 4) {
+            @Override
+            public float[] run(String signature, int[] tokens, int[] inputPos, float[] mask) {
+                return new float[3];
+            }
+        };
+        String m = assertThrows(IllegalStateException.class,
+                () -> new Generator(broken).generate(prompt(2), 5, Sampler.greedy(), null, null)).getMessage();
+        assertEquals("Signature prefill_4 returned 3 logits; expected 4 x 50.", m);
+    }
+}
