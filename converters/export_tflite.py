@@ -86,12 +86,27 @@ def converter(model, batch=1, seq=128, int8_embedding=False):
     def serving_default(token_ids, padding_mask):
         return {"sequence_output": forward(token_ids, padding_mask)}
 
+    with signatures_converter(model, {"serving_default": serving_default}, module) as conv:
+        yield conv
+
+
+@contextlib.contextmanager
+def signatures_converter(model, functions, module=None):
+    """A TFLiteConverter over `functions` ({signature name: tf.function with an
+    input_signature}), with `model`'s variables frozen into constants.
+
+    They go through a temporary SavedModel that tracks the variables' values
+    and these functions, nothing else (see `converter` for why).
+    """
+    import tensorflow as tf
+
+    module = module or tf.Module()
     module.weights = [variable.value for variable in model.variables]
-    module.serving_default = serving_default
+    module.functions = dict(functions)
     with tempfile.TemporaryDirectory(prefix="falcon-tf-tflite-") as tmp:
         tf.saved_model.save(module, tmp, signatures={
-            "serving_default": serving_default.get_concrete_function()})
-        yield tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=["serving_default"])
+            name: fn.get_concrete_function() for name, fn in functions.items()})
+        yield tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(functions))
 
 
 def embedding_rows_int8(table):
@@ -153,11 +168,17 @@ def convert(model, variant, batch=1, seq=128):
     if variant not in VARIANTS:
         raise ValueError(f"`variant` must be one of {', '.join(VARIANTS)}; received {variant!r}.")
     float_model = convert_fp32(model, batch, seq, int8_embedding=variant in ("int8", "int4"))
+    return quantize(float_model, variant)
+
+
+def quantize(float_model, variant):
+    """Bytes of a float32 .tflite -> bytes of `variant` (RECIPES, ai-edge-quantizer)."""
     if variant == "fp32":
         return float_model
     from ai_edge_quantizer import quantizer
 
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints a size report
+    # It prints a size report and progress bars.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         result = quantizer.Quantizer(float_model, RECIPES[variant]).quantize()
     return bytes(result.quantized_model)
 

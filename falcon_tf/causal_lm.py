@@ -127,8 +127,9 @@ class FalconCausalLM(keras.Model):
         position = backbone.attention_bias.cached_position(positions, cache_length)
         out = []
         for i, block in enumerate(backbone.transformer_layers):
-            x, k, v = block.call_cached(x, caches[2 * i], caches[2 * i + 1], mask_bias,
-                                        position, write)
+            with tf.name_scope(block.name):  # exported tensor names follow the layers
+                x, k, v = block.call_cached(x, caches[2 * i], caches[2 * i + 1], mask_bias,
+                                            position, write)
             out += [k, v]
         x = backbone.final_layernorm(x)
         logits = ops.cast(backbone.token_embedding(x, reverse=True), "float32")

@@ -266,3 +266,16 @@ class FalconTokenizer:
         path = os.path.join(directory, HF_TOKENIZER)
         manifest.atomic_write(path, self._tokenizer.to_str(pretty=False).encode("utf-8"))
         return path
+
+
+def from_artifact(artifact_dir, data, verify_checksums=True):
+    """The exported artifact's tokenizer, checked against its manifest `data`;
+    None when the artifact has none."""
+    from falcon_tf import manifest
+
+    entry = data.get("tokenizer")
+    if not entry:
+        return None
+    if verify_checksums:
+        manifest.verify(artifact_dir, entry["files"])
+    return FalconTokenizer.from_file(os.path.join(artifact_dir, contract.TOKENIZER_FILE))

@@ -10,7 +10,8 @@ TensorFlow, no Keras, which is what an edge device has.
 
 from falcon_tf._lazy import lazy_getattr
 
-_LAZY = {"FalconBackbone": "falcon_tf.lite.backbone"}
+_LAZY = {"FalconBackbone": "falcon_tf.lite.backbone",
+         "FalconCausalLM": "falcon_tf.lite.causal_lm"}
 __all__ = sorted(_LAZY)
 
 

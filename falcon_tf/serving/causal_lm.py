@@ -4,22 +4,11 @@ import os
 
 import numpy as np
 
-from falcon_tf import contract, generation, manifest
+from falcon_tf import contract, generation
 from falcon_tf.serving.backbone import load_version
+from falcon_tf.tokenizer import from_artifact as load_tokenizer
 
 DEFAULT_CACHE_LENGTH = 2048
-
-
-def load_tokenizer(artifact_dir, data, verify_checksums=True):
-    """The artifact's tokenizer (checked against the manifest), or None."""
-    entry = data.get("tokenizer")
-    if not entry:
-        return None
-    if verify_checksums:
-        manifest.verify(artifact_dir, entry["files"])
-    from falcon_tf.tokenizer import FalconTokenizer
-
-    return FalconTokenizer.from_file(os.path.join(artifact_dir, contract.TOKENIZER_FILE))
 
 
 class FalconCausalLM:

@@ -1,0 +1,214 @@
+"""Preset -> the causal LM as TFLite files with prefill and decode signatures.
+
+    falcon-tf export --preset falcon_tiny_random --format tflite --task causal_lm
+
+writes `artifacts/<name>/tflite/<name>_causal_lm_<variant>.tflite`, one file per
+variant holding every signature of the on-device LLM convention
+(ai-edge-torch / LiteRT-LM; names in `falcon_tf.contract`), batch 1, static
+shapes:
+
+    prefill_<L>  tokens int32 [1, L], input_pos int32 [L],
+                 mask float32 [1, 1, L, cache_len],
+                 kv_cache_k_<i>, kv_cache_v_<i> float32 [1, cache_len, kv_heads, head_dim]
+              -> logits float32 [1, L, vocab], kv_cache_k_<i>, kv_cache_v_<i>
+    decode       the same with L = 1
+
+The cache is updated with arithmetic the GPU delegate runs: a one-hot
+(cache_len x L) matrix of the slots in `input_pos` places the new keys and
+values with a matmul and clears those slots with a multiply (no
+DYNAMIC_UPDATE_SLICE or SCATTER). Slots in `input_pos` at or past cache_len
+write nothing. The files and their parity go into the manifest's `causal_lm`
+entry; the tokenizer goes to tokenizer/.
+
+Variants are the backbone's (converters/export_tflite.py RECIPES) applied to
+the decoder projections; the embedding, which is also the tied LM head, stays
+float32 in every variant.
+"""
+
+import datetime
+import os
+
+import numpy as np
+
+from converters import export_tflite
+from converters.export_tokenizer import export_tokenizer
+from falcon_tf import contract, manifest
+from falcon_tf.preset_io import artifact_name, progress_bar
+
+DEFAULT_CACHE_LENGTH = 256
+DEFAULT_PREFILL_LENGTHS = (8, 32)
+
+
+def onehot_write(input_pos, cache_length):
+    """A cache writer for the GPU delegate: input_pos (L,) int32 slots."""
+    import tensorflow as tf
+
+    slots = tf.range(cache_length, dtype=tf.int32)
+    place = tf.cast(tf.equal(slots[:, None], input_pos[None, :]), tf.float32)  # (C, L)
+    keep = 1.0 - tf.reduce_sum(place, axis=1)  # (C,): 0 at written slots
+
+    def write(cache, new):  # cache (1, C, kv, d), new (1, L, kv, d)
+        _, length, kv, d = new.shape
+        placed = tf.matmul(place, tf.reshape(tf.cast(new, tf.float32), (length, kv * d)))
+        placed = tf.reshape(placed, (1, cache_length, kv, d))
+        return tf.cast(cache, tf.float32) * keep[None, :, None, None] + placed
+
+    return write
+
+
+def signature_functions(lm, cache_length, prefill_lengths):
+    """{signature name: tf.function} for prefill_<L> and decode."""
+    import tensorflow as tf
+
+    config = lm.backbone.falcon_config
+    names = contract.cache_names(config.num_layers)
+    cache_spec = [tf.TensorSpec((1, cache_length, config.kv_heads, config.head_dim),
+                                tf.float32, n) for n in names]
+
+    def make(length):
+        spec = [tf.TensorSpec((1, length), tf.int32, contract.TOKENS),
+                tf.TensorSpec((length,), tf.int32, contract.INPUT_POS),
+                tf.TensorSpec((1, 1, length, cache_length), tf.float32, contract.MASK)]
+
+        @tf.function(input_signature=spec + cache_spec)
+        def step(tokens, input_pos, mask, *caches):
+            logits, caches = lm.call_with_cache(
+                tokens, input_pos[None, :], mask, list(caches),
+                write=onehot_write(input_pos, cache_length))
+            out = {contract.LOGITS: logits}
+            out.update({n: tf.cast(c, tf.float32) for n, c in zip(names, caches)})
+            return out
+
+        return step
+
+    functions = {contract.prefill_signature(n): make(n) for n in prefill_lengths}
+    functions[contract.DECODE_SIGNATURE] = make(1)
+    return functions
+
+
+def step_parity(data, lm, cache_length, prefill_lengths, seed=0):
+    """Runs the file on the CPU interpreter through `falcon_tf.lite`'s own host
+    loop pieces: prefill a prompt, decode its greedy continuation, and compare
+    every step's logits with the uncached Keras forward."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from falcon_tf.lite.causal_lm import SignatureRunners, run_steps
+
+    runners = SignatureRunners(Interpreter(model_content=data))
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(0, lm.backbone.vocabulary_size, max(prefill_lengths) + 3).tolist()
+    new = min(8, cache_length - len(prompt))
+    sequence = lm.generate([prompt], max_length=len(prompt) + new, stop_token_ids=None)[0]
+    expected = lm({"token_ids": np.array([sequence], "int32"),
+                   "padding_mask": np.ones((1, len(sequence)), "int32")}).numpy()[0]
+    got = run_steps(runners, sequence, len(prompt), cache_length)  # (len, vocab)
+    a, b = got.ravel(), expected[:len(got)].ravel()
+    greedy = [int(t) for t in got[len(prompt) - 1:-1].argmax(axis=-1)] == sequence[len(prompt):]
+    return {"max_abs_diff_vs_keras": float(np.abs(a - b).max()),
+            "cosine_vs_keras": float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)),
+            "greedy_tokens_equal_keras": bool(greedy), "of": "logits"}
+
+
+def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
+                            variants=("fp32", "fp16", "int8"),
+                            cache_length=DEFAULT_CACHE_LENGTH,
+                            prefill_lengths=DEFAULT_PREFILL_LENGTHS, tokenizer=None):
+    """Exports the causal LM of `preset` (or of `model`, a FalconBackbone) and
+    its tokenizer. Returns {variant: manifest entry}."""
+    import tensorflow as tf
+
+    from falcon_tf import FalconBackbone, __version__
+    from falcon_tf.causal_lm import FalconCausalLM
+
+    unknown = [v for v in variants if v not in export_tflite.VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"`variants` must be a non-empty subset of "
+                         f"{', '.join(export_tflite.VARIANTS)}; received "
+                         f"{', '.join(variants) or 'nothing'}.")
+    if isinstance(cache_length, bool) or not isinstance(cache_length, int) or cache_length < 2:
+        raise ValueError(f"`cache_length` must be an integer >= 2; received {cache_length!r}.")
+    prefill_lengths = sorted(set(prefill_lengths))
+    if not prefill_lengths or any(isinstance(n, bool) or not isinstance(n, int) or not
+                                  1 <= n <= cache_length for n in prefill_lengths):
+        raise ValueError(f"`prefill_lengths` must be integers in [1, cache_length="
+                         f"{cache_length}]; received {prefill_lengths}.")
+    model = model if model is not None else FalconBackbone.from_preset(preset)
+    name = name or artifact_name(preset)
+    too_big = [v for v in variants
+               if v not in export_tflite.variants_that_fit(model.count_params(), [v])]
+    if too_big:
+        raise ValueError(f"{', '.join(too_big)} of {name} ({model.count_params():,} parameters) "
+                         f"would exceed the 2 GiB FlatBuffer cap.")
+    lm = FalconCausalLM(model, cache_length=cache_length)
+    config = model.falcon_config
+    artifact_dir = os.path.abspath(os.path.join(out_dir, name))
+    folder = os.path.join(artifact_dir, "tflite")
+    os.makedirs(folder, exist_ok=True)
+    functions = signature_functions(lm, cache_length, prefill_lengths)
+    with progress_bar(f"Exporting TFLite causal LM {name}") as progress:
+        with export_tflite.signatures_converter(model, functions) as conv:
+            float_model = conv.convert()
+        progress(1, len(variants) + 1)
+        entries = {}
+        for done, variant in enumerate(variants):
+            data = export_tflite.quantize(float_model, variant)
+            path = os.path.join(folder, f"{name}_causal_lm_{variant}.tflite")
+            manifest.atomic_write(path, data)
+            versions = export_tflite.op_versions(data)
+            entries[variant] = {
+                "file": os.path.relpath(path, artifact_dir),
+                "bytes": len(data),
+                "sha256": manifest.sha256(path),
+                "parity": step_parity(data, lm, cache_length, prefill_lengths),
+                "op_versions": versions,
+                "oldest_runtime": export_tflite.oldest_runtime(versions),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"),
+                "tool_versions": {"falcon_tf": __version__, "tensorflow": tf.__version__},
+            }
+            progress(done + 2, len(variants) + 1)
+    for entry in entries.values():
+        entry["gpu_fully_accelerated"] = export_tflite.gpu_fully_accelerated(
+            os.path.join(artifact_dir, entry["file"]))
+
+    def spec(shape, dtype):
+        return {"shape": list(shape), "dtype": dtype}
+
+    def signature(length):
+        cache = spec((1, cache_length, config.kv_heads, config.head_dim), "float32")
+        caches = {n: cache for n in contract.cache_names(config.num_layers)}
+        return {"inputs": {contract.TOKENS: spec((1, length), "int32"),
+                           contract.INPUT_POS: spec((length,), "int32"),
+                           contract.MASK: spec((1, 1, length, cache_length), "float32"),
+                           **caches},
+                "outputs": {contract.LOGITS: spec((1, length, config.vocabulary_size),
+                                                  "float32"), **caches}}
+
+    tokenizer_entry = export_tokenizer(preset, artifact_dir, tokenizer)
+    causal_lm = {
+        "cache_len": cache_length,
+        "prefill_lengths": prefill_lengths,
+        "num_layers": config.num_layers,
+        "kv_heads": config.kv_heads,
+        "head_dim": config.head_dim,
+        "vocabulary_size": config.vocabulary_size,
+        "mask_value": contract.MASK_VALUE,
+        "start_token_id": tokenizer_entry["start_token_id"] if tokenizer_entry else None,
+        "stop_token_ids": [tokenizer_entry["end_token_id"]] if tokenizer_entry else [],
+        "signatures": {**{contract.prefill_signature(n): signature(n) for n in prefill_lengths},
+                       contract.DECODE_SIGNATURE: signature(1)},
+    }
+
+    def record(data):
+        data["preset"] = name
+        data["config"] = config.to_dict()
+        section = data.setdefault("causal_lm", {})
+        variants_before = section.get("variants", {})
+        if section.get("cache_len") not in (None, cache_length) or section.get(
+                "prefill_lengths") not in (None, prefill_lengths):
+            variants_before = {}  # other shapes: those files no longer match this entry
+        section.update(causal_lm)
+        section["variants"] = {**variants_before, **entries}
+
+    manifest.update(artifact_dir, record)
+    return entries

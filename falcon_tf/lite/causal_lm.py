@@ -1,0 +1,216 @@
+"""On-device causal LM: the host loop over an exported file's prefill_<L> and
+decode signatures (falcon_tf.contract), with numpy and a TFLite runtime only.
+"""
+
+import os
+import threading
+
+import numpy as np
+
+from falcon_tf import contract, generation, manifest
+from falcon_tf import samplers as _samplers
+from falcon_tf.lite.backbone import ACCELERATORS, _cpu_interpreter
+from falcon_tf.tokenizer import from_artifact
+
+
+class SignatureRunners:
+    """prefill_<L> and decode behind one call, on the CPU interpreter or on
+    ai-edge-litert's GPU accelerator. Shapes come from the file (CPU) or the
+    manifest's signature entries (GPU)."""
+
+    def __init__(self, interpreter=None, compiled=None, signatures=None):
+        self._interpreter, self._compiled = interpreter, compiled
+        if interpreter is not None:
+            self._runners = {name: interpreter.get_signature_runner(name)
+                             for name in interpreter.get_signature_list()}
+            signatures = {name: {"inputs": {k: {"shape": [int(d) for d in v["shape"]]}
+                                            for k, v in r.get_input_details().items()}}
+                          for name, r in self._runners.items()}
+        self.signatures = signatures
+        if contract.DECODE_SIGNATURE not in signatures:
+            raise ValueError(f"The file has no `{contract.DECODE_SIGNATURE}` signature; it has "
+                             f"{sorted(signatures)}. Is it a causal LM export?")
+        self.prefill_lengths = sorted(
+            int(name[len(contract.PREFILL_PREFIX):]) for name in signatures
+            if name.startswith(contract.PREFILL_PREFIX))
+        decode = signatures[contract.DECODE_SIGNATURE]["inputs"]
+        self.cache_names = sorted((n for n in decode if n.startswith(contract.CACHE_K_PREFIX)
+                                   or n.startswith(contract.CACHE_V_PREFIX)),
+                                  key=lambda n: (int(n.rsplit("_", 1)[1]), n))
+        self.cache_shape = tuple(decode[self.cache_names[0]]["shape"])
+        self.cache_length = self.cache_shape[1]
+        self._buffers = {}
+
+    def empty_cache(self):
+        return {n: np.zeros(self.cache_shape, np.float32) for n in self.cache_names}
+
+    def run(self, name, tokens, input_pos, mask, caches):
+        """-> (logits (L, vocab), caches)."""
+        inputs = {contract.TOKENS: tokens, contract.INPUT_POS: input_pos, contract.MASK: mask,
+                  **caches}
+        if self._interpreter is not None:
+            out = self._runners[name](**inputs)
+        else:
+            out = self._run_gpu(name, inputs)
+        logits = out.pop(contract.LOGITS)
+        return np.asarray(logits)[0], {n: np.asarray(out[n]) for n in self.cache_names}
+
+    def _run_gpu(self, name, inputs):
+        if name not in self._buffers:
+            spec = self.signatures[name]
+            ins = {n: self._compiled.create_input_buffer_by_name(name, n) for n in inputs}
+            outs = {n: self._compiled.create_output_buffer_by_name(name, n)
+                    for n in [contract.LOGITS] + self.cache_names}
+            self._buffers[name] = (ins, outs, spec)
+        ins, outs, spec = self._buffers[name]
+        for n, value in inputs.items():
+            ins[n].write(np.ascontiguousarray(value))
+        self._compiled.run_by_name(name, ins, outs)
+        shapes = {contract.LOGITS: spec["outputs"][contract.LOGITS]["shape"],
+                  **{n: self.cache_shape for n in self.cache_names}}
+        return {n: outs[n].read(int(np.prod(shapes[n])), np.float32).reshape(shapes[n])
+                for n in outs}
+
+
+def _mask(start, length, cache_length):
+    """(1, 1, L, C): token q (at slot start + q) attends slots up to its own."""
+    allowed = np.arange(cache_length)[None, :] <= (start + np.arange(length))[:, None]
+    return np.where(allowed, 0.0, contract.MASK_VALUE).astype(np.float32)[None, None]
+
+
+def _prefill(runners, tokens, caches):
+    """Prefills `tokens` from slot 0, in chunks of the exported lengths.
+    Returns (logits of every token (n, vocab), caches)."""
+    out, start, n = [], 0, len(tokens)
+    while start < n:
+        left = n - start
+        length = next((L for L in runners.prefill_lengths if L >= left),
+                      runners.prefill_lengths[-1])
+        chunk = np.zeros((1, length), np.int32)
+        real = min(left, length)
+        chunk[0, :real] = tokens[start:start + real]
+        # Past the prompt the chunk's padding writes slots that decode
+        # overwrites before any token attends them (or nothing, past the cache).
+        pos = (start + np.arange(length)).astype(np.int32)
+        logits, caches = runners.run(contract.prefill_signature(length), chunk, pos,
+                                     _mask(start, length, runners.cache_length), caches)
+        out.append(logits[:real])
+        start += real
+    return np.concatenate(out), caches
+
+
+def _decode(runners, token, position, caches):
+    logits, caches = runners.run(contract.DECODE_SIGNATURE, np.array([[token]], np.int32),
+                                 np.array([position], np.int32),
+                                 _mask(position, 1, runners.cache_length), caches)
+    return logits[0], caches
+
+
+def run_steps(runners, sequence, prompt_length, cache_length=None):
+    """Logits at every position of `sequence`: a prefill of its first
+    `prompt_length` tokens, then one decode step per later token."""
+    logits, caches = _prefill(runners, sequence[:prompt_length], runners.empty_cache())
+    rows = [logits]
+    for position in range(prompt_length, len(sequence)):
+        step, caches = _decode(runners, sequence[position], position, caches)
+        rows.append(step[None])
+    return np.concatenate(rows)
+
+
+class FalconCausalLM:
+    """The exported causal LM on device: `generate` with the contract of
+    `falcon_tf.FalconCausalLM.generate`; the loop runs here on the host over
+    the file's prefill and decode signatures, one prompt at a time (the file
+    has batch 1). Calls are serialized, so one instance is safe to share
+    between threads.
+    """
+
+    def __init__(self, runners, tokenizer, vocabulary_size, path):
+        self._runners = runners
+        self._lock = threading.Lock()
+        self.tokenizer = tokenizer
+        self.vocabulary_size = vocabulary_size
+        self.cache_length = runners.cache_length
+        self.path = path
+
+    @classmethod
+    def from_preset(cls, preset, variant="fp32", accelerator="cpu", num_threads=None,
+                    verify_checksums=True):
+        """Loads `artifacts/<preset>/tflite/<preset>_causal_lm_<variant>.tflite`
+        and the artifact's tokenizer (when `tokenizers` is installed), checked
+        against the manifest. `accelerator="gpu"` runs every signature on
+        ai-edge-litert's GPU accelerator alone."""
+        if accelerator not in ACCELERATORS:
+            raise ValueError(f"`accelerator` must be one of {ACCELERATORS}; "
+                             f"received {accelerator!r}.")
+        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+            raise ValueError(f"`num_threads` must be None or a positive integer; "
+                             f"received {num_threads!r}.")
+        artifact_dir = manifest.resolve_artifact_dir(preset, "tflite --task causal_lm")
+        data = manifest.read(artifact_dir)
+        section = data.get("causal_lm") or {}
+        variants = section.get("variants") or {}
+        if variant not in variants:
+            raise ValueError(f"`variant` {variant!r} of the causal LM is not exported in "
+                             f"{artifact_dir}; available: {sorted(variants)}.")
+        entry = variants[variant]
+        if verify_checksums:
+            manifest.verify(artifact_dir, {entry["file"]: entry})
+        path = os.path.join(artifact_dir, entry["file"])
+        if accelerator == "gpu":
+            runners = SignatureRunners(compiled=_gpu_model(path),
+                                       signatures=section["signatures"])
+        else:
+            runners = SignatureRunners(interpreter=_cpu_interpreter(path, num_threads))
+        try:
+            tokenizer = from_artifact(artifact_dir, data, verify_checksums)
+        except ImportError:  # no `tokenizers` on this device: token ids only
+            tokenizer = None
+        return cls(runners, tokenizer, data["config"]["vocabulary_size"], path)
+
+    def generate(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto",
+                 seed=None, strip_prompt=False, on_token=None):
+        """See `falcon_tf.FalconCausalLM.generate`. `on_token(row, token_id)` is
+        called as each token comes (streaming). Seeded sampling draws from
+        numpy's Generator: repeatable here, not the same draws as TensorFlow's."""
+        request = generation.prepare(inputs, self.tokenizer, self.vocabulary_size,
+                                     self.cache_length, max_length, sampler, stop_token_ids,
+                                     seed)
+        rng = np.random.default_rng(request.seed)
+        stops = set(request.stop_token_ids)
+        tokens = np.zeros((len(request.rows), request.max_length), np.int32)
+        ends = np.zeros(len(request.rows), np.int64)
+        with self._lock:
+            for i, prompt in enumerate(request.rows):
+                row = list(prompt)
+                if len(row) < request.max_length:
+                    logits, caches = _prefill(self._runners, row, self._runners.empty_cache())
+                    last = logits[-1]
+                    while True:
+                        token = int(_samplers.sample_numpy(last[None], request.sampler, rng)[0])
+                        row.append(token)
+                        if on_token is not None:
+                            on_token(i, token)
+                        if token in stops or len(row) >= request.max_length:
+                            break
+                        last, caches = _decode(self._runners, token, len(row) - 1, caches)
+                tokens[i, :len(row)], ends[i] = row, len(row)
+        return request.format(tokens, ends, strip_prompt)
+
+
+def _gpu_model(path):
+    try:
+        from ai_edge_litert.compiled_model import CompiledModel, HardwareAccelerator
+    except ImportError:
+        raise ValueError("`accelerator='gpu'` needs ai-edge-litert (pip install "
+                         "ai-edge-litert).") from None
+    os.makedirs(os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}"),
+                exist_ok=True)
+    try:
+        model = CompiledModel.from_file(path, hardware_accel=HardwareAccelerator.GPU)
+    except RuntimeError as err:
+        raise ValueError(f"{path} cannot run wholly on the GPU accelerator: "
+                         f"{str(err).strip().splitlines()[-1]}") from None
+    if not model.is_fully_accelerated():
+        raise ValueError(f"{path} does not run wholly on the GPU accelerator.")
+    return model
