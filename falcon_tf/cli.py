@@ -86,6 +86,60 @@ def tflite_table(entries, latencies=None):
     return "\n".join(lines)
 
 
+def generate(preset, prompt, runtime="keras", max_length=64, sampler="greedy", seed=None,
+             variant="fp32", accelerator="cpu", out=None):
+    """Generates from `prompt` with the chosen runtime, writing text to `out`
+    (stdout by default) as it comes. Returns the whole text."""
+    out = out or sys.stdout
+    if runtime == "keras":
+        from falcon_tf import FalconCausalLM
+
+        lm = FalconCausalLM.from_preset(preset, cache_length=max(max_length, 2))
+    elif runtime == "saved_model":
+        from falcon_tf.serving import FalconCausalLM
+
+        lm = FalconCausalLM.from_preset(preset, cache_length=max(max_length, 2))
+    elif runtime == "tflite":
+        from falcon_tf.lite import FalconCausalLM
+
+        lm = FalconCausalLM.from_preset(preset, variant=variant, accelerator=accelerator)
+    else:
+        raise ValueError(f"`runtime` must be keras, saved_model or tflite; received {runtime!r}.")
+    if lm.tokenizer is None:
+        raise ValueError(f"{preset} has no tokenizer files; `falcon-tf generate` needs text.")
+    tokenizer = lm.tokenizer
+    special = {tokenizer.start_token_id, tokenizer.end_token_id}
+    out.write(prompt)
+    out.flush()
+    if runtime == "saved_model":  # one request: the whole loop runs in the graph
+        text = lm.generate(prompt, max_length=max_length, sampler=sampler, seed=seed,
+                           strip_prompt=True)
+        out.write(text + "\n")
+        return prompt + text
+    pieces, shown = [], ""
+
+    def show(token):
+        nonlocal shown
+        if token in special:
+            return
+        pieces.append(token)
+        text = tokenizer.detokenize(pieces)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            out.write(text[len(shown):])
+            out.flush()
+            shown = text
+
+    if runtime == "keras":
+        for step in lm.stream(prompt, max_length=max_length, sampler=sampler, seed=seed):
+            show(int(step[0]))
+    else:
+        lm.generate(prompt, max_length=max_length, sampler=sampler, seed=seed,
+                    on_token=lambda row, token: show(token))
+    text = tokenizer.detokenize(pieces)
+    out.write(text[len(shown):] + "\n")  # what waited for bytes that never came
+    return prompt + text
+
+
 def list_presets():
     from falcon_tf.presets import BACKBONE_PRESETS
 
@@ -120,6 +174,26 @@ def main(argv=None):
                    help="tflite: comma-separated subset of fp32,fp16,int8,int4")
     p.add_argument("--batch", type=int, default=1, help="tflite: exported batch size")
     p.add_argument("--seq", type=int, default=128, help="tflite: exported sequence length")
+    p.add_argument("--task", choices=["backbone", "causal_lm"], default="backbone",
+                   help="tflite: the backbone (serving_default) or the causal LM "
+                        "(prefill_<L> and decode signatures); a SavedModel holds both")
+    p.add_argument("--cache-length", type=int, default=256,
+                   help="tflite causal_lm: KV cache capacity (default 256)")
+    p.add_argument("--prefill-lengths", default="8,32",
+                   help="tflite causal_lm: comma-separated prefill lengths (default 8,32)")
+    p = sub.add_parser("generate", help="generate text, streaming tokens as they come")
+    p.add_argument("--preset", default=DEFAULT_PRESET,
+                   help="keras: any preset or handle; saved_model and tflite: an artifact "
+                        "directory or an exported preset name")
+    p.add_argument("--runtime", choices=["keras", "saved_model", "tflite"], default="keras")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-length", type=int, default=64,
+                   help="total tokens, prompt included (default 64)")
+    p.add_argument("--sampler", choices=["greedy", "top_k", "top_p", "temperature"],
+                   default="greedy")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--variant", default="fp32", help="tflite: which exported variant")
+    p.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="tflite")
     p = sub.add_parser("convert", help="convert a Hugging Face Falcon checkpoint to a preset")
     p.add_argument("source", help="hf://org/name[@revision] or a local checkpoint directory")
     p.add_argument("output", help="preset directory to write")
@@ -130,12 +204,28 @@ def main(argv=None):
                 parser.error("--seq must be a positive integer")
             print(demo(args.preset, args.out, seq=args.seq))
         elif args.command == "export" and args.format == "tflite":
-            from converters.export_tflite import export_tflite
-
             variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-            entries = export_tflite(args.preset, args.out, args.name, variants=variants,
-                                    batch=args.batch, seq=args.seq)
+            if args.task == "causal_lm":
+                from converters.export_tflite_causal_lm import export_tflite_causal_lm
+
+                try:
+                    lengths = [int(n) for n in args.prefill_lengths.split(",") if n.strip()]
+                except ValueError:
+                    parser.error("--prefill-lengths must be comma-separated integers")
+                entries = export_tflite_causal_lm(
+                    args.preset, args.out, args.name, variants=variants,
+                    cache_length=args.cache_length, prefill_lengths=lengths)
+            else:
+                from converters.export_tflite import export_tflite
+
+                entries = export_tflite(args.preset, args.out, args.name, variants=variants,
+                                        batch=args.batch, seq=args.seq)
             print(tflite_table(entries))
+        elif args.command == "generate":
+            if args.max_length < 2:
+                parser.error("--max-length must be at least 2")
+            generate(args.preset, args.prompt, args.runtime, args.max_length, args.sampler,
+                     args.seed, args.variant, args.accelerator)
         elif args.command == "export":
             from converters.export_saved_model import export_saved_model
 

@@ -174,3 +174,23 @@ def test_gpu_variants_run_every_signature_on_the_gpu(exported, gpu_available,  #
     assert result["cosine"] >= 0.999
     assert result["same_tokens"]
     assert not result["tensorflow_loaded"]
+
+
+def test_cli_generate_streams_the_same_text_on_every_runtime(exported, capsys):
+    import io
+
+    from falcon_tf import cli
+
+    lm, artifact, _ = exported
+    expected = "the cat" + lm.generate("the cat", max_length=20, strip_prompt=True)
+    for runtime in ("saved_model", "tflite"):
+        out = io.StringIO()
+        text = cli.generate(str(artifact), "the cat", runtime=runtime, max_length=20, out=out)
+        assert text == expected, runtime
+        assert out.getvalue() == expected + "\n"
+    assert cli.main(["generate", "--preset", str(artifact), "--runtime", "tflite", "--prompt",
+                     "the cat", "--max-length", "20"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    assert cli.main(["generate", "--preset", str(artifact), "--runtime", "tflite", "--prompt",
+                     "x", "--variant", "int4"]) == 2
+    assert "'int4' of the causal LM is not exported" in capsys.readouterr().err

@@ -38,3 +38,11 @@ def test_presets_lists_every_builtin(capsys):
 def test_docstring_examples_run():
     result = doctest.testmod(falcon_tf.backbone, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 4 and result.failed == 0
+
+
+def test_generate_with_keras_streams_text(capsys):
+    from falcon_tf import FalconCausalLM
+
+    assert cli.main(["generate", "--prompt", "the cat", "--max-length", "12"]) == 0
+    lm = FalconCausalLM.from_preset("falcon_tiny_random", cache_length=12)
+    assert capsys.readouterr().out == lm.generate("the cat", max_length=12) + "\n"
