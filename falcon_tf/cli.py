@@ -68,9 +68,57 @@ def demo(preset=DEFAULT_PRESET, out_dir="artifacts", batch=1, seq=128, runs=20):
             lite(x)
             runs_ms.append((time.perf_counter() - start) * 1e3)
         latencies[variant] = float(np.median(runs_ms))
-    return "\n".join([keras_line, serving_line,
-                      f"{name}: TFLite (batch {batch} x seq {seq}; CPU ms = XNNPACK, 2 threads, "
-                      f"median of {runs}; cosine vs Keras)", tflite_table(entries, latencies)])
+    lines = [keras_line, serving_line,
+             f"{name}: TFLite (batch {batch} x seq {seq}; CPU ms = XNNPACK, 2 threads, "
+             f"median of {runs}; cosine vs Keras)", tflite_table(entries, latencies)]
+    return "\n".join(lines + causal_lm_demo(preset, out_dir, name, model))
+
+
+def causal_lm_demo(preset, out_dir, name, backbone, new_tokens=32):
+    """Exports the causal LM for TFLite (the SavedModel already holds it) and
+    generates greedily from one prompt on every runtime. Returns the lines."""
+    from converters.export_tflite_causal_lm import export_tflite_causal_lm
+    from falcon_tf import FalconCausalLM
+    from falcon_tf.lite import FalconCausalLM as LiteLM
+    from falcon_tf.serving import FalconCausalLM as ServingLM
+
+    import numpy as np
+
+    from falcon_tf import FalconTokenizer
+
+    try:
+        tokenizer = FalconTokenizer.from_preset(preset)
+    except FileNotFoundError:
+        tokenizer = None
+    lm = FalconCausalLM(backbone, tokenizer=tokenizer, cache_length=128)
+    artifact = os.path.join(out_dir, name)
+    entries = export_tflite_causal_lm(preset, out_dir, name, model=lm.backbone,
+                                      variants=("fp32", "fp16", "int8"), cache_length=128,
+                                      tokenizer=lm.tokenizer)
+    prompt = lm.tokenizer.start_token_id if lm.tokenizer else 1
+    rows = [[prompt] + list(range(2, 14))]  # 13 prompt tokens
+    max_length = len(rows[0]) + new_tokens
+    runtimes = {"keras XLA": lm,
+                "saved_model": ServingLM.from_preset(artifact, cache_length=128)}
+    runtimes.update({f"tflite {v}": LiteLM.from_preset(artifact, variant=v, num_threads=2)
+                     for v in entries})
+    expected = lm.generate(rows, max_length=max_length, stop_token_ids=None)
+    lines = [f"{name}: causal LM, greedy, {len(rows[0])} prompt tokens + {new_tokens} new "
+             f"(tokens/s = new tokens / median of 5 generate calls, CPU)",
+             f"{'runtime':12s} {'same tokens as keras':>20s} {'tokens/s':>9s} {'GPU whole':>9s}"]
+    for label, runtime in runtimes.items():
+        got = runtime.generate(rows, max_length=max_length, stop_token_ids=None)
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            runtime.generate(rows, max_length=max_length, stop_token_ids=None)
+            times.append(time.perf_counter() - start)
+        variant = label.split()[1] if label.startswith("tflite") else None
+        gpu = {True: "yes", False: "no", None: "n/a"}[
+            entries[variant].get("gpu_fully_accelerated")] if variant else ""
+        lines.append(f"{label:12s} {'yes' if got == expected else 'NO':>20s} "
+                     f"{new_tokens / np.median(times):9.1f} {gpu:>9s}")
+    return lines
 
 
 def tflite_table(entries, latencies=None):
@@ -156,8 +204,9 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="falcon-tf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("demo", help="build a preset, run it with XLA, export it for TF Serving, "
-                                    "print parity and latency")
+    p = sub.add_parser("demo", help="build a preset, run it with XLA, export it for TF Serving "
+                                    "and TFLite, generate on every runtime, print parity and "
+                                    "speed")
     p.add_argument("--preset", default=DEFAULT_PRESET,
                    help=f"builtin name, kaggle:// handle or local directory "
                         f"(default {DEFAULT_PRESET}, embedded, random weights)")

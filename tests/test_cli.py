@@ -18,9 +18,15 @@ def test_demo_prints_parity_and_latency(tmp_path, capsys):
     assert xla_vs_eager <= 1e-5 and reload_diff == 0.0
     assert (tmp_path / "falcon_tiny_random" / "keras_preset" / "model.weights.h5").is_file()
     assert "TFLite" in tflite_title and header.split()[:2] == ["variant", "bytes"]
-    cosines = {row.split()[0]: float(row.split()[3]) for row in rows}
+    tflite_rows, lm_title, lm_header, lm_rows = rows[:4], rows[4], rows[5], rows[6:]
+    cosines = {row.split()[0]: float(row.split()[3]) for row in tflite_rows}
     assert sorted(cosines) == ["fp16", "fp32", "int4", "int8"]
     assert cosines["fp32"] >= 0.99999 and cosines["int8"] >= 0.999 and cosines["int4"] >= 0.99
+    assert "causal LM" in lm_title and lm_header.split()[0] == "runtime"
+    same = {" ".join(row.split()[:-3 if row.startswith("tflite") else -2]): row.split()[
+        -3 if row.startswith("tflite") else -2] for row in lm_rows}
+    assert same == {"keras XLA": "yes", "saved_model": "yes", "tflite fp32": "yes",
+                    "tflite fp16": "yes", "tflite int8": "yes"}
 
 
 def test_demo_with_a_bad_preset_is_a_clear_error(tmp_path, capsys):
