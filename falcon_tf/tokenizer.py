@@ -24,6 +24,16 @@ HF_VOCABULARY = "vocab.json"
 HF_MERGES = "merges.txt"
 
 
+def _is_keras_config(path):
+    """True for keras-hub's tokenizer.json (a layer config naming its class)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and "class_name" in data and "model" not in data
+
+
 def _read_merges(path):
     merges = []
     with open(path, encoding="utf-8") as f:
@@ -170,16 +180,19 @@ class FalconTokenizer:
     def from_directory(cls, directory):
         """From whichever tokenizer files `directory` holds (see the module docstring)."""
         directory = os.fspath(directory)
-        candidates = [
-            os.path.join(directory, contract.TOKENIZER_FILE),
-            os.path.join(directory, HF_TOKENIZER),
-        ]
-        for path in candidates:
-            if os.path.isfile(path):
-                return cls.from_file(path)
-        pairs = [(os.path.join(directory, KERAS_HUB_ASSETS, KERAS_HUB_VOCABULARY),
-                  os.path.join(directory, KERAS_HUB_ASSETS, KERAS_HUB_MERGES)),
-                 (os.path.join(directory, "tokenizer", HF_VOCABULARY),
+        exported = os.path.join(directory, contract.TOKENIZER_FILE)
+        if os.path.isfile(exported):
+            return cls.from_file(exported)
+        keras_hub = (os.path.join(directory, KERAS_HUB_ASSETS, KERAS_HUB_VOCABULARY),
+                     os.path.join(directory, KERAS_HUB_ASSETS, KERAS_HUB_MERGES))
+        if all(os.path.isfile(p) for p in keras_hub):
+            # A keras-hub preset; its top-level tokenizer.json is keras-hub's
+            # layer config, not a Hugging Face tokenizer.
+            return cls(*keras_hub)
+        hf = os.path.join(directory, HF_TOKENIZER)
+        if os.path.isfile(hf) and not _is_keras_config(hf):
+            return cls.from_file(hf)
+        pairs = [(os.path.join(directory, "tokenizer", HF_VOCABULARY),
                   os.path.join(directory, "tokenizer", HF_MERGES)),
                  (os.path.join(directory, HF_VOCABULARY), os.path.join(directory, HF_MERGES))]
         for vocabulary, merges in pairs:

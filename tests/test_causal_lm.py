@@ -183,3 +183,22 @@ def test_bad_arguments_fail_before_any_compute(lm):
     assert not calls
     with pytest.raises(ValueError, match="`temperature` must be positive"):
         Sampler("temperature", temperature=0.0)
+
+
+def test_loads_a_keras_hub_causal_lm_preset_and_generates_the_same_text(keras_hub, tmp_path):
+    from falcon_tf.tokenizer import synthetic_vocabulary
+
+    vocabulary, merges = synthetic_vocabulary(300)
+    tokenizer = keras_hub.models.FalconTokenizer(vocabulary=vocabulary,
+                                                 merges=[f"{a} {b}" for a, b in merges])
+    backbone = randomize(keras_hub.models.FalconBackbone(**tiny_kwargs(vocabulary_size=300)),
+                         seed=5, scale=0.2)
+    preprocessor = keras_hub.models.FalconCausalLMPreprocessor(tokenizer, sequence_length=48)
+    reference = keras_hub.models.FalconCausalLM(backbone=backbone, preprocessor=preprocessor)
+    reference.compile(sampler="greedy")
+    reference.save_to_preset(str(tmp_path))
+    ours = FalconCausalLM.from_preset(str(tmp_path), cache_length=48)
+    assert ours.tokenizer is not None
+    prompts = ["the cat sat", "on a mat in the sun"]
+    expected = reference.generate(prompts, max_length=40)
+    assert ours.generate(prompts, max_length=40) == list(expected)

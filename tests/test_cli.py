@@ -3,6 +3,9 @@
 import doctest
 
 import falcon_tf.backbone
+import falcon_tf.causal_lm
+import falcon_tf.samplers
+import falcon_tf.tokenizer
 from falcon_tf import cli
 
 
@@ -44,6 +47,9 @@ def test_presets_lists_every_builtin(capsys):
 def test_docstring_examples_run():
     result = doctest.testmod(falcon_tf.backbone, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 4 and result.failed == 0
+    for module in (falcon_tf.causal_lm, falcon_tf.tokenizer, falcon_tf.samplers):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted >= 1 and result.failed == 0, module.__name__
 
 
 def test_generate_with_keras_streams_text(capsys):

@@ -99,12 +99,14 @@ def test_special_token_is_never_split(trained):
     assert ours.detokenize(ids) == f"one{END_TOKEN}two {END_TOKEN}"
 
 
-def test_loads_keras_hub_preset_assets(trained, tmp_path):
+def test_loads_a_preset_keras_hub_saved(trained, tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
     _, folder = trained
-    assets = tmp_path / "assets" / "tokenizer"
-    assets.mkdir(parents=True)
-    (assets / "vocabulary.json").write_bytes((folder / "vocab.json").read_bytes())
-    (assets / "merges.txt").write_bytes((folder / "merges.txt").read_bytes())
+    vocabulary = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    merges = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()[1:]
+    keras_hub.models.FalconTokenizer(vocabulary=vocabulary, merges=merges).save_to_preset(
+        str(tmp_path))
+    assert (tmp_path / "tokenizer.json").is_file()  # keras-hub's config, not HF's format
     ours = FalconTokenizer.from_directory(tmp_path)
     assert ours(CORPUS[4]) == FalconTokenizer.from_directory(folder)(CORPUS[4])
 
