@@ -34,6 +34,7 @@ bench: $(VENV)/.test-$(HASH)
 	$(PY) benchmarks/forward.py
 	$(PY) benchmarks/serving.py
 	$(PY) benchmarks/tflite.py
+	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/convert.py
 
 clean:
