@@ -1,6 +1,10 @@
 """The Android app's contract constants (FalconContract.java) match
-falcon_tf/contract.py, and an exported causal-LM .tflite can be checked against them."""
+falcon_tf/contract.py, and the real causal-LM export (converters/
+export_tflite_causal_lm.py) has the signatures and tensors those constants and
+its manifest name."""
 
+import importlib.util
+import json
 import os
 import re
 
@@ -206,3 +210,60 @@ def test_missing_decode_is_reported(tmp_path):
     problems = check_causal_lm_tflite(path)
     assert "unexpected signature 'step'" in problems
     assert "no 'decode' signature" in problems
+
+
+# The real export: the tiny random model through the causal-LM exporter, as the
+# Android golden files are made (android_demo/fixtures/make_causal_lm_golden.py).
+
+@pytest.fixture(scope="module")
+def real_export(tmp_path_factory):
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("ai_edge_litert")
+    path = os.path.join(ROOT, "android_demo", "fixtures", "make_causal_lm_golden.py")
+    spec = importlib.util.spec_from_file_location("make_causal_lm_golden", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    artifact_dir = script.export(str(tmp_path_factory.mktemp("export")))
+    with open(os.path.join(artifact_dir, contract.MANIFEST_FILE), encoding="utf-8") as f:
+        manifest = json.load(f)
+    return artifact_dir, manifest
+
+
+def test_real_export_passes_the_check(real_export):
+    artifact_dir, manifest = real_export
+    for variant in manifest["causal_lm"]["variants"].values():
+        assert check_causal_lm_tflite(os.path.join(artifact_dir, variant["file"])) == []
+
+
+def test_real_export_signatures_match_java_constants_and_manifest(real_export):
+    from ai_edge_litert.interpreter import Interpreter
+
+    artifact_dir, manifest = real_export
+    java = java_constants()
+    section = manifest["causal_lm"]
+    assert np.float32(section["mask_value"]) == np.float32(java["MASK_VALUE"])
+    caches = []
+    for i in range(section["num_layers"]):
+        caches += [f"{java['CACHE_K_PREFIX']}{i}", f"{java['CACHE_V_PREFIX']}{i}"]
+    expected_names = {java["DECODE_SIGNATURE"]} | {
+        f"{java['PREFILL_PREFIX']}{n}" for n in section["prefill_lengths"]}
+    assert set(section["signatures"]) == expected_names
+    assert java["TOKENIZER_FILE"] in manifest["tokenizer"]["files"]
+    assert os.path.isfile(os.path.join(artifact_dir, java["TOKENIZER_FILE"]))
+    for variant in section["variants"].values():
+        interpreter = Interpreter(model_path=os.path.join(artifact_dir, variant["file"]))
+        signatures = interpreter.get_signature_list()
+        assert set(signatures) == expected_names, variant["file"]
+        for name, tensors in signatures.items():
+            recorded = section["signatures"][name]
+            assert set(tensors["inputs"]) == {java["TOKENS"], java["INPUT_POS"], java["MASK"],
+                                              *caches} == set(recorded["inputs"]), name
+            assert set(tensors["outputs"]) == {java["LOGITS"], *caches} == set(
+                recorded["outputs"]), name
+            runner = interpreter.get_signature_runner(name)
+            for side, details in (("inputs", runner.get_input_details()),
+                                  ("outputs", runner.get_output_details())):
+                for tensor, detail in details.items():
+                    spec = recorded[side][tensor]
+                    assert [int(d) for d in detail["shape"]] == spec["shape"], (name, tensor)
+                    assert np.dtype(detail["dtype"]).name == spec["dtype"], (name, tensor)

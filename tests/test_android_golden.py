@@ -1,9 +1,14 @@
-"""The Android core's golden files stay what Hugging Face tokenizers and the
-reference sampler produce: regenerating them must give the committed bytes."""
+"""The Android core's golden files stay what Hugging Face tokenizers, the
+reference sampler and the real causal-LM export produce: regenerating them must
+give the committed files (the causal LM's logits within 1e-5)."""
 
+import base64
+import hashlib
 import importlib.util
 import json
 import os
+
+import numpy as np
 
 import pytest
 
@@ -12,11 +17,13 @@ from tokenizers import Tokenizer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(ROOT, "android_demo", "core", "src", "test", "resources", "golden")
+CAUSAL_LM = os.path.join(GOLDEN, "causal_lm")
+LOGITS_ATOL = 1e-5
 
 
-def load_script():
-    path = os.path.join(ROOT, "android_demo", "fixtures", "make_golden.py")
-    spec = importlib.util.spec_from_file_location("make_golden", path)
+def load_script(name="make_golden"):
+    path = os.path.join(ROOT, "android_demo", "fixtures", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -96,3 +103,79 @@ def test_sampling_cases_cover_stopping(rendered):
     assert len(greedy_stop["expected"]) < len(data["logits"])
     # Different seeds or settings draw different sequences (the cases are not all greedy).
     assert len({tuple(c["expected"]) for c in data["cases"]}) > 4
+
+
+# The causal-LM golden files: the real export, run by falcon_tf.lite's host loop.
+
+def committed_causal_lm(name):
+    with open(os.path.join(CAUSAL_LM, name), encoding="utf-8") as f:
+        return f.read()
+
+
+def logits_row(call, vocab):
+    return np.frombuffer(base64.b64decode(call["logits"]), "<f4").reshape(vocab)
+
+
+def test_causal_lm_golden_is_self_consistent():
+    # Without regenerating: the manifest describes the committed tokenizer.json, the
+    # tokens fed are the prompt then the generated ids, and each generated id is the
+    # first maximum of the logits row recorded for it (greedy).
+    manifest = json.loads(committed_causal_lm("manifest.json"))
+    data = json.loads(committed_causal_lm("generation.json"))
+    tokenizer_bytes = committed_causal_lm("tokenizer/tokenizer.json").encode("utf-8")
+    entry = manifest["tokenizer"]["files"]["tokenizer/tokenizer.json"]
+    assert entry == {"sha256": hashlib.sha256(tokenizer_bytes).hexdigest(),
+                     "bytes": len(tokenizer_bytes)}
+    vocab = manifest["causal_lm"]["vocabulary_size"]
+    assert data["vocabulary_size"] == vocab
+    for case in data["cases"]:
+        calls, prompt, generated = case["calls"], case["prompt"], case["generated"]
+        prefills = [c for c in calls if c["signature"] != "decode"]
+        fed = [t for c in prefills for t, p in zip(c["tokens"], c["input_pos"]) if p < len(prompt)]
+        assert fed == prompt, case["name"]
+        assert [c["tokens"][0] for c in calls[len(prefills):]] == generated[:-1], case["name"]
+        drawn = [int(np.argmax(logits_row(c, vocab))) for c in calls if c["logits"]]
+        assert drawn == generated, case["name"]
+
+
+@pytest.fixture(scope="module")
+def causal_lm_rendered():
+    pytest.importorskip("tensorflow")
+    pytest.importorskip("ai_edge_litert")
+    return load_script("make_causal_lm_golden").render()
+
+
+def _java_relevant(manifest):
+    """The manifest without what changes run to run (times, versions, parity figures)."""
+    out = json.loads(json.dumps(manifest))
+    for variant in out["causal_lm"]["variants"].values():
+        for key in ("created", "tool_versions", "parity"):
+            variant.pop(key, None)
+    return out
+
+
+def test_causal_lm_golden_is_current(causal_lm_rendered):
+    assert sorted(causal_lm_rendered) == ["generation.json", "manifest.json",
+                                          "tokenizer/tokenizer.json"]
+    assert causal_lm_rendered["tokenizer/tokenizer.json"] == committed_causal_lm(
+        "tokenizer/tokenizer.json")
+    assert _java_relevant(json.loads(causal_lm_rendered["manifest.json"])) == _java_relevant(
+        json.loads(committed_causal_lm("manifest.json"))), (
+        "the exporter's manifest changed; run android_demo/fixtures/make_causal_lm_golden.py")
+    fresh = json.loads(causal_lm_rendered["generation.json"])
+    old = json.loads(committed_causal_lm("generation.json"))
+    vocab = old["vocabulary_size"]
+    assert {k: v for k, v in fresh.items() if k != "cases"} == {
+        k: v for k, v in old.items() if k != "cases"}
+    assert [c["name"] for c in fresh["cases"]] == [c["name"] for c in old["cases"]]
+    for new_case, old_case in zip(fresh["cases"], old["cases"]):
+        name = new_case["name"]
+        assert {k: v for k, v in new_case.items() if k != "calls"} == {
+            k: v for k, v in old_case.items() if k != "calls"}, name
+        assert len(new_case["calls"]) == len(old_case["calls"]), name
+        for i, (a, b) in enumerate(zip(new_case["calls"], old_case["calls"])):
+            assert {k: v for k, v in a.items() if k != "logits"} == {
+                k: v for k, v in b.items() if k != "logits"}, (name, i)
+            if b["logits"] is not None:
+                np.testing.assert_allclose(logits_row(a, vocab), logits_row(b, vocab),
+                                           rtol=0, atol=LOGITS_ATOL, err_msg=f"{name} call {i}")

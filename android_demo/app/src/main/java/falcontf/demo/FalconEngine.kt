@@ -45,7 +45,8 @@ class FalconEngine(private val context: Context) : Closeable {
         val lm = manifest.causalLm()
         val variant = selection["variant"] as? String
         val modelEntry = lm.variant(variant)
-        val tokenizerEntry = manifest.file(FalconContract.TOKENIZER_FILE)
+        val tokenizerInfo = manifest.tokenizer()
+        val tokenizerEntry = tokenizerInfo.file
 
         for (entry in listOf(tokenizerEntry, modelEntry)) {
             onStatus("Checking ${entry.path} (${entry.bytes / (1 shl 20)} MiB)…")
@@ -55,10 +56,23 @@ class FalconEngine(private val context: Context) : Closeable {
         val tok = openAsset(FalconContract.TOKENIZER_FILE).use { BpeTokenizer.read(it, ASSETS + FalconContract.TOKENIZER_FILE) }
         onStatus("Opening the model…")
         val opened = LiteRtCausalLm(mapModel(modelEntry.path), CPU_THREADS, ASSETS + modelEntry.path)
-        if (opened.cacheLength() != lm.cacheLength) {
+        // The file must be the one the manifest describes (the Generator builds its
+        // chunks and masks from these numbers).
+        val mismatch = when {
+            opened.cacheLength() != lm.cacheLength ->
+                "a cache of ${opened.cacheLength()} positions; manifest.json says ${lm.cacheLength}"
+            opened.vocabSize() != lm.vocabularySize ->
+                "a vocabulary of ${opened.vocabSize()}; manifest.json says ${lm.vocabularySize}"
+            !opened.prefillLengths().contentEquals(lm.prefillLengths) ->
+                "prefill lengths ${opened.prefillLengths().joinToString("/")}; manifest.json says " +
+                    lm.prefillLengths.joinToString("/")
+            opened.numLayers != lm.numLayers ->
+                "${opened.numLayers} layers of KV cache; manifest.json says ${lm.numLayers}"
+            else -> null
+        }
+        if (mismatch != null) {
             opened.close()
-            throw IllegalArgumentException("${modelEntry.path} has a cache of ${opened.cacheLength()} positions; " +
-                "manifest.json says ${lm.cacheLength}. Copy the assets again.")
+            throw IllegalArgumentException("${modelEntry.path} has $mismatch. Copy the assets again.")
         }
         if (opened.vocabSize() < tok.vocabSize()) {
             opened.close()
@@ -68,8 +82,9 @@ class FalconEngine(private val context: Context) : Closeable {
         model = opened
         tokenizer = tok
         startToken = lm.startTokenId
+        // As Python's stop_token_ids="auto": the export's stop ids, else the tokenizer's end token.
         stopTokens = if (lm.stopTokenIds.isNotEmpty()) lm.stopTokenIds
-            else tok.tokenToId("<|endoftext|>").let { if (it >= 0) intArrayOf(it) else IntArray(0) }
+            else if (tokenizerInfo.endTokenId >= 0) intArrayOf(tokenizerInfo.endTokenId) else IntArray(0)
         Loaded("${selection["preset"]} ${variant ?: ""}: cache ${lm.cacheLength}, prefill " +
             lm.prefillLengths.joinToString("/"), opened.delegateDescription)
     }

@@ -24,6 +24,10 @@ class LiteRtCausalLm(model: ByteBuffer, cpuThreads: Int, source: String) : Causa
     /** Which backend runs the model, and why, for the UI. */
     val delegateDescription: String
 
+    /** Decoder layers, counted from decode's kv_cache_k_<i> inputs. */
+    val numLayers: Int
+        get() = cacheNames.size / 2
+
     private val interpreter: Interpreter
     private val gpuDelegate: GpuDelegate?
     private val cacheNames: List<String>

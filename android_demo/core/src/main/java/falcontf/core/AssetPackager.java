@@ -43,7 +43,7 @@ public final class AssetPackager {
                 manifestPath.toString());
         Manifest.CausalLmInfo lm = manifest.causalLm();
         Manifest.FileEntry model = lm.variant(variant);
-        Manifest.FileEntry tokenizer = manifest.file(FalconContract.TOKENIZER_FILE);
+        Manifest.FileEntry tokenizer = manifest.tokenizer().file;
 
         List<String> written = new ArrayList<>();
         Files.createDirectories(out);

@@ -3,16 +3,19 @@ package falcontf.core;
 import java.util.Arrays;
 
 /**
- * The prefill/decode loop over a {@link CausalLm}.
+ * The prefill/decode loop over a {@link CausalLm}, the same as the Python host loop
+ * over the exported file (falcon_tf/lite/causal_lm.py; golden-tested against it).
  *
- * <p>The prompt goes through the prefill signatures in chunks: for the tokens left, the
- * shortest prefill length that holds them all, else the longest that fits (the decode
- * signature, L = 1, when nothing longer fits in the cache). A chunk shorter than its
- * signature is padded; the padding writes cache slots after the prompt, which no
- * query can see (the mask allows a query at position p only slots 0..p) and which the
- * following tokens overwrite. Then each new token is fed to {@code decode} at the next
- * position. Generation stops at a stop token, at {@code maxNewTokens}, when the
- * listener asks to, or when the cache is full, with a message saying which.
+ * <p>The prompt goes through the prefill signatures in chunks from slot 0: for the
+ * tokens left, the shortest prefill length that holds them all, else the longest. A
+ * chunk shorter than its signature is padded with token 0 at the following positions;
+ * no real query can see those slots (the mask allows a query at position p only slots
+ * 0..p), the following tokens overwrite them, and positions at or past the cache end
+ * write nothing (the export's one-hot cache update). Then each new token is fed to
+ * {@code decode} at the next position. Generation stops at a stop token, at
+ * {@code maxNewTokens}, when the listener asks to, or when prompt and new tokens fill
+ * the cache (as Python's {@code max_length <= cache_length}), with a message saying
+ * which.
  */
 public final class Generator {
     /** Why generation ended. */
@@ -70,6 +73,10 @@ public final class Generator {
         }
         int[] lengths = model.prefillLengths().clone();
         Arrays.sort(lengths);
+        if (lengths.length == 0) {
+            throw new IllegalArgumentException("The model has no " + FalconContract.PREFILL_PREFIX
+                    + "<L> signature to read a prompt with.");
+        }
         for (int length : lengths) {
             if (length <= 0) {
                 throw new IllegalArgumentException("Prefill length " + length + " must be positive.");
@@ -96,6 +103,11 @@ public final class Generator {
         for (int token : prompt) {
             checkToken(token, "prompt");
         }
+        if (prompt.length >= cacheLength) {
+            return new Result(new int[0], prompt.length, StopReason.CACHE_FULL, "Stopped: the prompt's "
+                    + prompt.length + " tokens fill the model's cache of " + cacheLength
+                    + " positions; there is no room for a new token.", 0, 0, 0);
+        }
         model.resetCache();
 
         long start = System.nanoTime();
@@ -104,12 +116,11 @@ public final class Generator {
         int position = 0;
         while (position < prompt.length) {
             int left = prompt.length - position;
-            int length = chunkLength(left, position);
+            int length = chunkLength(left);
             int used = Math.min(left, length);
             int[] tokens = new int[length];
             System.arraycopy(prompt, position, tokens, 0, used);
-            logits = runChecked(length == 1 && !hasPrefill(1) ? FalconContract.DECODE_SIGNATURE
-                    : FalconContract.prefillSignature(length), tokens, position);
+            logits = runChecked(FalconContract.prefillSignature(length), tokens, position);
             lastRow = used - 1;
             position += used;
         }
@@ -139,7 +150,7 @@ public final class Generator {
                 message = "Stopped after " + maxNewTokens + " new tokens (the limit).";
                 break;
             }
-            if (position >= cacheLength) {
+            if (position + 1 >= cacheLength) {
                 reason = StopReason.CACHE_FULL;
                 message = "Stopped: the model's cache of " + cacheLength + " positions is full ("
                         + prompt.length + " prompt + " + out.size() + " new tokens).";
@@ -155,23 +166,18 @@ public final class Generator {
         return new Result(out.toArray(), prompt.length, reason, message, prefillNanos, decodeNanos, decodeSteps);
     }
 
-    /** The signature length for the next prompt chunk starting at {@code position}. */
-    private int chunkLength(int left, int position) {
-        int room = cacheLength - position;
+    /** The prefill length for the next prompt chunk: the shortest holding all, else the longest. */
+    private int chunkLength(int left) {
         for (int length : prefillLengths) {
-            if (length >= left && length <= room) return length;
+            if (length >= left) return length;
         }
-        for (int k = prefillLengths.length - 1; k >= 0; k--) {
-            if (prefillLengths[k] <= Math.min(left, room)) return prefillLengths[k];
-        }
-        return 1; // decode, one token at a time
+        return prefillLengths[prefillLengths.length - 1];
     }
 
-    private boolean hasPrefill(int length) {
-        return Arrays.binarySearch(prefillLengths, length) >= 0;
-    }
-
-    /** Runs one signature over positions start .. start + L - 1 with the causal mask. */
+    /**
+     * Runs one signature over positions start .. start + L - 1 with the causal mask: row
+     * i allows slots 0 .. start + i (all of them for a padding row past the cache end).
+     */
     private float[] runChecked(String signature, int[] tokens, int start) {
         int length = tokens.length;
         int[] inputPos = new int[length];
@@ -179,7 +185,7 @@ public final class Generator {
         Arrays.fill(mask, FalconContract.MASK_VALUE);
         for (int i = 0; i < length; i++) {
             inputPos[i] = start + i;
-            Arrays.fill(mask, i * cacheLength, i * cacheLength + start + i + 1, 0f);
+            Arrays.fill(mask, i * cacheLength, i * cacheLength + Math.min(start + i + 1, cacheLength), 0f);
         }
         float[] logits = model.run(signature, tokens, inputPos, mask);
         if (logits == null || logits.length != length * vocab) {

@@ -19,10 +19,10 @@ import java.util.TreeMap;
  * <p>Files are gathered from the whole document, in the two shapes the exporters
  * write: an object with {@code "file"}, {@code "sha256"} and {@code "bytes"} (a
  * variant's entry), and a map from paths to {@code {"sha256", "bytes"}} (a
- * {@code "files"} listing). The {@code "causal_lm"} section holds {@code variants}
- * (name to entry with {@code file}), {@code cache_len}, the prefill lengths (as
- * {@code prefill_lengths}, or read from {@code prefill_<L>} signature names) and the
- * start and stop token ids.
+ * {@code "files"} listing). {@link #causalLm()} reads the section the causal-LM
+ * export writes (converters/export_tflite_causal_lm.py) and {@link #tokenizer()} the
+ * tokenizer's (converters/export_tokenizer.py); the tests read a manifest.json
+ * written by that exporter (golden/causal_lm/, from fixtures/make_causal_lm_golden.py).
  */
 public final class Manifest {
     /** One listed file: where it is and what it must hash to. */
@@ -38,6 +38,51 @@ public final class Manifest {
         }
     }
 
+    /** A tensor of a signature, as the manifest records it. */
+    public static final class TensorSpec {
+        public final int[] shape;
+        public final String dtype;
+
+        TensorSpec(int[] shape, String dtype) {
+            this.shape = shape;
+            this.dtype = dtype;
+        }
+
+        @Override
+        public String toString() {
+            return dtype + " " + Arrays.toString(shape);
+        }
+    }
+
+    /** A signature's inputs and outputs by tensor name. */
+    public static final class Signature {
+        public final Map<String, TensorSpec> inputs;
+        public final Map<String, TensorSpec> outputs;
+
+        Signature(Map<String, TensorSpec> inputs, Map<String, TensorSpec> outputs) {
+            this.inputs = inputs;
+            this.outputs = outputs;
+        }
+    }
+
+    /** The {@code tokenizer} section: the tokenizer file and its special ids. */
+    public static final class TokenizerInfo {
+        public final FileEntry file;
+        /** -1 when the tokenizer has none. */
+        public final int startTokenId;
+        public final int endTokenId;
+        public final int padTokenId;
+        public final int vocabularySize;
+
+        TokenizerInfo(FileEntry file, int startTokenId, int endTokenId, int padTokenId, int vocabularySize) {
+            this.file = file;
+            this.startTokenId = startTokenId;
+            this.endTokenId = endTokenId;
+            this.padTokenId = padTokenId;
+            this.vocabularySize = vocabularySize;
+        }
+    }
+
     /** The causal LM section: what the app needs to drive the exported model. */
     public static final class CausalLmInfo {
         public final Map<String, FileEntry> variants;
@@ -46,14 +91,26 @@ public final class Manifest {
         public final int[] stopTokenIds;
         /** -1 when the model has none. */
         public final int startTokenId;
+        public final int numLayers;
+        public final int kvHeads;
+        public final int headDim;
+        public final int vocabularySize;
+        /** {@code decode} and every {@code prefill_<L>}, checked against the contract. */
+        public final Map<String, Signature> signatures;
 
         CausalLmInfo(Map<String, FileEntry> variants, int cacheLength, int[] prefillLengths, int[] stopTokenIds,
-                     int startTokenId) {
+                     int startTokenId, int numLayers, int kvHeads, int headDim, int vocabularySize,
+                     Map<String, Signature> signatures) {
             this.variants = variants;
             this.cacheLength = cacheLength;
             this.prefillLengths = prefillLengths;
             this.stopTokenIds = stopTokenIds;
             this.startTokenId = startTokenId;
+            this.numLayers = numLayers;
+            this.kvHeads = kvHeads;
+            this.headDim = headDim;
+            this.vocabularySize = vocabularySize;
+            this.signatures = signatures;
         }
 
         /** The named variant, or the first of fp16, fp32, then any when {@code name} is null. */
@@ -118,6 +175,41 @@ public final class Manifest {
         return preset instanceof String ? (String) preset : null;
     }
 
+    /**
+     * The {@code tokenizer} section that every export with a tokenizer writes: its one
+     * file ({@link FalconContract#TOKENIZER_FILE}) and the special token ids.
+     */
+    public TokenizerInfo tokenizer() {
+        Object section = root.get("tokenizer");
+        if (!(section instanceof Map)) {
+            throw new IllegalArgumentException(source + " has no `tokenizer` section: the export has no tokenizer. "
+                    + "Export from a preset with tokenizer files (or pass one) with the current falcon-tf.");
+        }
+        @SuppressWarnings("unchecked")
+        Map<String, Object> tok = (Map<String, Object>) section;
+        String where = source + ": tokenizer";
+        Map<String, Object> listed = Json.object(tok, "files", where);
+        Object entry = listed.get(FalconContract.TOKENIZER_FILE);
+        if (!(entry instanceof Map)) {
+            throw new IllegalArgumentException(where + ".files does not list " + FalconContract.TOKENIZER_FILE
+                    + " (it lists " + String.join(", ", listed.keySet()) + ").");
+        }
+        @SuppressWarnings("unchecked")
+        FileEntry file = fileEntry(FalconContract.TOKENIZER_FILE, (Map<String, Object>) entry,
+                where + ".files." + FalconContract.TOKENIZER_FILE);
+        return new TokenizerInfo(file, optionalId(tok.get("start_token_id"), where + ".start_token_id"),
+                optionalId(tok.get("end_token_id"), where + ".end_token_id"),
+                optionalId(tok.get("pad_token_id"), where + ".pad_token_id"),
+                positive(tok.get("vocabulary_size"), where + ".vocabulary_size"));
+    }
+
+    /**
+     * The {@code causal_lm} section that {@code falcon-tf export --format tflite --task causal_lm}
+     * writes, checked: the variants' files, the shapes ({@code cache_len}, {@code prefill_lengths},
+     * {@code num_layers}, {@code kv_heads}, {@code head_dim}, {@code vocabulary_size}), the mask
+     * value (must be the contract's), the start and stop ids, and every signature's tensors
+     * against {@link FalconContract}.
+     */
     public CausalLmInfo causalLm() {
         Object section = root.get("causal_lm");
         if (!(section instanceof Map)) {
@@ -130,8 +222,6 @@ public final class Manifest {
         String where = source + ": causal_lm";
         Map<String, Object> variantsJson = Json.object(lm, "variants", where);
         Map<String, FileEntry> variants = new LinkedHashMap<>();
-        List<String> signatureNames = new ArrayList<>();
-        collectSignatureNames(lm.get("signatures"), signatureNames);
         for (Map.Entry<String, Object> v : variantsJson.entrySet()) {
             String at = where + ".variants." + v.getKey();
             if (!(v.getValue() instanceof Map)) {
@@ -140,29 +230,30 @@ public final class Manifest {
             @SuppressWarnings("unchecked")
             Map<String, Object> entry = (Map<String, Object>) v.getValue();
             variants.put(v.getKey(), fileEntry(Json.string(entry, "file", at), entry, at));
-            Object signatures = entry.containsKey("signatures") ? entry.get("signatures") : entry.get("signature");
-            collectSignatureNames(signatures, signatureNames);
         }
         if (variants.isEmpty()) {
             throw new IllegalArgumentException(where + ": `variants` is empty.");
         }
         int cacheLength = positive(lm.get("cache_len"), where + ".cache_len");
+        int numLayers = positive(lm.get("num_layers"), where + ".num_layers");
+        int kvHeads = positive(lm.get("kv_heads"), where + ".kv_heads");
+        int headDim = positive(lm.get("head_dim"), where + ".head_dim");
+        int vocab = positive(lm.get("vocabulary_size"), where + ".vocabulary_size");
 
-        int[] prefill;
-        if (lm.get("prefill_lengths") != null) {
-            List<Object> lengths = Json.list(lm, "prefill_lengths", where);
-            prefill = new int[lengths.size()];
-            for (int i = 0; i < prefill.length; i++) {
-                prefill[i] = positive(lengths.get(i), where + ".prefill_lengths[" + i + "]");
-            }
-        } else {
-            prefill = signatureNames.stream().mapToInt(FalconContract::prefillLength).filter(l -> l > 0)
-                    .distinct().toArray();
+        Object maskValue = lm.get("mask_value");
+        if (!(maskValue instanceof Number) || ((Number) maskValue).floatValue() != FalconContract.MASK_VALUE) {
+            throw new IllegalArgumentException(where + ".mask_value is " + maskValue + "; this app builds masks with "
+                    + FalconContract.MASK_VALUE + ". Export again with the falcon-tf this app was built with.");
+        }
+
+        List<Object> lengths = Json.list(lm, "prefill_lengths", where);
+        int[] prefill = new int[lengths.size()];
+        for (int i = 0; i < prefill.length; i++) {
+            prefill[i] = positive(lengths.get(i), where + ".prefill_lengths[" + i + "]");
         }
         Arrays.sort(prefill);
         if (prefill.length == 0) {
-            throw new IllegalArgumentException(where + ": no prefill lengths (neither `prefill_lengths` nor "
-                    + FalconContract.PREFILL_PREFIX + "<L> signatures).");
+            throw new IllegalArgumentException(where + ": `prefill_lengths` is empty.");
         }
         for (int length : prefill) {
             if (length > cacheLength) {
@@ -170,28 +261,84 @@ public final class Manifest {
             }
         }
 
-        int[] stops;
+        Map<String, Object> signaturesJson = Json.object(lm, "signatures", where);
+        Map<String, Signature> signatures = new LinkedHashMap<>();
+        int[] wanted = new int[prefill.length + 1];
+        System.arraycopy(prefill, 0, wanted, 0, prefill.length);
+        wanted[prefill.length] = 1;
+        for (int k = 0; k < wanted.length; k++) {
+            String name = k == prefill.length ? FalconContract.DECODE_SIGNATURE : FalconContract.prefillSignature(wanted[k]);
+            String at = where + ".signatures." + name;
+            if (!(signaturesJson.get(name) instanceof Map)) {
+                throw new IllegalArgumentException(where + ".signatures lacks `" + name + "` (it has "
+                        + String.join(", ", signaturesJson.keySet()) + ").");
+            }
+            @SuppressWarnings("unchecked")
+            Map<String, Object> sig = (Map<String, Object>) signaturesJson.get(name);
+            Signature signature = new Signature(specs(Json.object(sig, "inputs", at), at + ".inputs"),
+                    specs(Json.object(sig, "outputs", at), at + ".outputs"));
+            checkSignature(signature, wanted[k], cacheLength, numLayers, kvHeads, headDim, vocab, at);
+            signatures.put(name, signature);
+        }
+
+        int[] stops = new int[0];
         if (lm.get("stop_token_ids") != null) {
             List<Object> ids = Json.list(lm, "stop_token_ids", where);
             stops = new int[ids.size()];
             for (int i = 0; i < stops.length; i++) {
-                stops[i] = nonNegative(ids.get(i), where + ".stop_token_ids[" + i + "]");
+                stops[i] = tokenId(ids.get(i), vocab, where + ".stop_token_ids[" + i + "]");
             }
-        } else if (lm.get("stop_token_id") != null) {
-            stops = new int[] {nonNegative(lm.get("stop_token_id"), where + ".stop_token_id")};
-        } else {
-            stops = new int[0];
         }
-        int start = lm.get("start_token_id") == null ? -1 : nonNegative(lm.get("start_token_id"), where + ".start_token_id");
-        return new CausalLmInfo(Collections.unmodifiableMap(variants), cacheLength, prefill, stops, start);
+        int start = lm.get("start_token_id") == null ? -1 : tokenId(lm.get("start_token_id"), vocab, where + ".start_token_id");
+        return new CausalLmInfo(Collections.unmodifiableMap(variants), cacheLength, prefill, stops, start, numLayers,
+                kvHeads, headDim, vocab, Collections.unmodifiableMap(signatures));
     }
 
-    private static void collectSignatureNames(Object signatures, List<String> out) {
-        if (signatures instanceof Map) {
-            for (Object key : ((Map<?, ?>) signatures).keySet()) out.add((String) key);
-        } else if (signatures instanceof List) {
-            for (Object name : (List<?>) signatures) {
-                if (name instanceof String) out.add((String) name);
+    private static Map<String, TensorSpec> specs(Map<String, Object> json, String where) {
+        Map<String, TensorSpec> out = new LinkedHashMap<>();
+        for (Map.Entry<String, Object> e : json.entrySet()) {
+            String at = where + "." + e.getKey();
+            if (!(e.getValue() instanceof Map)) {
+                throw new IllegalArgumentException(at + " must be an object with `shape` and `dtype`.");
+            }
+            @SuppressWarnings("unchecked")
+            Map<String, Object> spec = (Map<String, Object>) e.getValue();
+            List<Object> dims = Json.list(spec, "shape", at);
+            int[] shape = new int[dims.size()];
+            for (int i = 0; i < shape.length; i++) shape[i] = positive(dims.get(i), at + ".shape[" + i + "]");
+            out.put(e.getKey(), new TensorSpec(shape, Json.string(spec, "dtype", at)));
+        }
+        return out;
+    }
+
+    /** The contract's tensors for a signature of length L, with their dtypes and shapes. */
+    private static void checkSignature(Signature sig, int length, int cacheLength, int numLayers, int kvHeads,
+                                       int headDim, int vocab, String where) {
+        Map<String, TensorSpec> inputs = new TreeMap<>();
+        Map<String, TensorSpec> outputs = new TreeMap<>();
+        inputs.put(FalconContract.TOKENS, new TensorSpec(new int[] {1, length}, "int32"));
+        inputs.put(FalconContract.INPUT_POS, new TensorSpec(new int[] {length}, "int32"));
+        inputs.put(FalconContract.MASK, new TensorSpec(new int[] {1, 1, length, cacheLength}, "float32"));
+        outputs.put(FalconContract.LOGITS, new TensorSpec(new int[] {1, length, vocab}, "float32"));
+        for (String cache : FalconContract.cacheNames(numLayers)) {
+            TensorSpec spec = new TensorSpec(new int[] {1, cacheLength, kvHeads, headDim}, "float32");
+            inputs.put(cache, spec);
+            outputs.put(cache, spec);
+        }
+        compare(sig.inputs, inputs, where + ".inputs");
+        compare(sig.outputs, outputs, where + ".outputs");
+    }
+
+    private static void compare(Map<String, TensorSpec> found, Map<String, TensorSpec> expected, String where) {
+        if (!found.keySet().equals(expected.keySet())) {
+            throw new IllegalArgumentException(where + " are " + new TreeMap<>(found).keySet() + "; the contract needs "
+                    + expected.keySet() + ".");
+        }
+        for (Map.Entry<String, TensorSpec> e : expected.entrySet()) {
+            TensorSpec got = found.get(e.getKey());
+            if (!got.dtype.equals(e.getValue().dtype) || !Arrays.equals(got.shape, e.getValue().shape)) {
+                throw new IllegalArgumentException(where + "." + e.getKey() + " is " + got + "; expected "
+                        + e.getValue() + " from the section's sizes.");
             }
         }
     }
@@ -252,7 +399,16 @@ public final class Manifest {
         return (int) v;
     }
 
-    private static int nonNegative(Object value, String where) {
+    private static int tokenId(Object value, int vocab, String where) {
+        long v = Json.integer(value, where);
+        if (v < 0 || v >= vocab) {
+            throw new IllegalArgumentException(where + " must be a token id in [0, " + vocab + "); found " + v + ".");
+        }
+        return (int) v;
+    }
+
+    private static int optionalId(Object value, String where) {
+        if (value == null) return -1;
         long v = Json.integer(value, where);
         if (v < 0 || v > Integer.MAX_VALUE) {
             throw new IllegalArgumentException(where + " must be a token id >= 0; found " + v + ".");

@@ -48,8 +48,10 @@ public class GeneratorTest {
             assertEquals(length * cache, mask.length);
             calls.add(signature + "@" + inputPos[0]);
             for (int i = 0; i < length; i++) {
-                assertTrue("input_pos inside the cache", inputPos[i] >= 0 && inputPos[i] < cache);
-                slots[inputPos[i]] = tokens[i];
+                assertEquals("input_pos counts up from the chunk's start", inputPos[0] + i, inputPos[i]);
+                assertTrue("input_pos is not negative", inputPos[i] >= 0);
+                // As the export: a slot at or past the cache end writes nothing.
+                if (inputPos[i] < cache) slots[inputPos[i]] = tokens[i];
             }
             float[] logits = new float[length * vocab];
             for (int i = 0; i < length; i++) {
@@ -110,39 +112,45 @@ public class GeneratorTest {
     }
 
     @Test
-    public void chunkNearTheCacheEndFallsBackToShorterSignatures() {
+    public void lastChunkIsPaddedPastTheCacheEndAsThePythonLoop() {
         // 15 tokens, cache 16: prefill_8 at 0, then the 7 left padded into prefill_8 at
-        // slots 8..15; the padding's slot 15 is overwritten by the first decode.
+        // slots 8..15. The sequence may fill the cache: one new token, then it is full.
         HashingModel model = new HashingModel(16, 50, 8);
         Generator.Result r = new Generator(model).generate(prompt(15), 5, Sampler.greedy(), null, null);
-        assertEquals(Arrays.asList("prefill_8@0", "prefill_8@8"), model.calls.subList(0, 2));
-        assertArrayEquals(expectedHashTokens(prompt(15), 2, 50), r.tokens);
+        assertEquals(Arrays.asList("prefill_8@0", "prefill_8@8"), model.calls);
+        assertArrayEquals(expectedHashTokens(prompt(15), 1, 50), r.tokens);
         assertEquals(Generator.StopReason.CACHE_FULL, r.stopReason);
 
+        // 11 tokens, cache 12: the second prefill_8 covers positions 8..15, of which
+        // 12..15 are past the cache (they write nothing; their rows see every slot).
         HashingModel tight = new HashingModel(12, 50, 8);
         Generator.Result t = new Generator(tight).generate(prompt(11), 5, Sampler.greedy(), null, null);
-        // 8 at 0, then 3 left with only 4 slots: prefill_8 does not fit, decode x3.
-        assertEquals(Arrays.asList("prefill_8@0", "decode@8", "decode@9", "decode@10", "decode@11"), tight.calls);
-        assertArrayEquals(expectedHashTokens(prompt(11), 2, 50), t.tokens);
+        assertEquals(Arrays.asList("prefill_8@0", "prefill_8@8"), tight.calls);
+        assertArrayEquals(expectedHashTokens(prompt(11), 1, 50), t.tokens);
     }
 
     @Test
     public void stopsWhenTheCacheIsFull() {
         HashingModel model = new HashingModel(10, 50, 4);
         Generator.Result r = new Generator(model).generate(prompt(4), 100, Sampler.greedy(), null, null);
-        // Prompt fills slots 0..3; tokens 1..6 are fed at 4..9; 7 tokens drawn in all.
-        assertEquals(7, r.tokens.length);
-        assertArrayEquals(expectedHashTokens(prompt(4), 7, 50), r.tokens);
+        // Prompt and new tokens fill the 10 slots: 6 new tokens, the last 5 fed at 4..8.
+        assertEquals(6, r.tokens.length);
+        assertArrayEquals(expectedHashTokens(prompt(4), 6, 50), r.tokens);
         assertEquals(Generator.StopReason.CACHE_FULL, r.stopReason);
-        assertEquals("Stopped: the model's cache of 10 positions is full (4 prompt + 7 new tokens).", r.message);
+        assertEquals("Stopped: the model's cache of 10 positions is full (4 prompt + 6 new tokens).", r.message);
+        assertEquals(Arrays.asList("prefill_4@0", "decode@4", "decode@5", "decode@6", "decode@7", "decode@8"),
+                model.calls);
     }
 
     @Test
-    public void promptFillingTheWholeCacheGivesOneToken() {
+    public void promptFillingTheWholeCacheGivesNoToken() {
         HashingModel model = new HashingModel(8, 50, 8);
         Generator.Result r = new Generator(model).generate(prompt(8), 5, Sampler.greedy(), null, null);
-        assertEquals(1, r.tokens.length);
+        assertEquals(0, r.tokens.length);
         assertEquals(Generator.StopReason.CACHE_FULL, r.stopReason);
+        assertEquals("Stopped: the prompt's 8 tokens fill the model's cache of 8 positions; there is no room for "
+                + "a new token.", r.message);
+        assertTrue(model.calls.isEmpty());
     }
 
     @Test
@@ -219,6 +227,8 @@ public class GeneratorTest {
                 .contains("Token id 50 in the prompt is outside the model's vocabulary of 50"));
         assertTrue(assertThrows(IllegalArgumentException.class,
                 () -> g.generate(prompt(2), 0, Sampler.greedy(), null, null)).getMessage().contains("maxNewTokens"));
+        assertEquals("The model has no prefill_<L> signature to read a prompt with.",
+                assertThrows(IllegalArgumentException.class, () -> new Generator(new HashingModel(8, 50))).getMessage());
     }
 
     @Test
