@@ -5,6 +5,9 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -58,3 +61,26 @@ def keras_hub():
     import keras_hub
 
     return keras_hub
+
+
+def make_venv(tmp_path_factory, name, *packages):
+    """A fresh virtual environment holding only `packages`; returns its python."""
+    venv = tmp_path_factory.mktemp(name)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    proc = subprocess.run([python, "-m", "pip", "install", "-q", *packages], capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return python
+
+
+@pytest.fixture(scope="session")
+def tflite_runtime_2_14(tmp_path_factory):
+    """tflite-runtime 2.14 (the last release) with the numpy < 2 it needs."""
+    return make_venv(tmp_path_factory, "tflite_runtime_2_14", "tflite-runtime==2.14.0", "numpy<2")
+
+
+@pytest.fixture(scope="session")
+def litert_only(tmp_path_factory):
+    """What an edge device has: numpy and ai-edge-litert, no TensorFlow, no Keras."""
+    return make_venv(tmp_path_factory, "litert_only", "ai-edge-litert>=2.3,<2.4")

@@ -194,3 +194,54 @@ def test_cli_generate_streams_the_same_text_on_every_runtime(exported, capsys):
     assert cli.main(["generate", "--preset", str(artifact), "--runtime", "tflite", "--prompt",
                      "x", "--variant", "int4"]) == 2
     assert "'int4' of the causal LM is not exported" in capsys.readouterr().err
+
+
+LOADER_IN_OTHER_ENV = textwrap.dedent("""
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    import importlib.util
+    from falcon_tf.lite import FalconCausalLM
+    artifact, variants, prompts, max_length = sys.argv[2], json.loads(sys.argv[3]), \\
+        json.loads(sys.argv[4]), int(sys.argv[5])
+    out = {v: FalconCausalLM.from_preset(artifact, variant=v).generate(
+        prompts, max_length=max_length, stop_token_ids=None) for v in variants}
+    import numpy
+    print(json.dumps({"tokens": out, "numpy": numpy.__version__,
+                      "tflite_runtime": "tflite_runtime" in sys.modules,
+                      "ai_edge_litert": "ai_edge_litert" in sys.modules,
+                      "tensorflow_installed": importlib.util.find_spec("tensorflow") is not None}))
+""")
+
+
+def run_lite_lm_in(python, artifact, variants, max_length):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run(
+        [python, "-c", LOADER_IN_OTHER_ENV, repo, str(artifact), json.dumps(variants),
+         json.dumps(PROMPTS), str(max_length)], capture_output=True, text=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_variants_claiming_tflite_runtime_2_14_generate_on_it(exported, tflite_runtime_2_14):
+    lm, artifact, entries = exported
+    claimed = [v for v, e in entries.items() if e["oldest_runtime"] == "tflite-runtime 2.14"]
+    assert set(claimed) == {"fp32", "fp16", "int8"}
+    max_length = max(map(len, PROMPTS)) + 12
+    result = run_lite_lm_in(tflite_runtime_2_14, artifact, claimed, max_length)
+    assert result["tflite_runtime"] and not result["ai_edge_litert"]
+    assert result["numpy"].startswith("1.")
+    expected = lm.generate(PROMPTS, max_length=max_length, stop_token_ids=None)
+    for variant in claimed:
+        assert result["tokens"][variant] == expected, variant
+
+
+@pytest.mark.slow
+def test_lite_causal_lm_runs_without_tensorflow(exported, litert_only):
+    lm, artifact, _ = exported
+    max_length = max(map(len, PROMPTS)) + 12
+    result = run_lite_lm_in(litert_only, artifact, ["fp32"], max_length)
+    assert result["ai_edge_litert"] and not result["tensorflow_installed"]
+    assert result["tokens"]["fp32"] == lm.generate(PROMPTS, max_length=max_length,
+                                                   stop_token_ids=None)

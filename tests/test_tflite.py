@@ -257,29 +257,6 @@ def test_quantized_variants_are_recorded_as_cpu_only(exported):
     assert entries["int4"]["gpu_fully_accelerated"] is False
 
 
-def make_venv(tmp_path_factory, name, *packages):
-    """A fresh virtual environment holding only `packages`; returns its python."""
-    venv = tmp_path_factory.mktemp(name)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = str(venv / "bin" / "python")
-    proc = subprocess.run([python, "-m", "pip", "install", "-q", *packages], capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return python
-
-
-@pytest.fixture(scope="session")
-def tflite_runtime_2_14(tmp_path_factory):
-    """tflite-runtime 2.14 (the last release) with the numpy < 2 it needs."""
-    return make_venv(tmp_path_factory, "tflite_runtime_2_14", "tflite-runtime==2.14.0", "numpy<2")
-
-
-@pytest.fixture(scope="session")
-def litert_only(tmp_path_factory):
-    """What an edge device has: numpy and ai-edge-litert, no TensorFlow, no Keras."""
-    return make_venv(tmp_path_factory, "litert_only", "ai-edge-litert>=2.3,<2.4")
-
-
 def run_loader_in(python, artifact, variants, x, tmp_path, check):
     """Runs falcon_tf.lite in another environment; returns {variant: output}."""
     np.savez(tmp_path / "x.npz", **x)
