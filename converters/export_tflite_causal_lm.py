@@ -14,10 +14,11 @@ shapes:
     decode       the same with L = 1
 
 The cache is updated with arithmetic the GPU delegate runs: a one-hot
-(cache_len x L) matrix of the slots in `input_pos` places the new keys and
-values with a matmul and clears those slots with a multiply (no
-DYNAMIC_UPDATE_SLICE or SCATTER). Slots in `input_pos` at or past cache_len
-write nothing. The files and their parity go into the manifest's `causal_lm`
+(cache_len x L) matrix of the slots input_pos[0] .. input_pos[0] + L - 1 places
+the new keys and values with a matmul and clears those slots with a multiply
+(no DYNAMIC_UPDATE_SLICE or SCATTER). A chunk's tokens take contiguous slots
+from its first position (LiteRT-LM pads unused rows with input_pos 0, which
+must not overwrite slot 0); slots at or past cache_len write nothing. The files and their parity go into the manifest's `causal_lm`
 entry; the tokenizer goes to tokenizer/.
 
 Variants are the backbone's (converters/export_tflite.py RECIPES) applied to
@@ -40,11 +41,21 @@ DEFAULT_PREFILL_LENGTHS = (8, 32)
 
 
 def onehot_write(input_pos, cache_length):
-    """A cache writer for the GPU delegate: input_pos (L,) int32 slots."""
+    """A cache writer for the GPU delegate: the L new rows go to the contiguous
+    slots input_pos[0] .. input_pos[0] + L - 1.
+
+    Only the first position is read: LiteRT-LM's runtime sets `input_pos` to 0
+    for the unused rows of a prefill chunk, and those rows must not land in
+    slot 0. Written past the prompt, they sit in slots that decode overwrites
+    before any token attends them; past the cache they write nothing. The
+    offsets are a constant (a computed range costs the graph its GPU placement).
+    """
     import tensorflow as tf
 
+    length = input_pos.shape[0]
+    targets = input_pos[:1] + tf.constant(np.arange(length, dtype=np.int32))  # (L,)
     slots = tf.range(cache_length, dtype=tf.int32)
-    place = tf.cast(tf.equal(slots[:, None], input_pos[None, :]), tf.float32)  # (C, L)
+    place = tf.cast(tf.equal(slots[:, None], targets[None, :]), tf.float32)  # (C, L)
     keep = 1.0 - tf.reduce_sum(place, axis=1)  # (C,): 0 at written slots
 
     def write(cache, new):  # cache (1, C, kv, d), new (1, L, kv, d)
@@ -207,8 +218,17 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
         if section.get("cache_len") not in (None, cache_length) or section.get(
                 "prefill_lengths") not in (None, prefill_lengths):
             variants_before = {}  # other shapes: those files no longer match this entry
+        bundles = section.get("litertlm") or {}
+        if not variants_before:
+            bundles = {}
+        for variant in entries:  # a bundle of a file written again is stale
+            bundles.pop(variant, None)
         section.update(causal_lm)
         section["variants"] = {**variants_before, **entries}
+        if bundles:
+            section["litertlm"] = bundles
+        else:
+            section.pop("litertlm", None)
 
     manifest.update(artifact_dir, record)
     return entries

@@ -204,6 +204,7 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(prog="falcon-tf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    p_default_variants = "fp32,fp16,int8,int4"
     p = sub.add_parser("demo", help="build a preset, run it with XLA, export it for TF Serving "
                                     "and TFLite, generate on every runtime, print parity and "
                                     "speed")
@@ -218,8 +219,11 @@ def main(argv=None):
                    help="builtin name, kaggle:// or hf:// handle, or local directory")
     p.add_argument("--out", default="artifacts", help="artifacts root (default artifacts/)")
     p.add_argument("--name", default=None, help="artifact name (default: the preset's)")
-    p.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model")
-    p.add_argument("--variants", default="fp32,fp16,int8,int4",
+    p.add_argument("--format", choices=["saved_model", "tflite", "litertlm"],
+                   default="saved_model",
+                   help="litertlm: bundle an exported causal LM (tflite --task causal_lm) "
+                        "with its tokenizer for LiteRT-LM")
+    p.add_argument("--variants", default=p_default_variants,
                    help="tflite: comma-separated subset of fp32,fp16,int8,int4")
     p.add_argument("--batch", type=int, default=1, help="tflite: exported batch size")
     p.add_argument("--seq", type=int, default=128, help="tflite: exported sequence length")
@@ -270,6 +274,21 @@ def main(argv=None):
                 entries = export_tflite(args.preset, args.out, args.name, variants=variants,
                                         batch=args.batch, seq=args.seq)
             print(tflite_table(entries))
+        elif args.command == "export" and args.format == "litertlm":
+            from converters.export_litertlm import export_litertlm
+            from falcon_tf.preset_io import artifact_name
+
+            artifact = os.path.join(args.out, args.name or artifact_name(args.preset))
+            if not os.path.isdir(artifact):
+                artifact = args.preset  # an artifact directory given directly
+            variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+            for variant in variants if args.variants != p_default_variants else ["fp32"]:
+                entry = export_litertlm(artifact, variant=variant)
+                check = entry.get("runtime_check") or {}
+                print(f"wrote {os.path.join(artifact, entry['file'])} ({entry['bytes']:,} bytes; "
+                      f"LiteRT-LM Engine on CPU: "
+                      f"{'ran' if check.get('ran') else 'failed: ' + str(check.get('error'))}"
+                      f"{', same text as falcon_tf.lite' if check.get('text_equal_falcon_tf_lite') else ''})")
         elif args.command == "generate":
             if args.max_length < 2:
                 parser.error("--max-length must be at least 2")

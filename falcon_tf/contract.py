@@ -16,7 +16,10 @@ Causal LM, the on-device LLM convention (ai-edge-torch / LiteRT-LM), batch 1:
               -> logits float32 [1, L, vocab], kv_cache_k_<i>, kv_cache_v_<i> (updated)
     decode:      the same with L = 1.
 
-`input_pos` holds the cache slots the L tokens are written to (their positions).
+`input_pos` holds the positions of the L tokens (rotary angles use each); the
+tokens' keys and values go to the contiguous cache slots input_pos[0] ..
+input_pos[0] + L - 1, so padded rows of a chunk (LiteRT-LM sets their
+input_pos to 0) never overwrite earlier slots.
 """
 
 BACKBONE_SIGNATURE = "serving_default"
