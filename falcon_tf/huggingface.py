@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from falcon_tf.json_file import read_json
+from falcon_tf.json_file import json_or_none, read_json
 
 HF_CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -39,13 +39,7 @@ _IGNORED_SUFFIXES = ("lm_head.weight", "rotary_emb.inv_freq")
 def is_hf_directory(directory):
     """True if `directory` looks like a Hugging Face checkpoint (not a keras-hub preset)."""
     path = os.path.join(directory, HF_CONFIG_FILE)
-    if not os.path.isfile(path):
-        return False
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return False
+    data = json_or_none(path)
     return isinstance(data, dict) and "model_type" in data and "class_name" not in data
 
 

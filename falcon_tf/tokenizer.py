@@ -12,6 +12,7 @@ import json
 import os
 
 from falcon_tf import contract
+from falcon_tf.json_file import json_or_none
 
 END_TOKEN = "<|endoftext|>"
 # keras-hub's Falcon files
@@ -26,11 +27,7 @@ HF_MERGES = "merges.txt"
 
 def _is_keras_config(path):
     """True for keras-hub's tokenizer.json (a layer config naming its class)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return False
+    data = json_or_none(path)
     return isinstance(data, dict) and "class_name" in data and "model" not in data
 
 

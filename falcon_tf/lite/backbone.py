@@ -39,22 +39,41 @@ class _CpuRunner:
         return self._runner(token_ids=ids, padding_mask=mask)["sequence_output"]
 
 
+def check_options(accelerator, num_threads):
+    """ValueError naming `accelerator` or `num_threads` when either is invalid."""
+    if accelerator not in ACCELERATORS:
+        raise ValueError(f"`accelerator` must be one of {ACCELERATORS}; "
+                         f"received {accelerator!r}.")
+    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        raise ValueError(f"`num_threads` must be None or a positive integer; "
+                         f"received {num_threads!r}.")
+
+
+def gpu_compiled_model(path):
+    """`path` compiled for ai-edge-litert's GPU accelerator alone; ValueError if
+    any op would need the CPU."""
+    try:
+        from ai_edge_litert.compiled_model import CompiledModel, HardwareAccelerator
+    except ImportError:
+        raise ValueError("`accelerator='gpu'` needs ai-edge-litert (pip install "
+                         "ai-edge-litert).") from None
+    os.makedirs(os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}"),
+                exist_ok=True)
+    try:
+        model = CompiledModel.from_file(path, hardware_accel=HardwareAccelerator.GPU)
+    except RuntimeError as err:
+        raise ValueError(f"{path} cannot run wholly on the GPU accelerator: "
+                         f"{str(err).strip().splitlines()[-1]}") from None
+    if not model.is_fully_accelerated():
+        raise ValueError(f"{path} does not run wholly on the GPU accelerator.")
+    return model
+
+
 class _GpuRunner:
     """ai-edge-litert's CompiledModel on the GPU accelerator alone: every op must run there."""
 
     def __init__(self, path):
-        try:
-            from ai_edge_litert.compiled_model import CompiledModel, HardwareAccelerator
-        except ImportError:
-            raise ValueError("`accelerator='gpu'` needs ai-edge-litert (pip install "
-                             "ai-edge-litert).") from None
-        os.makedirs(os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}"),
-                    exist_ok=True)
-        try:
-            self._model = CompiledModel.from_file(path, hardware_accel=HardwareAccelerator.GPU)
-        except RuntimeError as err:
-            raise ValueError(f"{path} cannot run wholly on the GPU accelerator: "
-                             f"{str(err).strip().splitlines()[-1]}") from None
+        self._model = gpu_compiled_model(path)
         self._inputs = {name: self._model.create_input_buffer_by_name("serving_default", name)
                         for name in ("token_ids", "padding_mask")}
         self._output = self._model.create_output_buffer_by_name("serving_default",
@@ -91,12 +110,7 @@ class FalconBackbone:
         `accelerator="gpu"` compiles the whole graph for ai-edge-litert's GPU
         accelerator (no CPU fallback); `num_threads` sets the CPU interpreter's.
         """
-        if accelerator not in ACCELERATORS:
-            raise ValueError(f"`accelerator` must be one of {ACCELERATORS}; "
-                             f"received {accelerator!r}.")
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-            raise ValueError(f"`num_threads` must be None or a positive integer; "
-                             f"received {num_threads!r}.")
+        check_options(accelerator, num_threads)
         artifact_dir = manifest.resolve_artifact_dir(preset, "tflite")
         data = manifest.read(artifact_dir)
         variants = (data.get("tflite") or {}).get("variants") or {}

@@ -9,7 +9,7 @@ import numpy as np
 
 from falcon_tf import contract, generation, manifest
 from falcon_tf import samplers as _samplers
-from falcon_tf.lite.backbone import ACCELERATORS, _cpu_interpreter
+from falcon_tf.lite.backbone import _cpu_interpreter, check_options, gpu_compiled_model
 from falcon_tf.tokenizer import from_artifact
 
 
@@ -140,12 +140,7 @@ class FalconCausalLM:
         and the artifact's tokenizer (when `tokenizers` is installed), checked
         against the manifest. `accelerator="gpu"` runs every signature on
         ai-edge-litert's GPU accelerator alone."""
-        if accelerator not in ACCELERATORS:
-            raise ValueError(f"`accelerator` must be one of {ACCELERATORS}; "
-                             f"received {accelerator!r}.")
-        if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
-            raise ValueError(f"`num_threads` must be None or a positive integer; "
-                             f"received {num_threads!r}.")
+        check_options(accelerator, num_threads)
         artifact_dir = manifest.resolve_artifact_dir(preset, "tflite --task causal_lm")
         data = manifest.read(artifact_dir)
         section = data.get("causal_lm") or {}
@@ -158,7 +153,7 @@ class FalconCausalLM:
             manifest.verify(artifact_dir, {entry["file"]: entry})
         path = os.path.join(artifact_dir, entry["file"])
         if accelerator == "gpu":
-            runners = SignatureRunners(compiled=_gpu_model(path),
+            runners = SignatureRunners(compiled=gpu_compiled_model(path),
                                        signatures=section["signatures"])
         else:
             runners = SignatureRunners(interpreter=_cpu_interpreter(path, num_threads))
@@ -196,21 +191,3 @@ class FalconCausalLM:
                         last, caches = _decode(self._runners, token, len(row) - 1, caches)
                 tokens[i, :len(row)], ends[i] = row, len(row)
         return request.format(tokens, ends, strip_prompt)
-
-
-def _gpu_model(path):
-    try:
-        from ai_edge_litert.compiled_model import CompiledModel, HardwareAccelerator
-    except ImportError:
-        raise ValueError("`accelerator='gpu'` needs ai-edge-litert (pip install "
-                         "ai-edge-litert).") from None
-    os.makedirs(os.environ.setdefault("XDG_RUNTIME_DIR", f"/tmp/runtime-{os.getuid()}"),
-                exist_ok=True)
-    try:
-        model = CompiledModel.from_file(path, hardware_accel=HardwareAccelerator.GPU)
-    except RuntimeError as err:
-        raise ValueError(f"{path} cannot run wholly on the GPU accelerator: "
-                         f"{str(err).strip().splitlines()[-1]}") from None
-    if not model.is_fully_accelerated():
-        raise ValueError(f"{path} does not run wholly on the GPU accelerator.")
-    return model
