@@ -14,12 +14,13 @@ Variants (ai-edge-quantizer on the float file; RECIPES holds the rules):
   fp32  float32 weights; runs whole on the GPU accelerator and on tflite-runtime 2.14
   fp16  float16 projection weights, dequantized at load, embedding float32;
         GPU whole, tflite-runtime 2.14
-  int8  int8 projection weights, one scale per output channel, dequantized at
-        load (float compute); int8 embedding rows, one scale per row
+  int8  int8 projection weights, one scale per output channel, rounded with
+        GPTQ (converters/gptq.py), dequantized at load (float compute); int8
+        embedding rows, one scale per row
         (`embedding_rows_int8`); tflite-runtime 2.14; CPU only (the GPU
         accelerator fails on both)
   int4  int4 MLP weights in blocks of 32 (int8 activations at run time), the
-        attention projections and embedding as in int8; ai-edge-litert only
+        attention projections and embedding as in int8 (GPTQ-rounded too); ai-edge-litert only
         (tflite-runtime 2.14 computes wrong numbers), CPU only (the GPU
         accelerator aborts on blockwise int4)
 """
@@ -163,11 +164,36 @@ RECIPES = {
 }
 
 
-def convert(model, variant, batch=1, seq=128):
-    """A FalconBackbone -> bytes of one variant's .tflite."""
+ROUNDINGS = ("gptq", "nearest")
+
+
+def convert(model, variant, batch=1, seq=128, rounding="gptq", calibration=None):
+    """A FalconBackbone -> bytes of one variant's .tflite.
+
+    The int8 and int4 variants' projection weights are rounded onto
+    ai-edge-quantizer's grid first: `rounding="gptq"` compensates each weight's
+    rounding error in the weights of the same output channel not yet rounded,
+    as the layer's inputs on `calibration` (int token ids, shape (rows,
+    tokens); None: 8 x 128 ids drawn uniformly from the vocabulary with a
+    fixed seed, `gptq.default_calibration`) show (see converters/gptq.py);
+    `rounding="nearest"` leaves each weight to ai-edge-quantizer's round to
+    nearest. Real text in `calibration` suits a trained model better than
+    random ids.
+    """
     if variant not in VARIANTS:
         raise ValueError(f"`variant` must be one of {', '.join(VARIANTS)}; received {variant!r}.")
-    float_model = convert_fp32(model, batch, seq, int8_embedding=variant in ("int8", "int4"))
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"`rounding` must be one of {', '.join(ROUNDINGS)}; "
+                         f"received {rounding!r}.")
+    int8_embedding = variant in ("int8", "int4")
+    if rounding == "nearest" or variant not in ("int8", "int4"):
+        return quantize(convert_fp32(model, batch, seq, int8_embedding), variant)
+    from converters import gptq
+
+    if calibration is None:
+        calibration = gptq.default_calibration(model.vocabulary_size)
+    with gptq.rounded_weights(model, RECIPES[variant], calibration):
+        float_model = convert_fp32(model, batch, seq, int8_embedding)
     return quantize(float_model, variant)
 
 
@@ -312,8 +338,11 @@ def gpu_fully_accelerated(path):
 
 
 def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=VARIANTS,
-                  batch=1, seq=128):
+                  batch=1, seq=128, rounding="gptq", calibration=None):
     """Exports each variant to `out_dir/<name>/tflite/<name>_<variant>.tflite`.
+
+    `rounding` and `calibration`: how the int8 and int4 variants round their
+    projection weights (see `convert`).
 
     Refuses, before any work, a variant whose weights exceed the 2 GiB
     FlatBuffer cap (naming the variants that fit) and a model this machine has
@@ -336,10 +365,17 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
             f"the 2 GiB FlatBuffer cap; variants that fit: "
             f"{', '.join(variants_that_fit(model.count_params())) or 'none'}.")
     needed = model.count_params() * 4 * CONVERSION_MEMORY_PER_FP32_BYTE
-    if needed > _total_memory():
+    gptq_needed = 0
+    if rounding == "gptq" and {"int8", "int4"} & set(variants):
+        from converters import gptq
+
+        gptq_needed = gptq.memory_bytes(model)
+    if needed + gptq_needed > _total_memory():
+        hint = (f" (GPTQ rounding: {gptq_needed / 2**30:.0f} GiB of it; rounding='nearest' "
+                f"leaves it out)" if gptq_needed >= 2**30 else "")
         raise ValueError(
             f"Converting {name} ({model.count_params():,} parameters) needs about "
-            f"{needed / 2**30:.0f} GiB of memory; this machine has "
+            f"{(needed + gptq_needed) / 2**30:.0f} GiB of memory{hint}; this machine has "
             f"{_total_memory() / 2**30:.0f} GiB. Export on a larger machine.")
     artifact_dir = os.path.abspath(os.path.join(out_dir, name))
     folder = os.path.join(artifact_dir, "tflite")
@@ -347,7 +383,7 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
     entries = {}
     with progress_bar(f"Exporting TFLite {name}") as progress:
         for done, variant in enumerate(variants):
-            data = convert(model, variant, batch, seq)
+            data = convert(model, variant, batch, seq, rounding, calibration)
             path = os.path.join(folder, f"{name}_{variant}.tflite")
             manifest.atomic_write(path, data)
             versions = op_versions(data)
