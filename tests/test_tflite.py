@@ -161,12 +161,14 @@ def test_bad_loader_arguments_and_tampered_file(exported, tmp_path):
 
 
 def test_variants_too_big_for_a_flatbuffer_are_refused_by_name(monkeypatch, tmp_path):
-    # falcon-rw-1b: 5.2 GB in fp32 and 2.6 GB in fp16 exceed the 2 GiB cap.
-    assert variants_that_fit(1_311_625_216) == ["int8", "int4"]
+    # falcon-rw-1b: 5.2 GB in fp32 and 2.6 GB in fp16 exceed the 2 GiB cap, and
+    # int4 is quantized from the float32 file; int8 has a route without it.
+    assert variants_that_fit(1_311_625_216) == ["int8"]
+    assert variants_that_fit(300_000_000) == list(VARIANTS)
     model = FalconBackbone.from_preset("falcon_tiny_random")
     monkeypatch.setattr(model, "count_params", lambda: 1_311_625_216)
-    with pytest.raises(ValueError, match="fp32, fp16 of big .* fit: int8, int4"):
-        export_tflite("big", tmp_path, model=model, variants=("fp32", "fp16", "int8"))
+    with pytest.raises(ValueError, match=r"fp32, fp16, int4 of big .* fit: int8\.$"):
+        export_tflite("big", tmp_path, model=model, variants=("fp32", "fp16", "int8", "int4"))
     assert not (tmp_path / "big").exists()
     # int8 fits the FlatBuffer, but converting 5.2 GB of float32 weights needs more
     # memory than a 16 GiB machine has: refused before any work, not killed midway.
@@ -174,6 +176,25 @@ def test_variants_too_big_for_a_flatbuffer_are_refused_by_name(monkeypatch, tmp_
     with pytest.raises(ValueError, match="needs about 23 GiB of memory; this machine has 16"):
         export_tflite("big", tmp_path, model=model, variants=("int8",))
     assert not (tmp_path / "big").exists()
+
+
+def test_a_model_too_large_for_a_float_file_gets_the_converters_int8(monkeypatch):
+    """The route for models whose float32 file exceeds the cap, tried on a small one."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from converters import export_tflite as module
+
+    model = randomize(FalconBackbone(**CONFIG), scale=0.05)
+    monkeypatch.setattr(module, "float_file_fits", lambda parameter_count: False)
+    data = convert(model, "int8", BATCH, SEQ)
+    assert len(data) <= 0.3 * model.count_params() * 4  # int8 weights, embedding included
+    x = batch_input(3)
+    got = Interpreter(model_content=data).get_signature_runner("serving_default")(**x)
+    real = x["padding_mask"].astype(bool)
+    assert cosine(got["sequence_output"][real], model(x).numpy()[real]) >= 0.999
+    for variant in ("fp16", "int4"):
+        with pytest.raises(ValueError, match=f"`{variant}` is made by quantizing a float32"):
+            convert(model, variant, BATCH, SEQ)
 
 
 GPU_CHILD = textwrap.dedent("""
