@@ -202,3 +202,22 @@ def test_loads_a_keras_hub_causal_lm_preset_and_generates_the_same_text(keras_hu
     prompts = ["the cat sat", "on a mat in the sun"]
     expected = reference.generate(prompts, max_length=40)
     assert ours.generate(prompts, max_length=40) == list(expected)
+
+
+def test_tf_and_numpy_samplers_keep_the_same_tokens():
+    """top-k and top-p keep the same candidates in the graph and on the device."""
+    tf = pytest.importorskip("tensorflow")
+    from falcon_tf.samplers import sample_numpy, sample_tf
+
+    probs = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
+    logits = np.log(probs)[None].astype("float32")
+    rng = np.random.default_rng(0)
+    cases = {Sampler("top_k", k=3): {0, 1, 2}, Sampler("top_p", p=0.7): {0, 1, 2},
+             Sampler("top_p", p=0.35): {0}, Sampler("temperature"): set(range(6)),
+             Sampler("greedy"): {0}}
+    for sampler, support in cases.items():
+        k, p, temperature = sampler.parameters()
+        drawn_tf = {int(sample_tf(tf.constant(logits), k, p, temperature, seed, 0)[0])
+                    for seed in range(300)}
+        drawn_np = {int(sample_numpy(logits, sampler, rng)[0]) for _ in range(300)}
+        assert drawn_tf == support and drawn_np == support, sampler
