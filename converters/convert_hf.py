@@ -41,4 +41,7 @@ def convert_checkpoint(source, preset_dir):
     with preset_io.progress_bar(f"Converting {os.path.basename(os.path.normpath(directory))}") \
             as progress:
         weights = huggingface.iter_weights(directory, config, layout, progress)
-        return preset_io.write_preset(preset_dir, config_dict, config, weights, tokenizer)
+        metadata = ({"lm_head": huggingface.UNTIED_HEAD_NOTE}
+                    if huggingface.has_untied_head(directory) else None)
+        return preset_io.write_preset(preset_dir, config_dict, config, weights, tokenizer,
+                                      metadata)

@@ -10,6 +10,8 @@ sampler's numbers and the seed are tensors, so changing them recompiles
 nothing.
 """
 
+import os
+
 import numpy as np
 
 from falcon_tf import generation as _generation
@@ -296,6 +298,15 @@ class FalconCausalLM(keras.Model):
             from falcon_tf.huggingface import check_tied_head
 
             check_tied_head(found)
+        elif kind == "dir":
+            from falcon_tf.json_file import json_or_none
+
+            metadata = json_or_none(os.path.join(found, preset_io.METADATA_FILE)) or {}
+            if metadata.get("lm_head"):
+                raise ValueError(
+                    f"{os.path.join(found, preset_io.METADATA_FILE)}: `lm_head` is "
+                    f"{metadata['lm_head']!r}. FalconCausalLM ties its LM head to the token "
+                    f"embedding, which this checkpoint does not; FalconBackbone loads it.")
         backbone = FalconBackbone.from_preset(source, load_weights=load_weights, **kwargs)
         try:
             tokenizer = FalconTokenizer.from_preset(source)

@@ -119,12 +119,21 @@ def read_hf_config(directory):
     return kwargs, layout
 
 
+# Written into metadata.json of a preset converted from a checkpoint whose LM head
+# is not the embedding: the preset holds the backbone only.
+UNTIED_HEAD_NOTE = "untied in the checkpoint (tie_word_embeddings: false); not converted"
+
+
+def has_untied_head(directory):
+    hf = read_json(os.path.join(directory, HF_CONFIG_FILE), "Checkpoint file")
+    return isinstance(hf, dict) and hf.get("tie_word_embeddings", True) is False
+
+
 def check_tied_head(directory):
     """FalconCausalLM ties its LM head to the token embedding; a checkpoint
     with its own lm_head (`tie_word_embeddings: false`) is refused by name."""
     path = os.path.join(directory, HF_CONFIG_FILE)
-    hf = read_json(path, "Checkpoint file")
-    if isinstance(hf, dict) and hf.get("tie_word_embeddings", True) is False:
+    if has_untied_head(directory):
         raise ValueError(
             f"{path}: field `tie_word_embeddings` is false: this checkpoint has its own "
             f"lm_head, and FalconCausalLM supports only the LM head tied to the token "

@@ -380,10 +380,12 @@ def preset_config_json(config_dict, falcon_config):
             "registered_name": registered}
 
 
-def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_files=None):
+def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_files=None,
+                 metadata=None):
     """Writes a preset atomically: into a temporary sibling, then renamed in.
 
-    `extra_files` maps a relative path inside the preset to a source file to copy.
+    `extra_files` maps a relative path inside the preset to a source file to copy;
+    `metadata` adds fields to metadata.json.
     """
     from importlib.metadata import version
 
@@ -403,6 +405,7 @@ def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_fil
             "parameter_count": falcon_config.parameter_count(),
             "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
             "tasks": [],
+            **(metadata or {}),
         })
         write_weights(os.path.join(tmp, WEIGHTS_FILE), named_arrays, falcon_config)
         names = [METADATA_FILE, WEIGHTS_FILE]

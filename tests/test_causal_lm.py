@@ -221,3 +221,18 @@ def test_tf_and_numpy_samplers_keep_the_same_tokens():
                     for seed in range(300)}
         drawn_np = {int(sample_numpy(logits, sampler, rng)[0]) for _ in range(300)}
         assert drawn_tf == support and drawn_np == support, sampler
+
+
+def test_an_untied_lm_head_is_refused_by_name_not_silently_tied(tmp_path):
+    pytest.importorskip("torch")
+    from converters.convert_hf import convert_checkpoint
+    from test_huggingface import hf_model
+
+    model = hf_model("40b", tie_word_embeddings=False)
+    model.save_pretrained(tmp_path / "hf")
+    with pytest.raises(ValueError, match="`tie_word_embeddings` is false"):
+        FalconCausalLM.from_preset(str(tmp_path / "hf"))
+    convert_checkpoint(str(tmp_path / "hf"), str(tmp_path / "preset"))
+    with pytest.raises(ValueError, match="metadata.json: `lm_head` is 'untied in the checkpoint"):
+        FalconCausalLM.from_preset(str(tmp_path / "preset"))
+    FalconBackbone.from_preset(str(tmp_path / "preset"))  # the backbone itself loads
