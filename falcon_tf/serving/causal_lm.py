@@ -1,7 +1,5 @@
 """Server-side loader of the causal LM in an exported SavedModel."""
 
-import os
-
 import numpy as np
 
 from falcon_tf import contract, generation
