@@ -21,9 +21,9 @@ from its first position (LiteRT-LM pads unused rows with input_pos 0, which
 must not overwrite slot 0); slots at or past cache_len write nothing. The files and their parity go into the manifest's `causal_lm`
 entry; the tokenizer goes to tokenizer/.
 
-Variants are the backbone's (converters/export_tflite.py RECIPES) applied to
-the decoder projections; the embedding, which is also the tied LM head, stays
-float32 in every variant.
+Variants are the backbone's (converters/export_tflite.py RECIPES, int8 and
+int4 GPTQ-rounded) applied to the decoder projections; the embedding, which is
+also the tied LM head, stays float32 in every variant.
 """
 
 import datetime
@@ -123,9 +123,12 @@ def step_parity(data, lm, cache_length, prefill_lengths, seed=0):
 def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                             variants=("fp32", "fp16", "int8"),
                             cache_length=DEFAULT_CACHE_LENGTH,
-                            prefill_lengths=DEFAULT_PREFILL_LENGTHS, tokenizer=None):
+                            prefill_lengths=DEFAULT_PREFILL_LENGTHS, tokenizer=None,
+                            rounding="gptq", calibration=None):
     """Exports the causal LM of `preset` (or of `model`, a FalconBackbone) and
-    its tokenizer. Returns {variant: manifest entry}."""
+    its tokenizer. `rounding` and `calibration`: how int8 and int4 round their
+    projection weights, as for the backbone (`export_tflite.convert`).
+    Returns {variant: manifest entry}."""
     import tensorflow as tf
 
     from falcon_tf import FalconBackbone, __version__
@@ -136,6 +139,9 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
         raise ValueError(f"`variants` must be a non-empty subset of "
                          f"{', '.join(export_tflite.VARIANTS)}; received "
                          f"{', '.join(variants) or 'nothing'}.")
+    if rounding not in export_tflite.ROUNDINGS:
+        raise ValueError(f"`rounding` must be one of {', '.join(export_tflite.ROUNDINGS)}; "
+                         f"received {rounding!r}.")
     if isinstance(cache_length, bool) or not isinstance(cache_length, int) or cache_length < 2:
         raise ValueError(f"`cache_length` must be an integer >= 2; received {cache_length!r}.")
     prefill_lengths = sorted(set(prefill_lengths))
@@ -156,13 +162,24 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
     folder = os.path.join(artifact_dir, "tflite")
     os.makedirs(folder, exist_ok=True)
     functions = signature_functions(lm, cache_length, prefill_lengths)
-    with progress_bar(f"Exporting TFLite causal LM {name}") as progress:
+    def float_file():
         with export_tflite.signatures_converter(model, functions) as conv:
-            float_model = conv.convert()
+            return conv.convert()
+
+    with progress_bar(f"Exporting TFLite causal LM {name}") as progress:
+        float_model = float_file()
         progress(1, len(variants) + 1)
         entries = {}
         for done, variant in enumerate(variants):
-            data = export_tflite.quantize(float_model, variant)
+            if variant in ("int8", "int4") and rounding == "gptq":
+                from converters import gptq
+
+                calibration = (gptq.default_calibration(config.vocabulary_size)
+                               if calibration is None else calibration)
+                with gptq.rounded_weights(model, export_tflite.RECIPES[variant], calibration):
+                    data = export_tflite.quantize(float_file(), variant)
+            else:
+                data = export_tflite.quantize(float_model, variant)
             path = os.path.join(folder, f"{name}_causal_lm_{variant}.tflite")
             manifest.atomic_write(path, data)
             versions = export_tflite.op_versions(data)
