@@ -95,7 +95,8 @@ def test_tflite_generate_matches_keras(exported):
     assert got == expected
     assert [t for r, t in streamed if r == 1] == expected[1][len(PROMPTS[1]):]
     assert lite.generate("the cat", max_length=16) == lm.generate("the cat", max_length=16)
-    # Every step's logits, prefill (three chunks) and decode, against the uncached forward.
+    # Every step's logits, prefill (a 16-chunk and a padded 8-chunk) and decode, against
+    # the uncached forward.
     sequence = expected[1]
     logits = run_steps(lite._runners, sequence, len(PROMPTS[1]))
     full = lm({"token_ids": np.array([sequence], "int32"),

@@ -69,6 +69,21 @@ def gpu_compiled_model(path):
     return model
 
 
+def exported_variant(preset, variant, section, what, export_hint, verify_checksums=True):
+    """-> (artifact dir, manifest, the variant's entry under data[section]["variants"],
+    its file's path), the file checked against the manifest unless told not to."""
+    artifact_dir = manifest.resolve_artifact_dir(preset, export_hint)
+    data = manifest.read(artifact_dir)
+    variants = (data.get(section) or {}).get("variants") or {}
+    if variant not in variants:
+        raise ValueError(f"`variant` {variant!r}{what} is not exported in {artifact_dir}; "
+                         f"available: {sorted(variants)}.")
+    entry = variants[variant]
+    if verify_checksums:
+        manifest.verify(artifact_dir, {entry["file"]: entry})
+    return artifact_dir, data, entry, os.path.join(artifact_dir, entry["file"])
+
+
 class _GpuRunner:
     """ai-edge-litert's CompiledModel on the GPU accelerator alone: every op must run there."""
 
@@ -111,16 +126,8 @@ class FalconBackbone:
         accelerator (no CPU fallback); `num_threads` sets the CPU interpreter's.
         """
         check_options(accelerator, num_threads)
-        artifact_dir = manifest.resolve_artifact_dir(preset, "tflite")
-        data = manifest.read(artifact_dir)
-        variants = (data.get("tflite") or {}).get("variants") or {}
-        if variant not in variants:
-            raise ValueError(f"`variant` {variant!r} is not exported in {artifact_dir}; "
-                             f"available: {sorted(variants)}.")
-        entry = variants[variant]
-        if verify_checksums:
-            manifest.verify(artifact_dir, {entry["file"]: entry})
-        path = os.path.join(artifact_dir, entry["file"])
+        _, data, entry, path = exported_variant(preset, variant, "tflite", "",
+                                                "tflite", verify_checksums)
         batch, seq = entry["signature"]["serving_default"]["inputs"]["token_ids"]["shape"]
         runner = _GpuRunner(path) if accelerator == "gpu" else _CpuRunner(path, num_threads)
         config = data["config"]

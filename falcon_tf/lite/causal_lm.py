@@ -2,14 +2,14 @@
 decode signatures (falcon_tf.contract), with numpy and a TFLite runtime only.
 """
 
-import os
 import threading
 
 import numpy as np
 
-from falcon_tf import contract, generation, manifest
+from falcon_tf import contract, generation
 from falcon_tf import samplers as _samplers
-from falcon_tf.lite.backbone import _cpu_interpreter, check_options, gpu_compiled_model
+from falcon_tf.lite.backbone import (_cpu_interpreter, check_options, exported_variant,
+                                     gpu_compiled_model)
 from falcon_tf.tokenizer import from_artifact
 
 
@@ -141,20 +141,12 @@ class FalconCausalLM:
         against the manifest. `accelerator="gpu"` runs every signature on
         ai-edge-litert's GPU accelerator alone."""
         check_options(accelerator, num_threads)
-        artifact_dir = manifest.resolve_artifact_dir(preset, "tflite --task causal_lm")
-        data = manifest.read(artifact_dir)
-        section = data.get("causal_lm") or {}
-        variants = section.get("variants") or {}
-        if variant not in variants:
-            raise ValueError(f"`variant` {variant!r} of the causal LM is not exported in "
-                             f"{artifact_dir}; available: {sorted(variants)}.")
-        entry = variants[variant]
-        if verify_checksums:
-            manifest.verify(artifact_dir, {entry["file"]: entry})
-        path = os.path.join(artifact_dir, entry["file"])
+        artifact_dir, data, _, path = exported_variant(
+            preset, variant, "causal_lm", " of the causal LM", "tflite --task causal_lm",
+            verify_checksums)
         if accelerator == "gpu":
             runners = SignatureRunners(compiled=gpu_compiled_model(path),
-                                       signatures=section["signatures"])
+                                       signatures=data["causal_lm"]["signatures"])
         else:
             runners = SignatureRunners(interpreter=_cpu_interpreter(path, num_threads))
         try:
