@@ -277,6 +277,17 @@ class FalconCausalLM(keras.Model):
 
     # --- presets ---
 
+    def save_to_preset(self, preset_dir):
+        """The backbone in keras-hub's preset format (`FalconBackbone.save_to_preset`)
+        and the tokenizer as tokenizer/tokenizer.json; `from_preset(preset_dir)`
+        loads both back."""
+        from falcon_tf import contract
+
+        self.backbone.save_to_preset(preset_dir)
+        if self.tokenizer is not None:
+            self.tokenizer.save_assets(
+                os.path.join(os.fspath(preset_dir), os.path.dirname(contract.TOKENIZER_FILE)))
+
     @classmethod
     def from_preset(cls, preset, load_weights=True, cache_length=DEFAULT_CACHE_LENGTH,
                     **kwargs):

@@ -236,3 +236,11 @@ def test_an_untied_lm_head_is_refused_by_name_not_silently_tied(tmp_path):
     with pytest.raises(ValueError, match="metadata.json: `lm_head` is 'untied in the checkpoint"):
         FalconCausalLM.from_preset(str(tmp_path / "preset"))
     FalconBackbone.from_preset(str(tmp_path / "preset"))  # the backbone itself loads
+
+
+def test_save_to_preset_round_trips_weights_and_tokenizer(tmp_path):
+    lm = FalconCausalLM.from_preset("falcon_tiny_random", cache_length=32)
+    lm.save_to_preset(str(tmp_path / "saved"))
+    again = FalconCausalLM.from_preset(str(tmp_path / "saved"), cache_length=32)
+    assert again.tokenizer("the cat sat") == lm.tokenizer("the cat sat")
+    assert again.generate("the cat", max_length=20) == lm.generate("the cat", max_length=20)
