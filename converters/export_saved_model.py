@@ -96,20 +96,30 @@ def check_batch(vocabulary_size, seed=0):
 
 
 def write_warmup(path, model_name, vocabulary_size):
-    """TF Serving warmup: a TFRecord of PredictionLog, one request per WARMUP_SHAPES."""
+    """TF Serving warmup: a TFRecord of PredictionLog, one `serving_default`
+    request per WARMUP_SHAPES and one greedy `generate` request."""
     import tensorflow as tf
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     rng = np.random.default_rng(0)
+    requests = []
+    for batch, seq in WARMUP_SHAPES:
+        ids = rng.integers(0, vocabulary_size, size=(batch, seq)).astype("int32")
+        requests.append(("serving_default", {"token_ids": ids,
+                                             "padding_mask": np.ones((batch, seq), "int32")}))
+    prompt = rng.integers(0, vocabulary_size, size=(1, 4)).astype("int32")
+    requests.append(("generate", {
+        "token_ids": prompt, "padding_mask": np.ones_like(prompt),
+        "max_length": np.int32(8), "top_k": np.int32(0), "top_p": np.float32(1.0),
+        "temperature": np.float32(0.0), "seed": np.int32(0),
+        "stop_token_ids": np.zeros((0,), np.int32)}))
     with tf.io.TFRecordWriter(path) as writer:
-        for batch, seq in WARMUP_SHAPES:
+        for signature, inputs in requests:
             request = predict_pb2.PredictRequest(
-                model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
-            ids = rng.integers(0, vocabulary_size, size=(batch, seq)).astype("int32")
-            request.inputs["token_ids"].CopyFrom(tf.make_tensor_proto(ids))
-            request.inputs["padding_mask"].CopyFrom(
-                tf.make_tensor_proto(np.ones((batch, seq), "int32")))
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+            for key, value in inputs.items():
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
             log = prediction_log_pb2.PredictionLog(
                 predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())

@@ -94,15 +94,23 @@ def test_warmup_requests_parse_and_replay(exported):
     model, artifact = exported
     loaded = tf.saved_model.load(str(artifact / "saved_model" / "1"))
     records = list(tf.data.TFRecordDataset(str(artifact / "saved_model" / "1" / WARMUP_FILE)))
-    assert len(records) == 2
-    for record in records:
-        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        request = log.predict_log.request
-        assert request.model_spec.signature_name == "serving_default"
+    requests = [prediction_log_pb2.PredictionLog.FromString(r.numpy()).predict_log.request
+                for r in records]
+    assert [r.model_spec.signature_name for r in requests] == [
+        "serving_default", "serving_default", "generate"]
+    for request in requests[:2]:
         x = {k: tf.make_ndarray(request.inputs[k]) for k in ("token_ids", "padding_mask")}
         out = loaded.signatures["serving_default"](**{k: tf.constant(v) for k, v in x.items()})
         np.testing.assert_allclose(out["sequence_output"].numpy(), model(x).numpy(), rtol=0,
                                    atol=TOL)
+    inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in requests[2].inputs.items()}
+    out = loaded.signatures["generate"](**inputs)
+    from falcon_tf import FalconCausalLM
+
+    prompt = inputs["token_ids"].numpy().tolist()
+    expected = FalconCausalLM(model, cache_length=8).generate(prompt, max_length=8,
+                                                              stop_token_ids=None)
+    assert out["token_ids"].numpy().tolist() == expected
 
 
 @pytest.mark.parametrize("signature", SIGNATURES)
