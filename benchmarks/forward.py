@@ -5,7 +5,7 @@ compared before timing). Timings are interleaved round by round so a slow
 patch of the machine hits every contender alike; each figure is the median of
 `--runs` timed calls after warm-up.
 
-    python benchmarks/forward.py            # the shape
+    python benchmarks/forward.py            # the benchmark shape (_bench.SHAPE)
     python benchmarks/forward.py --runs 30 --layers 2   # anything else
 
 Needs the `test` extra: `pip install -e ".[test]"` (keras-hub, torch CPU, transformers).

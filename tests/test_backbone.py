@@ -11,7 +11,7 @@ from conftest import SEED_INPUT, SEED_KWARGS, padded_batch, randomize, tiny_kwar
 from falcon_tf import FalconBackbone
 from falcon_tf.preset_io import named_variables
 
-FLOAT32_TOL = 1e-5  # max abs difference the issue allows, float32
+FLOAT32_TOL = 1e-5  # max abs difference allowed against keras-hub, float32
 
 
 def load_keras_hub_weights_into_ours(kh_model, tmp_path):

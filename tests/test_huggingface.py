@@ -17,7 +17,7 @@ from falcon_tf import FalconBackbone
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-HF_TOL = 1e-4  # max abs difference the issue allows
+HF_TOL = 1e-4  # max abs difference allowed against transformers
 
 VARIANTS = {
     # Falcon-RW: ALiBi, multi-head, sequential, biases.
