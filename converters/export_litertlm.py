@@ -1,7 +1,7 @@
 """Exported causal LM -> a LiteRT-LM bundle (`.litertlm`), checked on LiteRT-LM's Engine.
 
-    from converters.export_litertlm import export_litertlm
-    export_litertlm("artifacts/falcon_tiny_random", variant="fp32")
+    falcon-tf export --preset falcon_tiny_random --format litertlm --variants fp32
+    (or: export_litertlm("artifacts/falcon_tiny_random", variant="fp32"))
 
 writes `artifacts/<name>/litertlm/<name>_<variant>.litertlm` with
 `litert-lm-builder`, from files the TFLite causal-LM export wrote and the
@@ -11,7 +11,8 @@ manifest lists (each checked against its sha256 first):
                       prefill_decode (its prefill_<L> and decode signatures)
     HF_Tokenizer_Zlib tokenizer/tokenizer.json
     LlmMetadataProto  start token, stop tokens, max_num_tokens (at most the
-                      KV cache length), greedy sampling by default, a generic
+                      KV cache length), top-p sampling with k = 1 (greedy;
+                      the Engine's CPU sampler has no other type), a generic
                       model type, no prompt template (Falcon base models have
                       none), no thinking, no function calling
 
