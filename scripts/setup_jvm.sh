@@ -25,6 +25,8 @@ if [ "$(id -u)" != 0 ]; then
     fi
     run=(sudo)
 fi
+# Slim Debian images lack this folder, and the JDK's postinst fails without it.
+"${run[@]}" mkdir -p /usr/share/man/man1
 "${run[@]}" apt-get update -qq
 "${run[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     openjdk-17-jdk-headless junit4 libhamcrest-java >/dev/null
