@@ -317,6 +317,14 @@ def _total_memory():
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def check_variants(variants):
+    """ValueError naming `variants` unless it is a non-empty subset of VARIANTS."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"`variants` must be a non-empty subset of {', '.join(VARIANTS)}; "
+                         f"received {', '.join(variants) or 'nothing'}.")
+
+
 def variants_that_fit(parameter_count, variants=VARIANTS):
     """The variants that can be made under the FlatBuffer cap: their weights fit,
     and so does the float32 file they are quantized from (except int8, which
@@ -395,10 +403,7 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
 
     from falcon_tf import FalconBackbone, __version__
 
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        raise ValueError(f"`variants` must be a non-empty subset of {', '.join(VARIANTS)}; "
-                         f"received {', '.join(variants) or 'nothing'}.")
+    check_variants(variants)
     model = model if model is not None else FalconBackbone.from_preset(preset)
     name = name or artifact_name(preset)
     too_big = [v for v in variants if v not in variants_that_fit(model.count_params(), [v])]

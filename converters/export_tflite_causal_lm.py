@@ -33,7 +33,7 @@ import numpy as np
 
 from converters import export_tflite
 from converters.export_tokenizer import export_tokenizer
-from falcon_tf import contract, manifest
+from falcon_tf import contract, generation, manifest
 from falcon_tf.preset_io import artifact_name, progress_bar
 
 DEFAULT_CACHE_LENGTH = 256
@@ -97,24 +97,33 @@ def signature_functions(lm, cache_length, prefill_lengths):
     return functions
 
 
-def step_parity(data, lm, cache_length, prefill_lengths, seed=0):
-    """Runs the file on the CPU interpreter through `falcon_tf.lite`'s own host
-    loop pieces: prefill a prompt, decode its greedy continuation, and compare
-    every step's logits with the uncached Keras forward."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from falcon_tf.lite.causal_lm import SignatureRunners, run_steps
-
-    runners = SignatureRunners(Interpreter(model_content=data))
+def keras_reference(lm, cache_length, prefill_lengths, seed=0):
+    """What every variant's file is compared with: a prompt longer than the
+    longest prefill, its greedy continuation, and the uncached Keras forward's
+    logits at every position. Returns (prompt length, sequence, logits)."""
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, lm.backbone.vocabulary_size, max(prefill_lengths) + 3).tolist()
     new = min(8, cache_length - len(prompt))
     sequence = lm.generate([prompt], max_length=len(prompt) + new, stop_token_ids=None)[0]
-    expected = lm({"token_ids": np.array([sequence], "int32"),
-                   "padding_mask": np.ones((1, len(sequence)), "int32")}).numpy()[0]
-    got = run_steps(runners, sequence, len(prompt), cache_length)  # (len, vocab)
+    logits = lm({"token_ids": np.array([sequence], "int32"),
+                 "padding_mask": np.ones((1, len(sequence)), "int32")}).numpy()[0]
+    return len(prompt), sequence, logits
+
+
+def step_parity(data, reference):
+    """Runs the file on the CPU interpreter through `falcon_tf.lite`'s own host
+    loop pieces: prefill the reference's prompt, decode its greedy
+    continuation, and compare every step's logits with the Keras ones."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from falcon_tf.lite.causal_lm import SignatureRunners, run_steps
+
+    prompt_length, sequence, expected = reference
+    runners = SignatureRunners(Interpreter(model_content=data))
+    got = run_steps(runners, sequence, prompt_length)  # (len, vocab)
     a, b = got.ravel(), expected[:len(got)].ravel()
-    greedy = [int(t) for t in got[len(prompt) - 1:-1].argmax(axis=-1)] == sequence[len(prompt):]
+    greedy = [int(t) for t in got[prompt_length - 1:-1].argmax(axis=-1)] == \
+        sequence[prompt_length:]
     return {"max_abs_diff_vs_keras": float(np.abs(a - b).max()),
             "cosine_vs_keras": float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)),
             "greedy_tokens_equal_keras": bool(greedy), "of": "logits"}
@@ -134,16 +143,11 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
     from falcon_tf import FalconBackbone, __version__
     from falcon_tf.causal_lm import FalconCausalLM
 
-    unknown = [v for v in variants if v not in export_tflite.VARIANTS]
-    if unknown or not variants:
-        raise ValueError(f"`variants` must be a non-empty subset of "
-                         f"{', '.join(export_tflite.VARIANTS)}; received "
-                         f"{', '.join(variants) or 'nothing'}.")
+    export_tflite.check_variants(variants)
     if rounding not in export_tflite.ROUNDINGS:
         raise ValueError(f"`rounding` must be one of {', '.join(export_tflite.ROUNDINGS)}; "
                          f"received {rounding!r}.")
-    if isinstance(cache_length, bool) or not isinstance(cache_length, int) or cache_length < 2:
-        raise ValueError(f"`cache_length` must be an integer >= 2; received {cache_length!r}.")
+    generation.check_cache_length(cache_length)
     prefill_lengths = sorted(set(prefill_lengths))
     if not prefill_lengths or any(isinstance(n, bool) or not isinstance(n, int) or not
                                   1 <= n <= cache_length for n in prefill_lengths):
@@ -168,6 +172,7 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
 
     with progress_bar(f"Exporting TFLite causal LM {name}") as progress:
         float_model = float_file()
+        reference = keras_reference(lm, cache_length, prefill_lengths)
         progress(1, len(variants) + 1)
         entries = {}
         for done, variant in enumerate(variants):
@@ -187,7 +192,7 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                 "file": os.path.relpath(path, artifact_dir),
                 "bytes": len(data),
                 "sha256": manifest.sha256(path),
-                "parity": step_parity(data, lm, cache_length, prefill_lengths),
+                "parity": step_parity(data, reference),
                 "op_versions": versions,
                 "oldest_runtime": export_tflite.oldest_runtime(versions),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(

@@ -82,8 +82,7 @@ class FalconCausalLM(keras.Model):
         if not isinstance(backbone, FalconBackbone):
             raise ValueError(f"`backbone` must be a falcon_tf.FalconBackbone; received "
                              f"{type(backbone).__name__}.")
-        if isinstance(cache_length, bool) or not isinstance(cache_length, int) or cache_length < 2:
-            raise ValueError(f"`cache_length` must be an integer >= 2; received {cache_length!r}.")
+        _generation.check_cache_length(cache_length)
         if tokenizer is not None and tokenizer.vocabulary_size() > backbone.vocabulary_size:
             raise ValueError(
                 f"The tokenizer has {tokenizer.vocabulary_size()} tokens but the backbone's "

@@ -106,7 +106,7 @@ def _decode(runners, token, position, caches):
     return logits[0], caches
 
 
-def run_steps(runners, sequence, prompt_length, cache_length=None):
+def run_steps(runners, sequence, prompt_length):
     """Logits at every position of `sequence`: a prefill of its first
     `prompt_length` tokens, then one decode step per later token."""
     logits, caches = _prefill(runners, sequence[:prompt_length], runners.empty_cache())

@@ -31,8 +31,7 @@ class FalconCausalLM:
                     verify_checksums=True):
         """Loads `artifacts/<preset>/saved_model/<version>` (the latest by default)
         and the artifact's tokenizer, checking both against the manifest."""
-        if isinstance(cache_length, bool) or not isinstance(cache_length, int) or cache_length < 2:
-            raise ValueError(f"`cache_length` must be an integer >= 2; received {cache_length!r}.")
+        generation.check_cache_length(cache_length)
         artifact_dir, data, loaded, path = load_version(preset, version, verify_checksums)
         if "generate" not in loaded.signatures:
             raise ValueError(f"{path} has no causal LM signatures (prefill, decode, generate); "
