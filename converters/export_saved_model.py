@@ -172,7 +172,7 @@ def add_causal_lm_endpoints(archive, backbone):
         cache = tf.maximum(max_length, tf.shape(token_ids)[1])
         tokens, ends = lm.generate_graph(prompt, lengths, max_length, top_k, top_p,
                                          temperature, seed,
-                                         tf.concat([stop_token_ids, [-1]], 0), cache)
+                                         stop_token_ids, cache)
         mask = tf.range(max_length)[None, :] < ends[:, None]
         return {"token_ids": tokens[:, :max_length] * tf.cast(mask, tf.int32),
                 "padding_mask": tf.cast(mask, tf.int32)}

@@ -229,7 +229,8 @@ class FalconCausalLM(keras.Model):
                 tf.constant(request.max_length, tf.int32), tf.constant(k, tf.int32),
                 tf.constant(p, tf.float32), tf.constant(temperature, tf.float32),
                 tf.constant(request.seed, tf.int32),
-                tf.constant(request.stop_token_ids or [-1], tf.int32))
+                tf.constant(request.stop_token_ids, tf.int32,
+                            shape=[len(request.stop_token_ids)]))
         return request, cache, args
 
     def generate(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto",
