@@ -235,11 +235,9 @@ class FalconTokenizer:
         """A list of ids -> string; a list of lists (or a 2-D array) -> list of strings."""
         import numpy as np
 
-        array = ids if not isinstance(ids, (list, tuple)) else None
-        if array is not None:
-            ids = np.asarray(array).tolist()
-        if not isinstance(ids, list):
-            ids = [ids]
+        if not isinstance(ids, list):  # an array, a tuple or one id
+            ids = np.asarray(ids).tolist()
+            ids = ids if isinstance(ids, list) else [ids]
         if ids and isinstance(ids[0], list):
             return [self.detokenize(row) for row in ids]
         size = self.vocabulary_size()

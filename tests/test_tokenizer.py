@@ -61,6 +61,9 @@ def test_ids_match_hf_tokenizers_and_roundtrip(trained):
         assert ours.detokenize(expected) == text
     assert ours.tokenize(CORPUS) == [reference.encode(t).ids for t in CORPUS]
     assert ours.detokenize(ours.tokenize(CORPUS)) == CORPUS
+    ids = ours(CORPUS[4])
+    assert ours.detokenize(tuple(ids)) == ours.detokenize(np.array(ids)) == CORPUS[4]
+    assert ours.detokenize(ids[0]) == ours.detokenize(ids[:1])
     # The same from the tokenizer.json, and after save_assets.
     from_json = FalconTokenizer.from_file(folder / "tokenizer.json")
     saved = FalconTokenizer.from_file(ours.save_assets(folder / "saved"))
