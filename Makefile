@@ -24,10 +24,13 @@ $(VENV)/.test-$(HASH): $(VENV)/bin/activate
 demo: $(VENV)/.base-$(HASH)
 	$(VENV)/bin/falcon-tf demo
 
+# As root with apt, the GPU-delegate and JVM tests' system packages are installed
+# first (idempotent, quick once done); otherwise those tests skip and say how to
+# enable them.
 test: $(VENV)/.test-$(HASH)
+	@bash scripts/setup_test_system.sh
 	$(PY) -m pytest -q
-	@if [ "$${FALCON_TF_SKIP_JVM:-0}" = 1 ]; then echo "JVM tests skipped (FALCON_TF_SKIP_JVM=1)"; \
-	else bash android_demo/scripts/test_core.sh; fi
+	@bash android_demo/scripts/test_core.sh
 
 # The benchmarks' references (keras-hub, torch, transformers) are the tests' ones.
 bench: $(VENV)/.test-$(HASH)
