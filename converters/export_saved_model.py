@@ -138,8 +138,8 @@ def models_config(model_name, base_path):
     return text_format.MessageToString(config)
 
 
-def add_causal_lm_endpoints(archive, backbone):
-    """Adds prefill, decode and generate (see the module docstring); returns their names."""
+def causal_lm_functions(backbone):
+    """{name: tf.function} for prefill, decode and generate (see the module docstring)."""
     import tensorflow as tf
 
     from falcon_tf import contract
@@ -148,6 +148,7 @@ def add_causal_lm_endpoints(archive, backbone):
 
     lm = FalconCausalLM(backbone)
     config = backbone.falcon_config
+    functions = {}
     names = contract.cache_names(config.num_layers)
     cache_spec = [tf.TensorSpec([None, None, config.kv_heads, config.head_dim], tf.float32, n)
                   for n in names]
@@ -163,7 +164,7 @@ def add_causal_lm_endpoints(archive, backbone):
     for name, length in (("prefill", None), (contract.DECODE_SIGNATURE, 1)):
         spec = [tf.TensorSpec([None, length], tf.int32, contract.TOKENS),
                 tf.TensorSpec([None, length], tf.int32, contract.INPUT_POS)] + cache_spec
-        archive.add_endpoint(name, tf.function(step, input_signature=spec))
+        functions[name] = tf.function(step, input_signature=spec)
 
     def generate(token_ids, padding_mask, max_length, top_k, top_p, temperature, seed,
                  stop_token_ids):
@@ -178,13 +179,41 @@ def add_causal_lm_endpoints(archive, backbone):
                 "padding_mask": tf.cast(mask, tf.int32)}
 
     scalar = lambda dtype, name: tf.TensorSpec([], dtype, name)  # noqa: E731
-    archive.add_endpoint("generate", tf.function(generate, input_signature=[
+    functions["generate"] = tf.function(generate, input_signature=[
         tf.TensorSpec([None, None], tf.int32, "token_ids"),
         tf.TensorSpec([None, None], tf.int32, "padding_mask"),
         scalar(tf.int32, "max_length"), scalar(tf.int32, "top_k"),
         scalar(tf.float32, "top_p"), scalar(tf.float32, "temperature"),
-        scalar(tf.int32, "seed"), tf.TensorSpec([None], tf.int32, "stop_token_ids")]))
-    return ["prefill", contract.DECODE_SIGNATURE, "generate"]
+        scalar(tf.int32, "seed"), tf.TensorSpec([None], tf.int32, "stop_token_ids")])
+    return functions
+
+
+def serving_module(model):
+    """A tf.Module holding the backbone and causal LM signatures and each weight
+    once: the TensorFlow variable behind every Keras variable, nothing else.
+    (keras.export.ExportArchive tracks the Keras variables and the TensorFlow
+    variables its functions capture as two lists, and the checkpoint then
+    stores every weight twice.) Returns (module, {signature: concrete function})."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    functions = {}
+    for signature, jit in SIGNATURES.items():
+        def forward(token_ids, padding_mask):
+            out = model({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
+            return {"sequence_output": out}
+
+        forward.__name__ = signature
+        functions[signature] = tf.function(
+            forward, input_signature=[tf.TensorSpec([None, None], tf.int32, "token_ids"),
+                                      tf.TensorSpec([None, None], tf.int32, "padding_mask")],
+            jit_compile=jit)
+    functions.update(causal_lm_functions(model))
+    module.weights = [variable.value for variable in model.variables]
+    concrete = {name: fn.get_concrete_function() for name, fn in functions.items()}
+    for name, fn in functions.items():
+        setattr(module, name, fn)
+    return module, concrete
 
 
 def causal_lm_parity(loaded, backbone, new_tokens=8):
@@ -254,25 +283,14 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
         _remove_stale_temporaries(base)
         progress(1, len(steps))
 
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        for signature, jit in SIGNATURES.items():
-            def forward(token_ids, padding_mask):
-                out = model({"token_ids": token_ids, "padding_mask": padding_mask},
-                            training=False)
-                return {"sequence_output": out}
-
-            forward.__name__ = signature
-            archive.add_endpoint(signature, tf.function(
-                forward, input_signature=[tf.TensorSpec([None, None], tf.int32, "token_ids"),
-                                          tf.TensorSpec([None, None], tf.int32, "padding_mask")],
-                jit_compile=jit))
-        lm_signatures = add_causal_lm_endpoints(archive, model)
+        module, concrete = serving_module(model)
+        lm_signatures = [n for n in concrete if n not in SIGNATURES]
         progress(2, len(steps))
 
         tmp = tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=base)
         try:
-            archive.write_out(tmp, verbose=False)
+            tf.saved_model.save(module, tmp, signatures=concrete)
+            del module, concrete
             progress(3, len(steps))
             write_warmup(os.path.join(tmp, WARMUP_FILE), name, model.vocabulary_size)
             progress(4, len(steps))
