@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# pytest workers; each takes whole test files, so a file's shared export is made once.
+TEST_WORKERS ?= 2
 # Re-install whenever pyproject.toml changes.
 HASH   := $(shell cksum pyproject.toml | cut -d' ' -f1)
 
@@ -29,7 +31,7 @@ demo: $(VENV)/.base-$(HASH)
 # enable them.
 test: $(VENV)/.test-$(HASH)
 	@bash scripts/setup_test_system.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 	@bash android_demo/scripts/test_core.sh
 
 # The benchmarks' references (keras-hub, torch, transformers) are the tests' ones.
