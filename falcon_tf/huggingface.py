@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from falcon_tf.json_file import json_or_none, read_json
+from falcon_tf.untrusted import check_weight, path_inside
 
 HF_CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -196,7 +197,12 @@ def _weight_files(directory):
             except (ValueError, KeyError, TypeError, AssertionError):
                 raise ValueError(f"{index_path}: expected a JSON object with a `weight_map` "
                                  f"object.") from None
-            files = {name: os.path.join(directory, shard) for name, shard in weight_map.items()}
+            files = {}
+            for name, shard in weight_map.items():
+                if not isinstance(shard, str):
+                    raise ValueError(f"{index_path}: `weight_map.{name}` must be a file name; "
+                                     f"found {shard!r}.")
+                files[name] = path_inside(directory, shard, index_path)
             for shard in sorted(set(files.values())):
                 if not os.path.isfile(shard):
                     raise FileNotFoundError(f"Checkpoint shard missing: {shard} (listed in "
@@ -205,7 +211,7 @@ def _weight_files(directory):
     for name, fmt in ((SAFETENSORS_FILE, "safetensors"), (TORCH_FILE, "torch")):
         path = os.path.join(directory, name)
         if os.path.isfile(path):
-            return fmt, {None: path}
+            return fmt, {None: path_inside(directory, name, directory)}
     raise FileNotFoundError(
         f"No weights in {directory}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, "
         f"{TORCH_FILE} or {TORCH_INDEX}.")
@@ -282,6 +288,7 @@ def iter_weights(directory, config, layout, progress=None):
             if tuple(array.shape) != shapes[short]:
                 raise ValueError(f"{path}: tensor {name!r} has shape {tuple(array.shape)}; "
                                  f"config.json needs {shapes[short]}.")
+            check_weight(array, path, repr(name))
             seen.add(short)
             if kind == "linear":
                 array = array.T
