@@ -238,8 +238,13 @@ def _iter_file(fmt, path):
             from None
     import pickle
 
+    import zipfile
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # mmap keeps memory near one tensor; the legacy (non-zip) format cannot be
+        # mapped and is read whole, through the same weights-only unpickler.
+        state = torch.load(path, map_location="cpu", weights_only=True,
+                           mmap=zipfile.is_zipfile(path))
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"{path}: refused to load: not a plain tensor checkpoint "

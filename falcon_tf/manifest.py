@@ -13,6 +13,7 @@ import os
 import tempfile
 
 from falcon_tf.json_file import read_json
+from falcon_tf.untrusted import path_inside
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -72,8 +73,15 @@ def update(artifact_dir, edit):
 
 def verify(artifact_dir, files):
     """Checks each listed file's size and sha256; raises naming the first that differs."""
+    where = os.path.join(artifact_dir, MANIFEST_FILE)
+    if not isinstance(files, dict):
+        raise ValueError(f"{where}: a `files` listing must be an object; found {files!r}.")
     for relative, expected in files.items():
-        path = os.path.join(artifact_dir, relative)
+        if not (isinstance(expected, dict) and isinstance(expected.get("sha256"), str)
+                and isinstance(expected.get("bytes"), int)):
+            raise ValueError(f"{where}: the entry of {relative!r} must be an object with a "
+                             f"string `sha256` and an integer `bytes`; found {expected!r}.")
+        path = path_inside(artifact_dir, relative, where)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Artifact file missing: {path} (listed in "
                                     f"{os.path.join(artifact_dir, MANIFEST_FILE)}).")

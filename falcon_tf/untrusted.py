@@ -1,13 +1,11 @@
 """Checks on what a checkpoint, preset or artifact brings from outside.
 
 Nothing named by a file may reach outside its own directory, and no weight may
-be anything but finite floating-point numbers. numpy and the standard library
-only: the loaders of every runtime share these.
+be anything but finite floating-point numbers. The standard library only
+(numpy where weights are checked): the loaders of every runtime share these.
 """
 
 import os
-
-import numpy as np
 
 # 2-byte floats numpy knows by name once ml_dtypes is imported.
 _FLOAT_NAMES = ("float16", "float32", "float64", "bfloat16")
@@ -43,6 +41,8 @@ def path_inside(directory, relative, source):
 
 def check_weight(array, source, name):
     """A weight read from `source` must hold finite floats; ValueError naming it."""
+    import numpy as np
+
     dtype = np.asarray(array).dtype
     if dtype.name not in _FLOAT_NAMES:
         raise ValueError(f"{source}: weight {name} has dtype {dtype.name}; weights must be "

@@ -225,3 +225,21 @@ def test_keras_refuses_a_mask_other_than_zeros_and_ones(model):
     x = {"token_ids": np.ones((1, 3), "int32"), "padding_mask": np.array([[1, 2, 1]])}
     with pytest.raises(ValueError, match="padding_mask"):
         model(x)
+
+
+def test_manifest_entries_must_name_files_inside_the_artifact(tmp_path):
+    from falcon_tf import manifest
+
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    (artifact / "a.bin").write_bytes(b"abc")
+    (tmp_path / "secret").write_bytes(b"abc")
+    good = {"sha256": manifest.sha256(str(artifact / "a.bin")), "bytes": 3}
+    manifest.verify(str(artifact), {"a.bin": good})
+    with pytest.raises(ValueError, match="must be relative"):
+        manifest.verify(str(artifact), {"../secret": good})
+    os.symlink(tmp_path / "secret", artifact / "link.bin")
+    with pytest.raises(ValueError, match="outside"):
+        manifest.verify(str(artifact), {"link.bin": good})
+    with pytest.raises(ValueError, match="integer `bytes`"):
+        manifest.verify(str(artifact), {"a.bin": {"sha256": good["sha256"]}})
