@@ -161,6 +161,8 @@ class FalconBackbone(keras.Model):
         # model.predict(...) runs the forward through XLA.
         self.jit_compile = True
         self._compiled_forward = None
+        # Set by from_preset when the checkpoint's LM head is not this embedding.
+        self.untied_lm_head = None
 
     def check_inputs(self, inputs):
         """Refuses concrete inputs the graph would silently clamp or wrap: token ids

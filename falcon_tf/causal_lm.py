@@ -53,6 +53,11 @@ def scatter_write(positions):
     return write
 
 
+def untied_head_message(reason):
+    return (f"{reason}. FalconCausalLM ties its LM head to the token embedding, which this "
+            f"checkpoint does not; FalconBackbone.from_preset loads its backbone.")
+
+
 class FalconCausalLM(keras.Model):
     """Falcon with its LM head tied to the token embedding (keras-hub's
     `FalconCausalLM`), and `generate`.
@@ -83,6 +88,8 @@ class FalconCausalLM(keras.Model):
             raise ValueError(f"`backbone` must be a falcon_tf.FalconBackbone; received "
                              f"{type(backbone).__name__}.")
         _generation.check_cache_length(cache_length)
+        if getattr(backbone, "untied_lm_head", None):
+            raise ValueError(untied_head_message(backbone.untied_lm_head))
         if tokenizer is not None and tokenizer.vocabulary_size() > backbone.vocabulary_size:
             raise ValueError(
                 f"The tokenizer has {tokenizer.vocabulary_size()} tokens but the backbone's "
@@ -305,19 +312,9 @@ class FalconCausalLM(keras.Model):
             return cls(backbone, tokenizer=tokenizer, cache_length=cache_length)
         kind, found = preset_io.resolve(preset)
         source = preset if kind == "random" else found
-        if kind == "hf":
-            from falcon_tf.huggingface import check_tied_head
-
-            check_tied_head(found)
-        elif kind == "dir":
-            from falcon_tf.json_file import json_or_none
-
-            metadata = json_or_none(os.path.join(found, preset_io.METADATA_FILE)) or {}
-            if metadata.get("lm_head"):
-                raise ValueError(
-                    f"{os.path.join(found, preset_io.METADATA_FILE)}: `lm_head` is "
-                    f"{metadata['lm_head']!r}. FalconCausalLM ties its LM head to the token "
-                    f"embedding, which this checkpoint does not; FalconBackbone loads it.")
+        reason = preset_io.untied_head_reason(kind, found)
+        if reason:  # refused before any weight is read
+            raise ValueError(untied_head_message(reason))
         backbone = FalconBackbone.from_preset(source, load_weights=load_weights, **kwargs)
         try:
             tokenizer = FalconTokenizer.from_preset(source)

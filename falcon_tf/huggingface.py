@@ -130,15 +130,12 @@ def has_untied_head(directory):
     return isinstance(hf, dict) and hf.get("tie_word_embeddings", True) is False
 
 
-def check_tied_head(directory):
-    """FalconCausalLM ties its LM head to the token embedding; a checkpoint
-    with its own lm_head (`tie_word_embeddings: false`) is refused by name."""
-    path = os.path.join(directory, HF_CONFIG_FILE)
+def untied_head_reason(directory):
+    """Why this checkpoint's LM head is not its token embedding, or None."""
     if has_untied_head(directory):
-        raise ValueError(
-            f"{path}: field `tie_word_embeddings` is false: this checkpoint has its own "
-            f"lm_head, and FalconCausalLM supports only the LM head tied to the token "
-            f"embedding. FalconBackbone.from_preset loads its backbone.")
+        return (f"{os.path.join(directory, HF_CONFIG_FILE)}: field `tie_word_embeddings` is "
+                f"false: this checkpoint has its own lm_head")
+    return None
 
 
 def _qkv_to_ours(array, config, layout):

@@ -398,6 +398,22 @@ def random_weights(model, seed):
 # Entry points: FalconBackbone.from_preset / save_to_preset, and the converter
 # --------------------------------------------------------------------------
 
+def untied_head_reason(kind, found):
+    """Why the checkpoint `resolve` found has an LM head other than its token
+    embedding (a Hugging Face config saying so, or a converted preset's
+    metadata.json recording it), or None."""
+    if kind == "hf":
+        return huggingface.untied_head_reason(found)
+    if kind == "dir":
+        from falcon_tf.json_file import json_or_none
+
+        path = os.path.join(found, METADATA_FILE)
+        metadata = json_or_none(path)
+        if isinstance(metadata, dict) and metadata.get("lm_head"):
+            return f"{path}: `lm_head` is {metadata['lm_head']!r}"
+    return None
+
+
 def load_backbone(cls, preset, load_weights=True, **overrides):
     builtin = _presets.BACKBONE_PRESETS.get(preset) if isinstance(preset, str) else None
     if builtin is not None and not load_weights:
@@ -421,6 +437,9 @@ def load_backbone(cls, preset, load_weights=True, **overrides):
     config["dtype"] = None
     config.update(overrides)
     model = cls(**config)
+    # A checkpoint fact that travels with the model: FalconCausalLM (and so every
+    # causal-LM export) refuses to tie a head the checkpoint did not tie.
+    model.untied_lm_head = untied_head_reason(kind, found)
     if not load_weights:
         return model
     if kind == "random":
@@ -492,7 +511,10 @@ def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_fil
 
 def save_backbone(model, preset_dir):
     weights = ((name, var.numpy()) for name, var in named_variables(model).items())
-    return write_preset(preset_dir, model.get_config(), model.falcon_config, weights)
+    metadata = ({"lm_head": huggingface.UNTIED_HEAD_NOTE}
+                if getattr(model, "untied_lm_head", None) else None)
+    return write_preset(preset_dir, model.get_config(), model.falcon_config, weights,
+                        metadata=metadata)
 
 
 class progress_bar:

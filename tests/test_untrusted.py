@@ -243,3 +243,45 @@ def test_manifest_entries_must_name_files_inside_the_artifact(tmp_path):
         manifest.verify(str(artifact), {"link.bin": good})
     with pytest.raises(ValueError, match="integer `bytes`"):
         manifest.verify(str(artifact), {"a.bin": {"sha256": good["sha256"]}})
+
+
+# A checkpoint whose LM head is its own, not the embedding (Falcon-40B/180B's layout).
+
+@pytest.fixture
+def untied_checkpoint(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from test_huggingface import hf_model
+
+    directory = tmp_path / "hf"
+    hf_model("40b", tie_word_embeddings=False).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("exporter", ["saved_model", "tflite_causal_lm"])
+def test_causal_lm_exports_refuse_an_untied_head_before_writing(untied_checkpoint, tmp_path,
+                                                               exporter):
+    if exporter == "saved_model":
+        from converters.export_saved_model import export_saved_model as export
+    else:
+        pytest.importorskip("ai_edge_litert")
+        from converters.export_tflite_causal_lm import export_tflite_causal_lm as export
+    out = tmp_path / "artifacts"
+    with pytest.raises(ValueError, match="`tie_word_embeddings` is false"):
+        export(str(untied_checkpoint), str(out))
+    written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    assert written == []
+
+
+def test_a_saved_untied_backbone_keeps_saying_so(untied_checkpoint, tmp_path):
+    from falcon_tf import FalconCausalLM
+
+    backbone = FalconBackbone.from_preset(str(untied_checkpoint))
+    with pytest.raises(ValueError, match="own lm_head"):
+        FalconCausalLM(backbone)
+    backbone.save_to_preset(str(tmp_path / "saved"))
+    with pytest.raises(ValueError, match="metadata.json: `lm_head`"):
+        FalconCausalLM.from_preset(str(tmp_path / "saved"))
+    again = FalconBackbone.from_preset(str(tmp_path / "saved"))
+    with pytest.raises(ValueError, match="metadata.json: `lm_head`"):
+        FalconCausalLM(again)
