@@ -285,3 +285,51 @@ def test_a_saved_untied_backbone_keeps_saying_so(untied_checkpoint, tmp_path):
     again = FalconBackbone.from_preset(str(tmp_path / "saved"))
     with pytest.raises(ValueError, match="metadata.json: `lm_head`"):
         FalconCausalLM(again)
+
+
+# Concurrent exporters to one artifact.
+
+_UPDATER = """
+import sys, time
+from falcon_tf import manifest
+artifact, worker = sys.argv[1], sys.argv[2]
+for i in range(15):
+    def edit(data, i=i):
+        entries = data.setdefault("entries", [])
+        time.sleep(0.002)  # widens the read-modify-write window
+        entries.append(f"{worker}-{i}")
+    manifest.update(artifact, edit)
+"""
+
+
+def test_concurrent_manifest_updates_lose_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    from falcon_tf import manifest
+
+    artifact = tmp_path / "artifact"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    procs = [subprocess.Popen([sys.executable, "-c", _UPDATER, str(artifact), str(w)], env=env)
+             for w in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    entries = manifest.read(str(artifact))["entries"]
+    assert sorted(entries) == sorted(f"{w}-{i}" for w in range(4) for i in range(15))
+
+
+def test_the_artifact_lock_is_reentrant_and_excludes_other_threads(tmp_path):
+    import threading
+
+    from falcon_tf import manifest
+
+    order = []
+    with manifest.locked(str(tmp_path)):
+        with manifest.locked(str(tmp_path)):  # the same thread: no deadlock
+            other = threading.Thread(target=lambda: (manifest.locked(str(tmp_path)).__enter__(),
+                                                     order.append("other")))
+            other.start()
+            time.sleep(0.3)
+            order.append("first")
+    other.join(timeout=10)
+    assert order == ["first", "other"]
