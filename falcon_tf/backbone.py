@@ -42,6 +42,7 @@ def _is_concrete(value):
     return tf.is_tensor(value) and tf.executing_eagerly() and hasattr(value, "numpy")
 
 
+@keras.saving.register_keras_serializable(package="falcon_tf")
 class FalconBackbone(keras.Model):
     """The Falcon decoder: keras-hub's `FalconBackbone`, argument for argument,
     and the rest of the Falcon family.
