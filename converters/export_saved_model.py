@@ -313,9 +313,11 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
             del loaded
             progress(5, len(steps))
 
-            version = (_versions(base) or [0])[-1] + 1
-            final = os.path.join(base, str(version))
-            os.rename(tmp, final)  # the version appears whole, or not at all
+            # Under the artifact's lock: a concurrent export takes the next number.
+            with manifest.locked(artifact_dir):
+                version = (_versions(base) or [0])[-1] + 1
+                final = os.path.join(base, str(version))
+                os.rename(tmp, final)  # the version appears whole, or not at all
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
