@@ -398,6 +398,39 @@ def random_weights(model, seed):
 # Entry points: FalconBackbone.from_preset / save_to_preset, and the converter
 # --------------------------------------------------------------------------
 
+CHECKSUMS_FIELD = "falcon_tf_checksums"  # in metadata.json: file -> {sha256, bytes}
+
+
+def verify_preset_files(directory, skip=()):
+    """Checks the files a preset saved by falcon_tf lists in metadata.json
+    against their recorded sha256 and size (presets saved elsewhere list none).
+    A listed file that is absent, or named in `skip`, is left to the reader that
+    needs it."""
+    from falcon_tf import manifest
+    from falcon_tf.json_file import json_or_none
+    from falcon_tf.untrusted import path_inside
+
+    where = os.path.join(directory, METADATA_FILE)
+    metadata = json_or_none(where)
+    listed = metadata.get(CHECKSUMS_FIELD) if isinstance(metadata, dict) else None
+    if listed is None:
+        return
+    if not isinstance(listed, dict):
+        raise ValueError(f"{where}: field `{CHECKSUMS_FIELD}` must be an object.")
+    for relative, expected in listed.items():
+        if not (isinstance(expected, dict) and isinstance(expected.get("sha256"), str)
+                and isinstance(expected.get("bytes"), int)):
+            raise ValueError(f"{where}: `{CHECKSUMS_FIELD}.{relative}` must hold a string "
+                             f"`sha256` and an integer `bytes`.")
+        path = path_inside(directory, relative, where)
+        if relative in skip or not os.path.isfile(path):
+            continue
+        if (os.path.getsize(path) != expected["bytes"]
+                or manifest.sha256(path) != expected["sha256"]):
+            raise ValueError(f"{path} differs from the checksum {where} recorded when the "
+                             f"preset was saved: the file was changed or damaged.")
+
+
 def untied_head_reason(kind, found):
     """Why the checkpoint `resolve` found has an LM head other than its token
     embedding (a Hugging Face config saying so, or a converted preset's
@@ -425,6 +458,7 @@ def load_backbone(cls, preset, load_weights=True, **overrides):
     elif kind == "hf":
         config, layout = huggingface.read_hf_config(found)
     else:
+        verify_preset_files(found, skip=() if load_weights else (WEIGHTS_FILE,))
         config = read_config(found)
         if load_weights:  # the weights file must fit the config before anything is built
             fields = {k: config[k] for k in FalconConfig.field_names() if k in config}
@@ -484,6 +518,15 @@ def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_fil
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(preset_dir)}.tmp-", dir=parent)
     try:
         _write_json(os.path.join(tmp, CONFIG_FILE), preset_config_json(config_dict, falcon_config))
+        write_weights(os.path.join(tmp, WEIGHTS_FILE), named_arrays, falcon_config)
+        names = [WEIGHTS_FILE]
+        for relative, source in (extra_files or {}).items():
+            os.makedirs(os.path.dirname(os.path.join(tmp, relative)), exist_ok=True)
+            shutil.copyfile(source, os.path.join(tmp, relative))
+            names.append(relative)
+        from falcon_tf import manifest
+
+        # Written last, over what it describes: a damaged or mixed preset is refused.
         _write_json(os.path.join(tmp, METADATA_FILE), {
             "keras_version": version("keras"),
             "falcon_tf_version": __version__,
@@ -491,13 +534,11 @@ def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_fil
             "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
             "tasks": [],
             **(metadata or {}),
+            CHECKSUMS_FIELD: {name: {"sha256": manifest.sha256(os.path.join(tmp, name)),
+                                     "bytes": os.path.getsize(os.path.join(tmp, name))}
+                              for name in [CONFIG_FILE] + names},
         })
-        write_weights(os.path.join(tmp, WEIGHTS_FILE), named_arrays, falcon_config)
-        names = [METADATA_FILE, WEIGHTS_FILE]
-        for relative, source in (extra_files or {}).items():
-            os.makedirs(os.path.dirname(os.path.join(tmp, relative)), exist_ok=True)
-            shutil.copyfile(source, os.path.join(tmp, relative))
-            names.append(relative)
+        names.insert(0, METADATA_FILE)
         if not os.path.exists(preset_dir):
             os.rename(tmp, preset_dir)
             return preset_dir

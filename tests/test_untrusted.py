@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import randomize, tiny_kwargs
+from conftest import randomize, tiny_kwargs, unsign
 from falcon_tf import FalconBackbone
 from falcon_tf.preset_io import CONFIG_FILE, WEIGHTS_FILE
 from falcon_tf.untrusted import path_inside
@@ -24,7 +24,7 @@ def saved(tmp_path):
     model = randomize(FalconBackbone(**tiny_kwargs()))
     path = tmp_path / "preset"
     model.save_to_preset(str(path))
-    return model, path
+    return model, unsign(path)  # the per-field checks, as for a preset from elsewhere
 
 
 def replace_dataset(path, name, **create):
@@ -333,3 +333,58 @@ def test_the_artifact_lock_is_reentrant_and_excludes_other_threads(tmp_path):
             order.append("first")
     other.join(timeout=10)
     assert order == ["first", "other"]
+
+
+# Presets saved by falcon_tf carry their files' checksums.
+
+def test_a_changed_file_of_a_saved_preset_is_refused_by_name(tmp_path):
+    model = randomize(FalconBackbone(**tiny_kwargs()))
+    model.save_to_preset(str(tmp_path / "p"))
+    with open(tmp_path / "p" / CONFIG_FILE) as f:
+        data = json.load(f)
+    data["config"]["layer_norm_epsilon"] = 1e-3  # valid, and not what was saved
+    with open(tmp_path / "p" / CONFIG_FILE, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(ValueError, match=f"{CONFIG_FILE} differs from the checksum"):
+        FalconBackbone.from_preset(str(tmp_path / "p"))
+
+
+@pytest.mark.slow
+def test_damaged_presets_load_the_same_or_are_refused(tmp_path):
+    # Seeded byte flips and truncations of every file of a saved preset: each
+    # damaged copy either loads with outputs identical to the original's or is
+    # refused with ValueError / FileNotFoundError; never another exception, a
+    # hang or a NaN.
+    import shutil
+
+    model = randomize(FalconBackbone(**tiny_kwargs()))
+    original = tmp_path / "original"
+    model.save_to_preset(str(original))
+    x = {"token_ids": np.array([[1, 2, 3, 4]], "int32"),
+         "padding_mask": np.ones((1, 4), "int32")}
+    expected = model(x).numpy()
+    files = sorted(p.name for p in original.iterdir())
+    rng = np.random.default_rng(0)
+    outcomes = {"same": 0, "refused": 0}
+    start = time.perf_counter()
+    for case in range(300):
+        damaged = tmp_path / f"case{case}"
+        shutil.copytree(original, damaged)
+        target = damaged / files[case % len(files)]
+        data = bytearray(target.read_bytes())
+        if rng.random() < 0.3:
+            data = data[:int(rng.integers(0, len(data)))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(0, len(data)))] ^= 1 << int(rng.integers(0, 8))
+        target.write_bytes(bytes(data))
+        try:
+            got = FalconBackbone.from_preset(str(damaged))(x).numpy()
+        except (ValueError, FileNotFoundError):
+            outcomes["refused"] += 1
+        else:
+            np.testing.assert_array_equal(got, expected, err_msg=f"case {case}: {target.name}")
+            outcomes["same"] += 1
+        shutil.rmtree(damaged)
+    assert outcomes["refused"] > 100 and outcomes["same"] > 0, outcomes
+    assert time.perf_counter() - start < 600
