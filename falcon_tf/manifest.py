@@ -118,9 +118,15 @@ def update(artifact_dir, edit):
     return data
 
 
-def verify(artifact_dir, files):
-    """Checks each listed file's size and sha256; raises naming the first that differs."""
-    where = os.path.join(artifact_dir, MANIFEST_FILE)
+def verify(artifact_dir, files, where=None, missing_ok=False,
+           hint="recorded at export; the file was changed or damaged. Export again, or pass "
+                "verify_checksums=False."):
+    """Checks each listed file's size and sha256; raises naming the first that differs.
+
+    `files` maps paths relative to `artifact_dir` (which they must stay inside)
+    to {sha256, bytes}; `where` is the listing's file, the manifest by default.
+    With `missing_ok` a listed file that is absent is skipped."""
+    where = where or os.path.join(artifact_dir, MANIFEST_FILE)
     if not isinstance(files, dict):
         raise ValueError(f"{where}: a `files` listing must be an object; found {files!r}.")
     for relative, expected in files.items():
@@ -130,12 +136,12 @@ def verify(artifact_dir, files):
                              f"string `sha256` and an integer `bytes`; found {expected!r}.")
         path = path_inside(artifact_dir, relative, where)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"Artifact file missing: {path} (listed in "
-                                    f"{os.path.join(artifact_dir, MANIFEST_FILE)}).")
+            if missing_ok:
+                continue
+            raise FileNotFoundError(f"Artifact file missing: {path} (listed in {where}).")
         if os.path.getsize(path) != expected["bytes"] or sha256(path) != expected["sha256"]:
             raise ValueError(f"Checksum mismatch: {path} differs from what "
-                             f"{MANIFEST_FILE} recorded at export; the file was changed or "
-                             f"damaged. Export again, or pass verify_checksums=False.")
+                             f"{os.path.basename(where)} {hint}")
 
 
 def resolve_artifact_dir(preset, export_format):

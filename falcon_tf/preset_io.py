@@ -408,7 +408,6 @@ def verify_preset_files(directory, skip=()):
     needs it."""
     from falcon_tf import manifest
     from falcon_tf.json_file import json_or_none
-    from falcon_tf.untrusted import path_inside
 
     where = os.path.join(directory, METADATA_FILE)
     metadata = json_or_none(where)
@@ -417,18 +416,9 @@ def verify_preset_files(directory, skip=()):
         return
     if not isinstance(listed, dict):
         raise ValueError(f"{where}: field `{CHECKSUMS_FIELD}` must be an object.")
-    for relative, expected in listed.items():
-        if not (isinstance(expected, dict) and isinstance(expected.get("sha256"), str)
-                and isinstance(expected.get("bytes"), int)):
-            raise ValueError(f"{where}: `{CHECKSUMS_FIELD}.{relative}` must hold a string "
-                             f"`sha256` and an integer `bytes`.")
-        path = path_inside(directory, relative, where)
-        if relative in skip or not os.path.isfile(path):
-            continue
-        if (os.path.getsize(path) != expected["bytes"]
-                or manifest.sha256(path) != expected["sha256"]):
-            raise ValueError(f"{path} differs from the checksum {where} recorded when the "
-                             f"preset was saved: the file was changed or damaged.")
+    manifest.verify(directory, {k: v for k, v in listed.items() if k not in skip}, where=where,
+                    missing_ok=True, hint="recorded when the preset was saved; the file was "
+                                          "changed or damaged.")
 
 
 def untied_head_reason(kind, found):

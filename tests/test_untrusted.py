@@ -345,7 +345,7 @@ def test_a_changed_file_of_a_saved_preset_is_refused_by_name(tmp_path):
     data["config"]["layer_norm_epsilon"] = 1e-3  # valid, and not what was saved
     with open(tmp_path / "p" / CONFIG_FILE, "w") as f:
         json.dump(data, f)
-    with pytest.raises(ValueError, match=f"{CONFIG_FILE} differs from the checksum"):
+    with pytest.raises(ValueError, match=f"{CONFIG_FILE} differs from what metadata.json recorded when the preset"):
         FalconBackbone.from_preset(str(tmp_path / "p"))
 
 
