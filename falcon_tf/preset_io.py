@@ -304,15 +304,16 @@ def inspect_weights(path, config: FalconConfig):
     return f, found
 
 
-def read_weights(path, config: FalconConfig):
-    """model.weights.h5 (keras-hub layout) -> {our name: array in the stored dtype}.
+def iter_weights(path, config: FalconConfig):
+    """model.weights.h5 (keras-hub layout) -> (our name, array in the stored dtype)
+    pairs, one variable at a time, so that loading holds one tensor beyond the
+    model's own variables.
 
     Every dataset is checked first (`inspect_weights`); each value must be finite.
     """
     f, found = inspect_weights(path, config)
     with f:
         fused = {}
-        weights = {}
         for h5_path, (shape, ours, slot) in keras_hub_layout(config).items():
             dataset = found[h5_path]
             try:
@@ -326,13 +327,14 @@ def read_weights(path, config: FalconConfig):
                 raise ValueError(f"{path}: dataset {h5_path} cannot be read: {err}") from None
             check_weight(array, path, f"dataset {h5_path}")
             if slot is None:
-                weights[ours] = array
-            else:  # (h, n, d) -> (h, n*d); (n, d) -> (n*d,)
-                flat = array.reshape(shape[0], -1) if len(shape) == 3 else array.reshape(-1)
-                fused.setdefault(ours, [None] * 3)[slot] = flat
-    for ours, parts in fused.items():
-        weights[ours] = np.concatenate(parts, axis=-1)
-    return weights
+                yield ours, array
+                continue
+            # q, k and v are separate datasets: (h, n, d) -> (h, n*d); (n, d) -> (n*d,)
+            flat = array.reshape(shape[0], -1) if len(shape) == 3 else array.reshape(-1)
+            parts = fused.setdefault(ours, [None] * 3)
+            parts[slot] = flat
+            if all(part is not None for part in parts):
+                yield ours, np.concatenate(fused.pop(ours), axis=-1)
 
 
 def write_weights(path, named_arrays, config: FalconConfig):
@@ -474,7 +476,7 @@ def load_backbone(cls, preset, load_weights=True, **overrides):
             assign_weights(model, weights, found)
     else:
         path = os.path.join(found, WEIGHTS_FILE)
-        assign_weights(model, read_weights(path, model.falcon_config).items(), path)
+        assign_weights(model, iter_weights(path, model.falcon_config), path)
     return model
 
 
