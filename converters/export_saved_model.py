@@ -35,7 +35,6 @@ adds the next number without touching earlier ones.
 """
 
 import datetime
-import gc
 import os
 import platform
 import shutil
@@ -219,9 +218,9 @@ def serving_module(model):
 
 def keras_reference(backbone, new_tokens=8):
     """What the written signatures must reproduce, computed from the Keras model
-    before it is written (so that the model can be freed before the SavedModel
-    is loaded back): the backbone's output on `check_batch`, greedy tokens of two
-    prompts, and the uncached logits along the second one's continuation."""
+    before it is written: the backbone's output on `check_batch`, greedy tokens
+    of two prompts, and the uncached logits along the second one's continuation.
+    Plain data, so the check of the written files needs no Keras model."""
     from falcon_tf.causal_lm import FalconCausalLM
 
     lm = FalconCausalLM(backbone, cache_length=64)
@@ -290,7 +289,6 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
     steps = ["load", "trace", "write", "warmup", "verify", "publish"]
     with progress_bar("Exporting SavedModel") as progress:
         progress(0, len(steps))
-        owned = model is None  # a model loaded here is freed before the files are read back
         model = model if model is not None else FalconBackbone.from_preset(preset)
         config = model.falcon_config
         name = name or artifact_name(preset)
@@ -309,9 +307,6 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
         try:
             tf.saved_model.save(module, tmp, signatures=concrete)
             del module, concrete
-            if owned:  # one copy of the weights at a time: the model's, then the loaded one's
-                del model
-                gc.collect()
             progress(3, len(steps))
             write_warmup(os.path.join(tmp, WARMUP_FILE), name, config.vocabulary_size)
             progress(4, len(steps))
