@@ -102,7 +102,7 @@ def main(argv=None):
                              "quick look at speed")
     args = parser.parse_args(argv)
 
-    from falcon_tf._keras import keras, tf
+    from falcon_tf._keras import keras
     from falcon_tf import FalconBackbone, FalconCausalLM, FalconTokenizer
     from falcon_tf import evaluation, preset_io
 

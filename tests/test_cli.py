@@ -3,8 +3,11 @@
 import doctest
 import os
 
+import pytest
+
 import falcon_tf.backbone
 import falcon_tf.causal_lm
+import falcon_tf.evaluation
 import falcon_tf.samplers
 import falcon_tf.tokenizer
 from falcon_tf import cli
@@ -65,7 +68,8 @@ def test_presets_lists_every_builtin(capsys):
 def test_docstring_examples_run():
     result = doctest.testmod(falcon_tf.backbone, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 4 and result.failed == 0
-    for module in (falcon_tf.causal_lm, falcon_tf.tokenizer, falcon_tf.samplers):
+    for module in (falcon_tf.causal_lm, falcon_tf.tokenizer, falcon_tf.samplers,
+                   falcon_tf.evaluation):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted >= 1 and result.failed == 0, module.__name__
 
@@ -114,3 +118,23 @@ def test_generate_with_the_trained_default_writes_known_words(capsys):
 
     assert known_fraction(cli.DEFAULT_PRESET) >= 0.9
     assert known_fraction("falcon_tiny_random") < 0.5
+
+
+def test_eval_scores_the_trained_default_on_its_heldout_chapters(capsys):
+    import json
+
+    from falcon_tf import FalconBackbone
+    from falcon_tf.preset_io import embedded_dir
+
+    assert cli.main(["eval", "--runtime", "keras", "--prompts", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    with open(os.path.join(embedded_dir(FalconBackbone.presets[cli.DEFAULT_PRESET]),
+                           "metadata.json")) as f:
+        recorded = json.load(f)["heldout_perplexity"]
+    assert line.startswith(f"{cli.DEFAULT_PRESET} keras: perplexity ")
+    assert float(line.split("perplexity ")[1].split()[0]) == \
+        pytest.approx(recorded["perplexity"], abs=1e-4)
+    assert f"on {recorded['tokens']:,} held-out tokens" in line
+    assert line.endswith("identical to Keras: 2/2")
+    assert cli.main(["eval", "--preset", "falcon_tiny_random"]) == 2
+    assert "held-out" in capsys.readouterr().err
