@@ -352,8 +352,8 @@ class FalconCausalLM(keras.Model):
         builtin = FalconBackbone.presets.get(preset) if isinstance(preset, str) else None
         if builtin is not None and not load_weights:  # no download for fresh weights
             backbone = FalconBackbone.from_preset(preset, load_weights=False, **kwargs)
-            tokenizer = (FalconTokenizer.from_preset(preset) if "random_seed" in builtin
-                         else None)
+            shipped = "random_seed" in builtin or "embedded_dir" in builtin
+            tokenizer = FalconTokenizer.from_preset(preset) if shipped else None
             return cls(backbone, tokenizer=tokenizer, cache_length=cache_length)
         kind, found = preset_io.resolve(preset)
         source = preset if kind == "random" else found

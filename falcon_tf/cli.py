@@ -1,62 +1,176 @@
 """The `falcon-tf` command: thin wrappers over importable functions."""
 
 import argparse
+import logging
 import os
 import sys
+import tempfile
 import time
 
-DEFAULT_PRESET = "falcon_tiny_random"
+DEFAULT_PRESET = "falcon_tiny_trained"
+DEMO_PROMPT = "The falcon flew over"
+# Commands (and runtimes) that run TensorFlow.
+_TENSORFLOW_COMMANDS = ("demo", "export", "convert", "eval")  # eval compares with Keras
 
 
-def demo(preset=DEFAULT_PRESET, out_dir="artifacts", batch=1, seq=128, runs=20):
+class _DropRecords(logging.Filter):
+    """Drops log records from one module whose message starts with a prefix."""
+
+    def __init__(self, module, prefix):
+        super().__init__()
+        self.module, self.prefix = module, prefix
+
+    def filter(self, record):
+        return not (record.module == self.module and str(record.msg).startswith(self.prefix))
+
+
+def quiet_third_party_logs():
+    """Keeps other libraries' routine notices out of the command's output,
+    at their source: TensorFlow's C++ log level and Python logger, and
+    ai-edge-quantizer's warning that a weight buffer shared by several
+    signatures is quantized once per tensor (it logs to the root logger)."""
+    # 3: TensorFlow's C++ logs only fatal errors. What it logs at ERROR here
+    # is notices (the CUDA probe on a machine without a GPU, oneDNN kernel
+    # fallbacks); an error that matters reaches Python as an exception.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropRecords) for f in root.filters):
+        root.addFilter(_DropRecords("quantize_tensor", "Quantized data for tensor"))
+
+
+class _stderr_captured:
+    """Sends file descriptor 2 to a temporary file for a block; what was written
+    there is shown if the block raises."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        self._file = tempfile.TemporaryFile()
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        if kind is not None:
+            self._file.seek(0)
+            sys.stderr.write(self._file.read().decode("utf-8", "replace"))
+        self._file.close()
+
+
+def load_tensorflow():
+    """Imports TensorFlow and probes its devices with stderr captured: the
+    notices its libraries print while loading (oneDNN, CUDA probes) are absl
+    logs written before absl is initialised, which no log level reaches."""
+    if "tensorflow" in sys.modules:
+        return
+    with _stderr_captured():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+
+
+def _one_op_tflite():
+    """A .tflite FlatBuffer holding one float ADD (built with LiteRT's schema)."""
+    import flatbuffers
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.ADD
+    code.version = 1
+    tensors = []
+    for name in (b"a", b"b", b"sum"):
+        tensor = schema.TensorT()
+        tensor.shape, tensor.type, tensor.buffer, tensor.name = (
+            np.array([1], np.int32), schema.TensorType.FLOAT32, 0, name)
+        tensors.append(tensor)
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = 0, np.array([0, 1], np.int32), np.array([2], np.int32)
+    op.builtinOptionsType = schema.BuiltinOptions.AddOptions
+    op.builtinOptions = schema.AddOptionsT()
+    graph = schema.SubGraphT()
+    graph.tensors, graph.operators = tensors, [op]
+    graph.inputs, graph.outputs = np.array([0, 1], np.int32), np.array([2], np.int32)
+    model = schema.ModelT()
+    model.version, model.operatorCodes, model.subgraphs = 3, [code], [graph]
+    model.buffers = [schema.BufferT()]
+    builder = flatbuffers.Builder(512)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def load_litert():
+    """LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+    once per process, at the first interpreter, from a logger no setting
+    reaches: that first interpreter is made here, on a one-op model, with
+    stderr captured."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        model = _one_op_tflite()
+    except ImportError:  # no LiteRT here: nothing of it will print either
+        return
+    with _stderr_captured():
+        Interpreter(model_content=model, num_threads=1).allocate_tensors()
+
+
+def demo(preset=DEFAULT_PRESET, out_dir="artifacts", batch=1, seq=128, runs=20,
+         prompt=DEMO_PROMPT, new_tokens=24):
     """Builds a preset, writes it to `out_dir/<preset>/keras_preset`, reloads it,
     exports it for TF Serving and every TFLite variant and loads those back.
     Returns the lines to print: Keras (XLA-vs-eager and reload parity, XLA
-    latency), SavedModel parity, and a TFLite table (size, parity, whether the
-    GPU accelerator runs the whole graph, CPU latency)."""
+    latency), SavedModel parity, a TFLite backbone table (size, parity, whether
+    the GPU accelerator runs the whole graph, CPU latency), then the causal LM
+    on every runtime: greedy text from `prompt`, whether it equals Keras's,
+    tokens/s, file size and perplexity on the preset's held-out ids."""
     import numpy as np
 
-    from falcon_tf import FalconBackbone
+    from falcon_tf import FalconBackbone, evaluation
     from falcon_tf.preset_io import artifact_name
 
     model = FalconBackbone.from_preset(preset)
     name = artifact_name(preset)
     preset_dir = os.path.join(out_dir, name, "keras_preset")
-    model.save_to_preset(preset_dir)
-    reloaded = FalconBackbone.from_preset(preset_dir)
+    calibration = evaluation.preset_token_ids(preset, evaluation.CALIBRATION_FILE)
 
     rng = np.random.default_rng(0)
     x = {"token_ids": rng.integers(0, model.vocabulary_size, (batch, seq)).astype("int32"),
          "padding_mask": np.ones((batch, seq), "int32")}
     eager = model(x).numpy()
     xla = model.compiled_call(x).numpy()  # compiles once
-    reload_diff = np.abs(reloaded.compiled_call(x).numpy() - xla).max()
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         model.compiled_call(x).numpy()
         times.append(time.perf_counter() - start)
-    keras_line = (f"{name}: XLA vs eager max|diff| {np.abs(xla - eager).max():.2e}, "
-                  f"reloaded from {preset_dir} max|diff| {reload_diff:.2e}, "
-                  f"XLA forward {np.median(times) * 1e3:.2f} ms "
-                  f"(median of {runs}, batch {batch} x seq {seq})")
+    model_line = (f"{name}: {model.count_params():,} parameters, {model.num_layers} layers. "
+                  f"XLA vs eager max|diff| {np.abs(xla - eager).max():.2e}, XLA forward "
+                  f"{np.median(times) * 1e3:.2f} ms (median of {runs}, batch {batch} x seq {seq})")
 
-    # The TF Serving export, loaded back through the server loader.
+    # The Keras preset, TF Serving export and every TFLite backbone variant,
+    # each loaded back and compared with Keras.
     from converters.export_saved_model import export_saved_model
+    from converters.export_tflite import export_tflite
+    from falcon_tf.lite import FalconBackbone as LiteBackbone
     from falcon_tf.serving import FalconBackbone as ServingBackbone
 
-    version_dir, _ = export_saved_model(name, out_dir, name=name, model=model)
+    lm = _demo_causal_lm(preset, model)
+    lm.save_to_preset(preset_dir)
+    reload_diff = np.abs(FalconBackbone.from_preset(preset_dir).compiled_call(x).numpy()
+                         - xla).max()
+    version_dir, _ = export_saved_model(name, out_dir, name=name, model=model,
+                                        tokenizer=lm.tokenizer)
     diffs = []
     for signature in ("serving_default", "serving_xla"):
         served = ServingBackbone.from_preset(os.path.join(out_dir, name), signature=signature)
-        diffs.append(f"{signature} max|diff| {np.abs(served(x) - eager).max():.2e}")
-    serving_line = f"{name}: SavedModel {version_dir} vs Keras: {', '.join(diffs)}"
-
-    # Every TFLite variant, checked on LiteRT's CPU and GPU accelerators.
-    from converters.export_tflite import export_tflite
-    from falcon_tf.lite import FalconBackbone as LiteBackbone
-
-    entries = export_tflite(name, out_dir, name=name, model=model, batch=batch, seq=seq)
+        diffs.append(f"{signature} {np.abs(served(x) - eager).max():.2e}")
+    export_line = (f"exports vs Keras, max|diff|: reloaded {preset_dir} {reload_diff:.2e}; "
+                   f"SavedModel {_shown_path(version_dir)} {', '.join(diffs)}")
+    entries = export_tflite(name, out_dir, name=name, model=model, batch=batch, seq=seq,
+                            calibration=calibration)
     latencies = {}
     for variant in entries:
         lite = LiteBackbone.from_preset(os.path.join(out_dir, name), variant=variant,
@@ -68,57 +182,96 @@ def demo(preset=DEFAULT_PRESET, out_dir="artifacts", batch=1, seq=128, runs=20):
             lite(x)
             runs_ms.append((time.perf_counter() - start) * 1e3)
         latencies[variant] = float(np.median(runs_ms))
-    lines = [keras_line, serving_line,
-             f"{name}: TFLite (batch {batch} x seq {seq}; CPU ms = XNNPACK, 2 threads, "
-             f"median of {runs}; cosine vs Keras)", tflite_table(entries, latencies)]
-    return "\n".join(lines + causal_lm_demo(preset, out_dir, name, model))
+    lines = [model_line, export_line,
+             f"TFLite backbone (batch {batch} x seq {seq}; CPU ms = XNNPACK, 2 threads, "
+             f"median of {runs}; cosine vs Keras)", tflite_table(entries, latencies), ""]
+    return "\n".join(lines + causal_lm_demo(preset, out_dir, name, lm, prompt, new_tokens,
+                                            calibration))
 
 
-def causal_lm_demo(preset, out_dir, name, backbone, new_tokens=32):
-    """Exports the causal LM for TFLite (the SavedModel already holds it) and
-    generates greedily from one prompt on every runtime. Returns the lines."""
-    from converters.export_tflite_causal_lm import export_tflite_causal_lm
-    from falcon_tf import FalconCausalLM
-    from falcon_tf.lite import FalconCausalLM as LiteLM
-    from falcon_tf.serving import FalconCausalLM as ServingLM
+def _shown_path(path):
+    """`path` relative to the working directory when it lies inside it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
 
-    import numpy as np
 
-    from falcon_tf import FalconTokenizer
+def _demo_causal_lm(preset, backbone, cache_length=128):
+    from falcon_tf import FalconCausalLM, FalconTokenizer
 
     try:
         tokenizer = FalconTokenizer.from_preset(preset)
     except FileNotFoundError:
         tokenizer = None
-    lm = FalconCausalLM(backbone, tokenizer=tokenizer, cache_length=128)
+    return FalconCausalLM(backbone, tokenizer=tokenizer, cache_length=cache_length)
+
+
+def causal_lm_demo(preset, out_dir, name, lm, prompt=DEMO_PROMPT, new_tokens=24,
+                   calibration=None, variants=("fp32", "fp16", "int8", "int4")):
+    """Exports the causal LM for TFLite (the SavedModel already holds it) and
+    runs it on every runtime: greedy text from `prompt` (tokens/s over the
+    median of 5 generate calls), file size, and perplexity on the preset's
+    held-out ids against Keras's. Returns the lines."""
+    import numpy as np
+
+    from converters.export_tflite_causal_lm import export_tflite_causal_lm
+    from falcon_tf import evaluation
+    from falcon_tf.lite import FalconCausalLM as LiteLM
+    from falcon_tf.serving import FalconCausalLM as ServingLM
+
     artifact = os.path.join(out_dir, name)
+    window = min(evaluation.DEFAULT_WINDOW, lm.cache_length)
     entries = export_tflite_causal_lm(preset, out_dir, name, model=lm.backbone,
-                                      variants=("fp32", "fp16", "int8"), cache_length=128,
-                                      tokenizer=lm.tokenizer)
-    prompt = lm.tokenizer.start_token_id if lm.tokenizer else 1
-    rows = [[prompt] + list(range(2, 14))]  # 13 prompt tokens
-    max_length = len(rows[0]) + new_tokens
-    runtimes = {"keras XLA": lm,
-                "saved_model": ServingLM.from_preset(artifact, cache_length=128)}
-    runtimes.update({f"tflite {v}": LiteLM.from_preset(artifact, variant=v, num_threads=2)
-                     for v in entries})
-    expected = lm.generate(rows, max_length=max_length, stop_token_ids=None)
-    lines = [f"{name}: causal LM, greedy, {len(rows[0])} prompt tokens + {new_tokens} new "
-             f"(tokens/s = new tokens / median of 5 generate calls, CPU)",
-             f"{'runtime':12s} {'same tokens as keras':>20s} {'tokens/s':>9s} {'GPU whole':>9s}"]
-    for label, runtime in runtimes.items():
-        got = runtime.generate(rows, max_length=max_length, stop_token_ids=None)
+                                      variants=variants, cache_length=lm.cache_length,
+                                      prefill_lengths=(8, 32, 64), tokenizer=lm.tokenizer,
+                                      calibration=calibration)
+    served = ServingLM.from_preset(artifact, cache_length=lm.cache_length)
+    saved_model_bytes = sum(os.path.getsize(os.path.join(root, f))
+                            for root, _, files in os.walk(served.path) for f in files)
+    runtimes = {"keras XLA": (lm, evaluation.keras_scorer(lm), None),
+                "saved_model": (served, evaluation.saved_model_scorer(served), saved_model_bytes)}
+    for variant, entry in entries.items():
+        lite = LiteLM.from_preset(artifact, variant=variant, num_threads=2)
+        runtimes[f"tflite {variant}"] = (lite, evaluation.tflite_scorer(lite), entry["bytes"])
+    heldout = evaluation.preset_token_ids(preset)
+    text_input = prompt if lm.tokenizer is not None else [[1] + list(range(2, 14))]
+    max_length = (len(lm.tokenizer(prompt)) + 1 if lm.tokenizer else 13) + new_tokens
+
+    def run(runtime):
+        return runtime.generate(text_input, max_length=max_length, stop_token_ids=None,
+                                strip_prompt=True)
+
+    expected = run(lm)
+    rows, texts, keras_ppl = [], [], None
+    for label, (runtime, scorer, size) in runtimes.items():
+        got = run(runtime)
         times = []
         for _ in range(5):
             start = time.perf_counter()
-            runtime.generate(rows, max_length=max_length, stop_token_ids=None)
+            run(runtime)
             times.append(time.perf_counter() - start)
+        ppl, delta = "-", "-"
+        if heldout is not None:
+            value = evaluation.perplexity(scorer, heldout, window)["perplexity"]
+            keras_ppl = value if keras_ppl is None else keras_ppl
+            ppl = f"{value:.3f}"
+            delta = "" if runtime is lm else f"{(value / keras_ppl - 1) * 100:+.3f}%"
         variant = label.split()[1] if label.startswith("tflite") else None
         gpu = {True: "yes", False: "no", None: "n/a"}[
             entries[variant].get("gpu_fully_accelerated")] if variant else ""
-        lines.append(f"{label:12s} {'yes' if got == expected else 'NO':>20s} "
-                     f"{new_tokens / np.median(times):9.1f} {gpu:>9s}")
-    return lines
+        rows.append(f"{label:12s} {'' if size is None else f'{size:,d}':>11s} {ppl:>10s} "
+                    f"{delta:>9s} {'yes' if got == expected else 'NO':>10s} "
+                    f"{new_tokens / np.median(times):9.1f} {gpu:>9s}")
+        texts.append(f"{label:12s} | {got[0] if isinstance(got, list) else got}")
+    heldout_note = (f"perplexity on {evaluation.perplexity_tokens(heldout, window):,} held-out "
+                    f"tokens, window {window}" if heldout is not None
+                    else "no held-out ids shipped: no perplexity")
+    return [f"{name}: causal LM, greedy, {new_tokens} new tokens after the prompt "
+            f"{prompt!r}; tokens/s = new tokens / median of 5 generate calls, CPU; "
+            f"{heldout_note}; int8/int4 GPTQ-rounded on "
+            f"{'training text' if calibration is not None else 'random ids'}",
+            f"{'runtime':12s} {'bytes':>11s} {'perplexity':>10s} {'Δ vs keras':>9s} "
+            f"{'same text':>10s} {'tokens/s':>9s} {'GPU whole':>9s}",
+            *rows, "", f"prompt       | {prompt}", *texts]
 
 
 def tflite_table(entries, latencies=None):
@@ -188,20 +341,45 @@ def generate(preset, prompt, runtime="keras", max_length=64, sampler="greedy", s
     return prompt + text
 
 
+def evaluate(preset, runtime="keras", variant="fp32", ids=None, window=128, prompts=10):
+    """`falcon-tf eval`: one runtime's perplexity on held-out ids against Keras's,
+    and its greedy continuations of held-out prompts. Returns the line to print."""
+    import numpy as np
+
+    from falcon_tf import evaluation
+    from falcon_tf.preset_io import artifact_name
+
+    token_ids = None
+    if ids is not None:
+        if not os.path.isfile(ids):
+            raise FileNotFoundError(f"--ids file not found: {ids}")
+        token_ids = np.load(ids)
+    r = evaluation.evaluate(preset, runtime, variant, token_ids, window, prompts)
+    label = f"{artifact_name(preset)} {runtime}" + (f" {variant}" if runtime == "tflite" else "")
+    line = (f"{label}: perplexity {r['perplexity']:.4f} on {r['tokens']:,} held-out tokens "
+            f"(window {r['window']}); Keras {r['keras_perplexity']:.4f} "
+            f"(Δ {r['delta'] * 100:+.3f}%)")
+    if "greedy_identical" in r:
+        line += (f"; greedy continuations of {r['prompts']} held-out prompts identical to "
+                 f"Keras: {round(r['greedy_identical'] * r['prompts'])}/{r['prompts']}")
+    return line
+
+
 def list_presets():
     from falcon_tf.presets import BACKBONE_PRESETS
 
     lines = []
     for name, entry in BACKBONE_PRESETS.items():
         meta = entry["metadata"]
-        source = entry.get("kaggle_handle") or entry.get("hf_handle") \
-            or "builtin (random weights, no download)"
+        source = entry.get("kaggle_handle") or entry.get("hf_handle") or (
+            "embedded (trained weights, no download)" if "embedded_dir" in entry
+            else "builtin (random weights, no download)")
         lines.append(f"{name}  {meta['params']:,} params  {source}\n    {meta['description']}")
     return "\n".join(lines)
 
 
 def main(argv=None):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_third_party_logs()
     parser = argparse.ArgumentParser(prog="falcon-tf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p_default_variants = "fp32,fp16,int8,int4"
@@ -210,7 +388,7 @@ def main(argv=None):
                                     "speed")
     p.add_argument("--preset", default=DEFAULT_PRESET,
                    help=f"builtin name, kaggle:// handle or local directory "
-                        f"(default {DEFAULT_PRESET}, embedded, random weights)")
+                        f"(default {DEFAULT_PRESET}, embedded, trained weights)")
     p.add_argument("--out", default="artifacts", help="where the preset is written")
     p.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
     sub.add_parser("presets", help="list builtin presets")
@@ -247,10 +425,28 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--variant", default="fp32", help="tflite: which exported variant")
     p.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="tflite")
+    p = sub.add_parser("eval", help="perplexity on held-out token ids and greedy "
+                                    "continuations, one runtime against Keras")
+    p.add_argument("--preset", default=DEFAULT_PRESET,
+                   help="keras: any preset or handle; saved_model and tflite: an artifact "
+                        "directory or an exported preset name")
+    p.add_argument("--runtime", choices=["keras", "saved_model", "tflite"], default="keras")
+    p.add_argument("--variant", default="fp32", help="tflite: which exported causal LM variant")
+    p.add_argument("--ids", default=None,
+                   help="a .npy file of 1-D token ids (default: the preset's held-out ids)")
+    p.add_argument("--window", type=int, default=128,
+                   help="tokens scored together from an empty cache (default 128)")
+    p.add_argument("--prompts", type=int, default=10,
+                   help="held-out prompts whose greedy continuations are compared (default 10)")
     p = sub.add_parser("convert", help="convert a Hugging Face Falcon checkpoint to a preset")
     p.add_argument("source", help="hf://org/name[@revision] or a local checkpoint directory")
     p.add_argument("output", help="preset directory to write")
     args = parser.parse_args(argv)
+    if args.command in _TENSORFLOW_COMMANDS or (args.command == "generate"
+                                                and args.runtime != "tflite"):
+        load_tensorflow()
+    if args.command != "presets":
+        load_litert()
     try:
         if args.command == "demo":
             if args.seq <= 0:
@@ -303,6 +499,9 @@ def main(argv=None):
                 else f"{k} greedy tokens {'equal' if v['greedy_tokens_equal_keras'] else 'DIFFER'}"
                 for k, v in entry["parity"].items())
             print(f"wrote {final} ({parity})")
+        elif args.command == "eval":
+            print(evaluate(args.preset, args.runtime, args.variant, args.ids, args.window,
+                           args.prompts))
         elif args.command == "convert":
             from converters.convert_hf import convert_checkpoint
 

@@ -35,6 +35,8 @@ from falcon_tf.untrusted import check_weight
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "model.weights.h5"
+# Where builtin presets with real weights ship inside the package.
+EMBEDDED_FOLDER = "preset_files"
 
 # What config.json may name; keras-hub's identity is written so its loader
 # accepts our presets.
@@ -83,9 +85,20 @@ def download_kaggle(handle):
             f"{reason}). {_local_dir_hint(handle)}") from None
 
 
+def embedded_dir(entry):
+    """The package directory holding a builtin preset shipped with the package."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), EMBEDDED_FOLDER,
+                        entry["embedded_dir"])
+    if not os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        raise FileNotFoundError(f"The embedded preset's files are missing: {path} (reinstall "
+                                f"falcon-tf; `pip install -e .` keeps them in place).")
+    return path
+
+
 def resolve(preset):
     """A preset argument -> ("random", builtin entry), ("dir", keras-hub-format
-    directory) or ("hf", Hugging Face checkpoint directory)."""
+    directory, an embedded preset's included) or ("hf", Hugging Face checkpoint
+    directory)."""
     if not isinstance(preset, (str, os.PathLike)):
         raise ValueError(f"`preset` must be a string or path; received {preset!r}.")
     preset = os.fspath(preset)
@@ -93,6 +106,8 @@ def resolve(preset):
         entry = _presets.BACKBONE_PRESETS[preset]
         if "random_seed" in entry:
             return "random", entry
+        if "embedded_dir" in entry:
+            return "dir", embedded_dir(entry)
         preset = entry.get("kaggle_handle") or entry["hf_handle"]
     if preset.startswith("kaggle://"):
         preset = download_kaggle(preset)

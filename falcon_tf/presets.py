@@ -1,9 +1,10 @@
 """Builtin presets: plain data, the same shape as keras-hub's preset tables.
 
 A preset either names where its files live (`kaggle_handle` for keras-hub's
-Kaggle presets, `hf_handle` for Hugging Face checkpoints) or, for the small
-random preset that ships inside the package, the config and the seed its
-weights are drawn from.
+Kaggle presets, `hf_handle` for Hugging Face checkpoints, `embedded_dir` for
+a trained preset shipped inside the package under falcon_tf/preset_files/)
+or, for the small random preset, the config and the seed its weights are
+drawn from.
 """
 
 # Configs of the published checkpoints (their config.json on the Hugging Face Hub).
@@ -137,5 +138,30 @@ BACKBONE_PRESETS = {
             "feedforward_dropout_rate": 0,
         },
         "random_seed": 20240607,
+    },
+    "falcon_tiny_trained": {
+        "metadata": {
+            "description": (
+                "A 4-layer Falcon-RW trained from scratch on the King James Bible "
+                "(public domain) by scripts/train_tiny.py, with its own 2,048-token "
+                "byte-level BPE tokenizer. Ships with the package (4 MB), needs no "
+                "download, and writes readable KJV-style English. Its held-out "
+                "chapters' token ids ship beside it for perplexity."
+            ),
+            "params": 1_055_488,
+            "path": "falcon",
+            "license": "Apache-2.0",
+        },
+        "config": {
+            "vocabulary_size": 2048,
+            "num_layers": 4,
+            "num_attention_heads": 4,
+            "hidden_dim": 128,
+            "intermediate_dim": 512,
+            "layer_norm_epsilon": 1e-05,
+            "attention_dropout_rate": 0,
+            "feedforward_dropout_rate": 0,
+        },
+        "embedded_dir": "falcon_tiny_trained",
     },
 }

@@ -64,13 +64,37 @@ def test_builtin_presets_metadata():
     assert rw["metadata"]["params"] == 1_311_625_216
     for name, entry in presets.items():
         assert FalconConfig(**entry["config"]).parameter_count() == entry["metadata"]["params"], name
-        sources = [k for k in ("kaggle_handle", "hf_handle", "random_seed") if k in entry]
+        sources = [k for k in ("kaggle_handle", "hf_handle", "random_seed", "embedded_dir")
+                   if k in entry]
         assert len(sources) == 1, name
     for name in ("falcon_rw_1b", "falcon_7b", "falcon_7b_instruct", "falcon_40b",
                  "falcon_40b_instruct", "falcon_180b"):
         assert presets[name]["hf_handle"].startswith("hf://tiiuae/falcon-"), name
     assert presets["falcon_7b"]["metadata"]["params"] == 6_921_720_704
     assert "RANDOM" in presets["falcon_tiny_random"]["metadata"]["description"]
+    assert presets["falcon_tiny_trained"]["embedded_dir"] == "falcon_tiny_trained"
+
+
+def test_trained_preset_ships_in_the_package_and_loads_without_download():
+    from falcon_tf import FalconCausalLM
+    from falcon_tf.preset_io import embedded_dir, resolve
+
+    kind, directory = resolve("falcon_tiny_trained")
+    entry = FalconBackbone.presets["falcon_tiny_trained"]
+    assert kind == "dir" and directory == embedded_dir(entry)
+    import falcon_tf
+
+    assert directory.startswith(os.path.dirname(os.path.abspath(falcon_tf.__file__)) + os.sep)
+    size = sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(directory) for f in files)
+    assert size < 6 * 2**20  # a few MB in all
+    lm = FalconCausalLM.from_preset("falcon_tiny_trained")
+    assert lm.backbone.count_params() == entry["metadata"]["params"]
+    assert lm.tokenizer.vocabulary_size() == entry["config"]["vocabulary_size"]
+    assert lm.tokenizer.start_token == "<|endoftext|>"
+    # The same architecture without weights needs no files read beyond the config.
+    fresh = FalconCausalLM.from_preset("falcon_tiny_trained", load_weights=False)
+    assert fresh.tokenizer.vocabulary_size() == lm.tokenizer.vocabulary_size()
 
 
 def test_tiny_random_preset_is_deterministic_and_needs_no_download():

@@ -155,6 +155,21 @@ class FalconCausalLM:
             tokenizer = None
         return cls(runners, tokenizer, data["config"]["vocabulary_size"], path)
 
+    def logits(self, token_ids):
+        """Logits (len, vocabulary) at every position of one sequence of at most
+        `cache_length` ids, from an empty cache (a prefill in chunks of the
+        exported lengths): what perplexity is computed from."""
+        ids = np.asarray(token_ids)
+        if ids.ndim != 1 or not 1 <= len(ids) <= self.cache_length or not np.issubdtype(
+                ids.dtype, np.integer):
+            raise ValueError(f"`token_ids` must be 1 to {self.cache_length} integer ids (the "
+                             f"file's cache length); received shape {ids.shape}.")
+        if ids.min() < 0 or ids.max() >= self.vocabulary_size:
+            raise ValueError(f"`token_ids` must lie in [0, {self.vocabulary_size}).")
+        with self._lock:
+            return _prefill(self._runners, ids.astype(np.int32).tolist(),
+                            self._runners.empty_cache())[0]
+
     def generate(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto",
                  seed=None, strip_prompt=False, on_token=None):
         """See `falcon_tf.FalconCausalLM.generate`. `on_token(row, token_id)` is
