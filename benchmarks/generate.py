@@ -15,7 +15,8 @@ per token / the copy bandwidth of a large numpy array measured here.
 For each TFLite variant, its decode step (`falcon_tf.lite`'s host loop, one
 step at positions 32..95, median) against the bound of its own weight bytes:
 the constant tensors its decode signature feeds to FULLY_CONNECTED (every
-projection and the LM head, as stored in the file), read once per token. And
+projection and the LM head, as stored in the file; behind a DEQUANTIZE for
+fp16), read once per token. And
 the decode step of the int8 and fp32 files exported with caches of 256, 1024
 and 2048 slots, at the same positions, interleaved.
 
@@ -61,6 +62,13 @@ def fully_connected_bytes(path, signature="decode"):
     index = next(i for i in range(model.SignatureDefsLength())
                  if model.SignatureDefs(i).SignatureKey().decode() == signature)
     graph = model.Subgraphs(model.SignatureDefs(index).SubgraphIndex())
+    dequantized = {}  # output tensor of a DEQUANTIZE -> its (constant) input
+    for o in range(graph.OperatorsLength()):
+        op = graph.Operators(o)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) == \
+                schema.BuiltinOperator.DEQUANTIZE:
+            dequantized[op.Outputs(0)] = op.Inputs(0)
     seen, total = set(), 0
     for o in range(graph.OperatorsLength()):
         op = graph.Operators(o)
@@ -68,6 +76,7 @@ def fully_connected_bytes(path, signature="decode"):
         if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) != fc:
             continue
         for t in op.InputsAsNumpy():
+            t = dequantized.get(int(t), int(t))  # fp16: the stored weight behind DEQUANTIZE
             buffer = graph.Tensors(t).Buffer() if t >= 0 else 0
             if buffer and buffer not in seen:
                 seen.add(buffer)
