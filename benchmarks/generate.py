@@ -12,6 +12,14 @@ positions against recomputing the whole sequence (the uncached forward), and
 the decode step against the memory-bandwidth bound: float32 weight bytes read
 per token / the copy bandwidth of a large numpy array measured here.
 
+For each TFLite variant, its decode step (`falcon_tf.lite`'s host loop, one
+step at positions 32..95, median) against the bound of its own weight bytes:
+the constant tensors its decode signature feeds to FULLY_CONNECTED (every
+projection and the LM head, as stored in the file; behind a DEQUANTIZE for
+fp16), read once per token. And
+the decode step of the int8 and fp32 files exported with caches of 256, 1024
+and 2048 slots, at the same positions, interleaved.
+
     python benchmarks/generate.py [--runs 15] [--no-torch]
 """
 
@@ -28,6 +36,8 @@ import numpy as np  # noqa: E402
 from _bench import SHAPE, benchmark_backbone, interleaved_medians, timing_args  # noqa: E402
 
 PROMPT, NEW = 32, 64
+LITE_VARIANTS = ("fp32", "fp16", "int8", "int4")
+CACHE_SIZES = (256, 1024, 2048)
 
 
 def copy_bandwidth(megabytes=512, repeats=5):
@@ -40,6 +50,54 @@ def copy_bandwidth(megabytes=512, repeats=5):
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - start)
     return 2 * src.nbytes / best
+
+
+def fully_connected_bytes(path, signature="decode"):
+    """Bytes of the constant tensors that `signature`'s FULLY_CONNECTED ops read."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAsModel(f.read(), 0)
+    fc = schema.BuiltinOperator.FULLY_CONNECTED
+    index = next(i for i in range(model.SignatureDefsLength())
+                 if model.SignatureDefs(i).SignatureKey().decode() == signature)
+    graph = model.Subgraphs(model.SignatureDefs(index).SubgraphIndex())
+    dequantized = {}  # output tensor of a DEQUANTIZE -> its (constant) input
+    for o in range(graph.OperatorsLength()):
+        op = graph.Operators(o)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) == \
+                schema.BuiltinOperator.DEQUANTIZE:
+            dequantized[op.Outputs(0)] = op.Inputs(0)
+    seen, total = set(), 0
+    for o in range(graph.OperatorsLength()):
+        op = graph.Operators(o)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) != fc:
+            continue
+        for t in op.InputsAsNumpy():
+            t = dequantized.get(int(t), int(t))  # fp16: the stored weight behind DEQUANTIZE
+            buffer = graph.Tensors(t).Buffer() if t >= 0 else 0
+            if buffer and buffer not in seen:
+                seen.add(buffer)
+                total += model.Buffers(buffer).DataLength() or model.Buffers(buffer).Size()
+    return total
+
+
+def decode_step_ms(lite, sequence, runs):
+    """Median ms of one decode step of `lite` (falcon_tf.lite.FalconCausalLM)
+    over `sequence` (PROMPT + NEW ids): its prompt prefilled, then its tokens
+    decoded at positions PROMPT .. PROMPT + NEW - 1, `runs` passes."""
+    from falcon_tf.lite.causal_lm import _decode, _prefill
+
+    runners, steps = lite._runners, []
+    for _ in range(runs):
+        _, caches = _prefill(runners, sequence[:PROMPT], runners.empty_cache())
+        for position in range(PROMPT, PROMPT + NEW):
+            start = time.perf_counter()
+            _, caches = _decode(runners, sequence[position], position, caches)
+            steps.append(time.perf_counter() - start)
+    return float(np.median(steps)) * 1e3
 
 
 def transformers_lm(ours):
@@ -87,28 +145,28 @@ def main():
 
     export_saved_model("bench", tmp, model=backbone)
     served = ServingLM.from_preset(os.path.join(tmp, "bench"), cache_length=total)
-    export_tflite_causal_lm("bench", tmp, model=backbone, variants=("fp32", "int8"),
+    export_tflite_causal_lm("bench", tmp, model=backbone, variants=LITE_VARIANTS,
                             cache_length=total, prefill_lengths=(PROMPT,))
     lites = {v: LiteLM.from_preset(os.path.join(tmp, "bench"), variant=v, num_threads=2)
-             for v in ("fp32", "int8")}
+             for v in LITE_VARIANTS}
 
     contenders = {
         "falcon_tf Keras XLA": lambda: lm.generate([prompt], max_length=total,
                                                    stop_token_ids=None),
         "falcon_tf SavedModel (generate signature)": lambda: served.generate(
             [prompt], max_length=total, stop_token_ids=None),
-        "falcon_tf TFLite fp32 (CPU, 2 threads)": lambda: lites["fp32"].generate(
-            [prompt], max_length=total, stop_token_ids=None),
-        "falcon_tf TFLite int8 (CPU, 2 threads)": lambda: lites["int8"].generate(
-            [prompt], max_length=total, stop_token_ids=None),
+        **{f"falcon_tf TFLite {v} (CPU, 2 threads)":
+           (lambda lite: lambda: lite.generate([prompt], max_length=total,
+                                               stop_token_ids=None))(lites[v])
+           for v in LITE_VARIANTS},
         "keras-hub FalconCausalLM XLA": lambda: kh.generate(kh_input, stop_token_ids=None),
     }
     checks = {
         "keras-hub": np.asarray(contenders["keras-hub FalconCausalLM XLA"]()["token_ids"])[
             0].tolist(),
         "SavedModel": contenders["falcon_tf SavedModel (generate signature)"]()[0],
-        "TFLite fp32": contenders["falcon_tf TFLite fp32 (CPU, 2 threads)"]()[0],
-        "TFLite int8": contenders["falcon_tf TFLite int8 (CPU, 2 threads)"]()[0],
+        **{f"TFLite {v}": contenders[f"falcon_tf TFLite {v} (CPU, 2 threads)"]()[0]
+           for v in LITE_VARIANTS},
     }
     if not args.no_torch:
         import torch
@@ -170,6 +228,41 @@ def main():
     print(f"decode step in the XLA loop {in_loop_ms:.2f} ms = {bound_ms / in_loop_ms:.2f} of "
           f"the bandwidth limit; a step called from Python (above) "
           f"{float(np.median([r[1] for r in rows])):.2f} ms")
+
+    # Each TFLite variant's decode step against the bound of its own weight bytes.
+    steps = {v: decode_step_ms(lites[v], ours, 3) for v in LITE_VARIANTS}
+    bandwidth = copy_bandwidth()
+    print(f"copy bandwidth (numpy, now) {bandwidth / 1e9:.1f} GB/s")
+    print(f"{'TFLite':7s} {'FC bytes/token':>15s} {'bound ms':>9s} {'decode step ms':>15s} "
+          f"{'bound/step':>11s} {'tokens/s (generate)':>20s} {'x fp32':>7s}")
+    fp32_ms = med["falcon_tf TFLite fp32 (CPU, 2 threads)"]
+    for v in LITE_VARIANTS:
+        weight = fully_connected_bytes(lites[v].path)
+        bound = weight / bandwidth * 1e3
+        ms = med[f"falcon_tf TFLite {v} (CPU, 2 threads)"]
+        print(f"{v:7s} {weight:15,d} {bound:9.2f} {steps[v]:15.2f} {bound / steps[v]:11.2f} "
+              f"{NEW / ms * 1e3:20.1f} {fp32_ms / ms:7.2f}")
+
+    # The decode step against the cache's capacity: the same positions, files
+    # exported with larger caches (their decode_<W> signatures cover them).
+    by_cache = {}
+    for cache in CACHE_SIZES:
+        out = os.path.join(tmp, f"cache{cache}")
+        export_tflite_causal_lm("bench", out, model=backbone, variants=("fp32", "int8"),
+                                cache_length=cache, prefill_lengths=(PROMPT,))
+        for v in ("fp32", "int8"):
+            by_cache[(v, cache)] = LiteLM.from_preset(os.path.join(out, "bench"), variant=v,
+                                                      num_threads=2)
+    times = {k: [] for k in by_cache}
+    for _ in range(max(3, args.runs // 5)):  # interleaved rounds of 64 steps each
+        for key, lite in by_cache.items():
+            times[key].append(decode_step_ms(lite, ours, 1))
+    print(f"{'TFLite':7s} " + " ".join(f"{'cache ' + str(c) + ' ms':>14s}" for c in CACHE_SIZES)
+          + " " + " ".join(f"{str(c) + '/256':>9s}" for c in CACHE_SIZES[1:]))
+    for v in ("fp32", "int8"):
+        ms = {c: float(np.median(times[(v, c)])) for c in CACHE_SIZES}
+        print(f"{v:7s} " + " ".join(f"{ms[c]:14.2f}" for c in CACHE_SIZES) + " "
+              + " ".join(f"{ms[c] / ms[256]:9.2f}" for c in CACHE_SIZES[1:]))
 
 
 if __name__ == "__main__":

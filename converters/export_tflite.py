@@ -169,6 +169,22 @@ RECIPES = {
 }
 
 
+# The causal LM's files (converters/export_tflite_causal_lm.py): its int8 and
+# int4 compute with integers. Every FULLY_CONNECTED with a constant weight (the
+# projections and the tied LM head, whose weight is the embedding table, one
+# scale per row) takes int8 weights, one scale per output channel, straight
+# in; XNNPACK quantizes the float activations per row at run time and runs
+# its integer kernels, so a token reads a quarter of the float32 bytes. int4
+# stores the MLP weights in blocks of 32 on the same kernels. Neither runs on
+# tflite-runtime 2.14 (it computes wrong numbers with such weights, see
+# `oldest_runtime`).
+CAUSAL_LM_RECIPES = {
+    "fp16": RECIPES["fp16"],
+    "int8": [_weight_rule(".*", 8)],
+    "int4": [_weight_rule(".*", 8),
+             _weight_rule(".*transformer_layer_.*dense_(h_to_4h|4h_to_h).*", 4, "BLOCKWISE_32")],
+}
+
 ROUNDINGS = ("gptq", "nearest")
 
 
@@ -234,25 +250,29 @@ def convert_int8_large(model, batch=1, seq=128):
         return conv.convert()
 
 
-def quantize(float_model, variant):
-    """Bytes of a float32 .tflite -> bytes of `variant` (RECIPES, ai-edge-quantizer)."""
+def quantize(float_model, variant, recipes=None):
+    """Bytes of a float32 .tflite -> bytes of `variant` (`recipes`, RECIPES by
+    default; ai-edge-quantizer)."""
     if variant == "fp32":
         return float_model
     from ai_edge_quantizer import quantizer
 
+    recipes = RECIPES if recipes is None else recipes
     # It prints a size report and progress bars.
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        result = quantizer.Quantizer(float_model, RECIPES[variant]).quantize()
+        result = quantizer.Quantizer(float_model, recipes[variant]).quantize()
     return bytes(result.quantized_model)
 
 
 # Highest op versions verified to run on tflite-runtime 2.14, the last
 # tflite-runtime release (tests/test_tflite.py and tests/test_causal_lm_export.py
-# run every file that claims it there). EQUAL and SUM: the causal LM's cache update.
+# run every file that claims it there). CONCATENATION, DYNAMIC_UPDATE_SLICE,
+# LESS, MAXIMUM and MINIMUM: the causal LM's cache update.
 TFLITE_RUNTIME_2_14 = {
-    "ADD": 1, "BATCH_MATMUL": 1, "CAST": 3, "DEQUANTIZE": 3, "EQUAL": 1, "FULLY_CONNECTED": 9,
-    "GATHER": 2, "GELU": 1, "MEAN": 1, "MUL": 1, "NEG": 1, "RESHAPE": 1, "RSQRT": 1,
-    "SOFTMAX": 1, "SQUARED_DIFFERENCE": 1, "STRIDED_SLICE": 1, "SUB": 1, "SUM": 1,
+    "ADD": 1, "BATCH_MATMUL": 1, "CAST": 3, "CONCATENATION": 1, "DEQUANTIZE": 3,
+    "DYNAMIC_UPDATE_SLICE": 1, "EQUAL": 1, "FULLY_CONNECTED": 9, "GATHER": 2, "GELU": 1,
+    "LESS": 1, "MAXIMUM": 1, "MEAN": 1, "MINIMUM": 1, "MUL": 1, "NEG": 1, "RESHAPE": 1,
+    "RSQRT": 1, "SOFTMAX": 1, "SQUARED_DIFFERENCE": 1, "STRIDED_SLICE": 1, "SUB": 1, "SUM": 1,
     "TRANSPOSE": 1,
 }
 

@@ -12,18 +12,23 @@ shapes:
                  kv_cache_k_<i>, kv_cache_v_<i> float32 [1, cache_len, kv_heads, head_dim]
               -> logits float32 [1, L, vocab], kv_cache_k_<i>, kv_cache_v_<i>
     decode       the same with L = 1
+    decode_<W>   decode for a token below position W: it attends the first W
+                 slots only (one signature per W in `decode_windows`)
 
-The cache is updated with arithmetic the GPU delegate runs: a one-hot
-(cache_len x L) matrix of the slots input_pos[0] .. input_pos[0] + L - 1 places
-the new keys and values with a matmul and clears those slots with a multiply
-(no DYNAMIC_UPDATE_SLICE or SCATTER). A chunk's tokens take contiguous slots
-from its first position (LiteRT-LM pads unused rows with input_pos 0, which
-must not overwrite slot 0); slots at or past cache_len write nothing. The files and their parity go into the manifest's `causal_lm`
-entry; the tokenizer goes to tokenizer/.
+The cache is updated in place: DYNAMIC_UPDATE_SLICE writes the new keys and
+values to the slots input_pos[0] .. input_pos[0] + L - 1 and touches no other
+slot (`slot_write`), on the CPU and on the GPU accelerator alike. A chunk's
+tokens take contiguous slots from its first position (LiteRT-LM pads unused
+rows with input_pos 0, which must not overwrite slot 0); slots at or past
+cache_len write nothing. The files and their parity go into the manifest's
+`causal_lm` entry; the tokenizer goes to tokenizer/.
 
-Variants are the backbone's (converters/export_tflite.py RECIPES, int8 and
-int4 GPTQ-rounded) applied to the decoder projections; the embedding, which is
-also the tied LM head, stays float32 in every variant.
+Variants (converters/export_tflite.py CAUSAL_LM_RECIPES): fp32; fp16 weights
+of the decoder projections; int8 and int4 compute with integers: every
+FULLY_CONNECTED, the tied LM head included (the embedding table, one scale per
+row), takes int8 weights straight in (int4 for the MLP of int4), XNNPACK
+quantizing the activations at run time; the lookup GATHERs rows of an int8
+copy of the table. The projections of int8 and int4 are GPTQ-rounded.
 """
 
 import datetime
@@ -40,43 +45,83 @@ DEFAULT_CACHE_LENGTH = 256
 DEFAULT_PREFILL_LENGTHS = (8, 32)
 
 
-def onehot_write(input_pos, cache_length):
-    """A cache writer for the GPU delegate: the L new rows go to the contiguous
-    slots input_pos[0] .. input_pos[0] + L - 1.
+def slot_write(input_pos, cache_length):
+    """A cache writer: the L new rows go to the contiguous slots input_pos[0] ..
+    input_pos[0] + L - 1, written in place by DYNAMIC_UPDATE_SLICE; the rest of
+    the cache is neither read nor written, so a write costs the same at every
+    cache capacity.
 
     Only the first position is read: LiteRT-LM's runtime sets `input_pos` to 0
     for the unused rows of a prefill chunk, and those rows must not land in
     slot 0. Written past the prompt, they sit in slots that decode overwrites
-    before any token attends them; past the cache they write nothing. The
-    offsets are a constant (a computed range costs the graph its GPU placement).
+    before any token attends them; past the cache they write nothing.
+    DYNAMIC_UPDATE_SLICE clamps its start so that the update fits, so a chunk
+    that runs past the cache end is written at the clamped start
+    cache_length - L, its rows shifted by the overrun, the cache's own rows
+    GATHERed back below them. Every index is a 1-D GATHER or a CONCATENATION:
+    the GPU accelerator runs the whole writer.
     """
     import tensorflow as tf
+    from tensorflow.compiler.tf2xla.python import xla
 
     length = input_pos.shape[0]
-    targets = input_pos[:1] + tf.constant(np.arange(length, dtype=np.int32))  # (L,)
-    slots = tf.range(cache_length, dtype=tf.int32)
-    place = tf.cast(tf.equal(slots[:, None], targets[None, :]), tf.float32)  # (C, L)
-    keep = 1.0 - tf.reduce_sum(place, axis=1)  # (C,): 0 at written slots
+    if length > cache_length:
+        raise ValueError(f"A chunk of {length} tokens does not fit a cache of {cache_length}.")
+    rows = tf.constant(np.arange(length, dtype=np.int32))  # (L,)
+    start = input_pos[:1]  # (1,)
+    clamped = tf.minimum(start, cache_length - length)  # where DYNAMIC_UPDATE_SLICE writes
+    overrun = start - clamped  # > 0 only for a chunk past the cache end
+    zero = tf.zeros((1,), tf.int32)
+    begin = tf.concat([zero, clamped, zero, zero], axis=0)
+    # Row j of the written block: the cache's own row below the overrun, new row
+    # j - overrun above it.
+    own = tf.cast(rows < overrun, tf.float32)[None, :, None, None]  # (1, L, 1, 1)
+    source = tf.maximum(rows - overrun, 0)  # (L,)
+    slots = clamped + rows  # (L,)
 
     def write(cache, new):  # cache (1, C, kv, d), new (1, L, kv, d)
-        _, length, kv, d = new.shape
-        placed = tf.matmul(place, tf.reshape(tf.cast(new, tf.float32), (length, kv * d)))
-        placed = tf.reshape(placed, (1, cache_length, kv, d))
-        return tf.cast(cache, tf.float32) * keep[None, :, None, None] + placed
+        new = tf.cast(new, cache.dtype)
+        block = tf.gather(new, source, axis=1)
+        block = block * (1 - own) + tf.gather(cache, slots, axis=1) * own
+        return xla.dynamic_update_slice(cache, block, begin)
 
     return write
 
 
-def signature_functions(lm, cache_length, prefill_lengths):
-    """{signature name: tf.function} for prefill_<L> and decode."""
+def default_decode_windows(cache_length):
+    """Powers of two from 128 below `cache_length`: the decode_<W> signatures."""
+    windows, window = [], 128
+    while window < cache_length:
+        windows.append(window)
+        window *= 2
+    return windows
+
+
+def signature_functions(lm, cache_length, prefill_lengths, embedding=None, decode_windows=()):
+    """{signature name: tf.function} for prefill_<L>, decode and decode_<W>
+    for W in `decode_windows`.
+
+    `embedding`: None (the backbone's float table), or (int8 table, float32
+    scale per row) variables (`export_tflite.embedding_rows_int8`): rows are
+    GATHERed as int8, CAST and scaled, so the lookup reads a quarter of the
+    bytes and the float table is left to the LM head alone.
+    """
     import tensorflow as tf
 
     config = lm.backbone.falcon_config
     names = contract.cache_names(config.num_layers)
     cache_spec = [tf.TensorSpec((1, cache_length, config.kv_heads, config.head_dim),
                                 tf.float32, n) for n in names]
+    embed = None
+    if embedding is not None:
+        table, scale = embedding
 
-    def make(length):
+        def embed(token_ids):  # (1, L) -> (1, L, hidden)
+            flat = tf.reshape(token_ids, (-1,))
+            x = tf.cast(tf.gather(table, flat), tf.float32) * tf.gather(scale, flat)
+            return tf.reshape(x, (1, -1, config.hidden_dim))
+
+    def make(length, window=None):
         spec = [tf.TensorSpec((1, length), tf.int32, contract.TOKENS),
                 tf.TensorSpec((length,), tf.int32, contract.INPUT_POS),
                 tf.TensorSpec((1, 1, length, cache_length), tf.float32, contract.MASK)]
@@ -85,7 +130,7 @@ def signature_functions(lm, cache_length, prefill_lengths):
         def step(tokens, input_pos, mask, *caches):
             logits, caches = lm.call_with_cache(
                 tokens, input_pos[None, :], mask, list(caches),
-                write=onehot_write(input_pos, cache_length))
+                write=slot_write(input_pos, cache_length), embed=embed, window=window)
             out = {contract.LOGITS: logits}
             out.update({n: tf.cast(c, tf.float32) for n, c in zip(names, caches)})
             return out
@@ -94,6 +139,8 @@ def signature_functions(lm, cache_length, prefill_lengths):
 
     functions = {contract.prefill_signature(n): make(n) for n in prefill_lengths}
     functions[contract.DECODE_SIGNATURE] = make(1)
+    for window in decode_windows:
+        functions[contract.decode_window_signature(window)] = make(1, window)
     return functions
 
 
@@ -133,10 +180,12 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                             variants=("fp32", "fp16", "int8"),
                             cache_length=DEFAULT_CACHE_LENGTH,
                             prefill_lengths=DEFAULT_PREFILL_LENGTHS, tokenizer=None,
-                            rounding="gptq", calibration=None):
+                            rounding="gptq", calibration=None, decode_windows=None):
     """Exports the causal LM of `preset` (or of `model`, a FalconBackbone) and
     its tokenizer. `rounding` and `calibration`: how int8 and int4 round their
     projection weights, as for the backbone (`export_tflite.convert`).
+    `decode_windows`: the W of the decode_<W> signatures, each in [1,
+    cache_length) (None: `default_decode_windows`).
     Returns {variant: manifest entry}."""
     import tensorflow as tf
 
@@ -153,6 +202,12 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                                   1 <= n <= cache_length for n in prefill_lengths):
         raise ValueError(f"`prefill_lengths` must be integers in [1, cache_length="
                          f"{cache_length}]; received {prefill_lengths}.")
+    decode_windows = sorted(set(default_decode_windows(cache_length) if decode_windows is None
+                                else decode_windows))
+    if any(isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < cache_length
+           for n in decode_windows):
+        raise ValueError(f"`decode_windows` must be integers in [1, cache_length="
+                         f"{cache_length}); received {decode_windows}.")
     model = model if model is not None else FalconBackbone.from_preset(preset)
     name = name or artifact_name(preset)
     too_big = [v for v in variants
@@ -165,26 +220,41 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
     artifact_dir = os.path.abspath(os.path.join(out_dir, name))
     folder = os.path.join(artifact_dir, "tflite")
     os.makedirs(folder, exist_ok=True)
-    functions = signature_functions(lm, cache_length, prefill_lengths)
-    def float_file():
-        with export_tflite.signatures_converter(model, functions) as conv:
+    recipes = export_tflite.CAUSAL_LM_RECIPES
+
+    def float_file(integer):
+        """The float32 file; `integer`: with the int8/int4 variants' int8 lookup table."""
+        module = tf.Module()
+        embedding = None
+        if integer:
+            rows, scales = export_tflite.embedding_rows_int8(
+                model.token_embedding.embeddings.numpy())
+            module.embedding = embedding = [
+                tf.Variable(rows, trainable=False, name="token_embedding_int8"),
+                tf.Variable(scales, trainable=False, name="token_embedding_scale")]
+        functions = signature_functions(lm, cache_length, prefill_lengths, embedding,
+                                        decode_windows)
+        with export_tflite.signatures_converter(model, functions, module) as conv:
             return conv.convert()
 
     with progress_bar(f"Exporting TFLite causal LM {name}") as progress:
-        float_model = float_file()
+        float_models = {}
         reference = keras_reference(lm, cache_length, prefill_lengths)
         progress(1, len(variants) + 1)
         entries = {}
         for done, variant in enumerate(variants):
-            if variant in ("int8", "int4") and rounding == "gptq":
+            integer = variant in ("int8", "int4")
+            if integer and rounding == "gptq":
                 from converters import gptq
 
                 calibration = (gptq.default_calibration(config.vocabulary_size)
                                if calibration is None else calibration)
-                with gptq.rounded_weights(model, export_tflite.RECIPES[variant], calibration):
-                    data = export_tflite.quantize(float_file(), variant)
+                with gptq.rounded_weights(model, recipes[variant], calibration):
+                    data = export_tflite.quantize(float_file(True), variant, recipes)
             else:
-                data = export_tflite.quantize(float_model, variant)
+                if integer not in float_models:
+                    float_models[integer] = float_file(integer)
+                data = export_tflite.quantize(float_models[integer], variant, recipes)
             path = os.path.join(folder, f"{name}_causal_lm_{variant}.tflite")
             manifest.atomic_write(path, data)
             versions = export_tflite.op_versions(data)
@@ -221,6 +291,7 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
     causal_lm = {
         "cache_len": cache_length,
         "prefill_lengths": prefill_lengths,
+        "decode_windows": decode_windows,
         "num_layers": config.num_layers,
         "kv_heads": config.kv_heads,
         "head_dim": config.head_dim,
@@ -229,7 +300,9 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
         "start_token_id": tokenizer_entry["start_token_id"] if tokenizer_entry else None,
         "stop_token_ids": [tokenizer_entry["end_token_id"]] if tokenizer_entry else [],
         "signatures": {**{contract.prefill_signature(n): signature(n) for n in prefill_lengths},
-                       contract.DECODE_SIGNATURE: signature(1)},
+                       contract.DECODE_SIGNATURE: signature(1),
+                       **{contract.decode_window_signature(w): signature(1)
+                          for w in decode_windows}},
     }
 
     def record(data):
@@ -238,7 +311,8 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
         section = data.setdefault("causal_lm", {})
         variants_before = section.get("variants", {})
         if section.get("cache_len") not in (None, cache_length) or section.get(
-                "prefill_lengths") not in (None, prefill_lengths):
+                "prefill_lengths") not in (None, prefill_lengths) or section.get(
+                "decode_windows", decode_windows) != decode_windows:
             variants_before = {}  # other shapes: those files no longer match this entry
         bundles = section.get("litertlm") or {}
         if not variants_before:

@@ -87,9 +87,12 @@ class FalconAttention(keras.layers.Layer):
         # Scaling the query scales the logits; an ALiBi bias arrives pre-scaled.
         query = query * ops.cast(1.0 / math.sqrt(d), query.dtype)
         query = ops.reshape(ops.transpose(query, (0, 2, 1, 3)), (batch, kv, -1, d))  # (b, kv, g q, d)
-        key = ops.transpose(key, (0, 2, 3, 1))  # (b, kv, d, k)
+        # Keys keep their rows of d (a transposed matmul, not a (b, kv, d, k)
+        # copy): moving whole rows is what a cache of many slots can afford.
+        key = ops.transpose(key, (0, 2, 1, 3))  # (b, kv, k, d)
         value = ops.transpose(value, (0, 2, 1, 3))  # (b, kv, k, d)
-        logits = ops.reshape(ops.matmul(query, key), (batch, n, seq, keys))  # (b, n, q, k)
+        logits = tf.matmul(query, key, transpose_b=True)  # (b, kv, g q, k)
+        logits = ops.reshape(logits, (batch, n, seq, keys))  # (b, n, q, k)
         logits = self._bias(ops.cast(logits, "float32"), position) + mask_bias
         probs = tf.nn.softmax(logits, axis=-1)  # float32 whatever the policy
         if keep is not None:
@@ -104,21 +107,25 @@ class FalconAttention(keras.layers.Layer):
         query, key, value = self._project(x, position)
         return self._attend(query, key, value, mask_bias, position, keep, training=training)
 
-    def call_cached(self, x, cache_key, cache_value, mask_bias, position, write):
+    def call_cached(self, x, cache_key, cache_value, mask_bias, position, write, window=None):
         """Attention of new tokens over a fixed-size key/value cache.
 
         x: (b, L, hidden), the new tokens. cache_key, cache_value:
         (b, C, kv, d). mask_bias: (b, 1, L, C), 0 where a new token may attend
         a cache slot. position: rotary angles of the new tokens (b, L, 2, d),
         or the ALiBi bias of every slot (1, n, 1, C). write(cache, new) puts
-        the new keys (values) into their slots. Returns (out, cache_key,
+        the new keys (values) into their slots. window: None, or attend only
+        the first `window` slots (a static int; mask_bias and an ALiBi
+        position then cover those slots only). Returns (out, cache_key,
         cache_value), the caches holding the new tokens.
         """
         query, key, value = self._project(x, position)
         cache_key = write(cache_key, ops.cast(key, cache_key.dtype))
         cache_value = write(cache_value, ops.cast(value, cache_value.dtype))
-        out = self._attend(query, ops.cast(cache_key, query.dtype),
-                           ops.cast(cache_value, query.dtype), mask_bias, position)
+        keys, values = (cache_key, cache_value) if window is None else (
+            cache_key[:, :window], cache_value[:, :window])
+        out = self._attend(query, ops.cast(keys, query.dtype),
+                           ops.cast(values, query.dtype), mask_bias, position)
         return out, cache_key, cache_value
 
     def compute_output_shape(self, input_shape):

@@ -161,7 +161,8 @@ class FalconCausalLM(keras.Model):
         dtype = self.backbone.compute_dtype
         return [tf.zeros(shape, dtype) for _ in range(2 * self.backbone.num_layers)]
 
-    def call_with_cache(self, token_ids, positions, mask_bias, caches, write=None):
+    def call_with_cache(self, token_ids, positions, mask_bias, caches, write=None, embed=None,
+                        window=None):
         """One cached forward over new tokens.
 
         token_ids, positions: (b, L) int32: the tokens and the cache slots
@@ -171,18 +172,26 @@ class FalconCausalLM(keras.Model):
         caches: [k_0, v_0, …], each (b, C, kv_heads, head_dim).
         write: how new keys and values enter a cache: `write(cache, new)`;
             by default an XLA scatter at `positions`.
+        embed: how token ids become hidden states (b, L, hidden); by default
+            the backbone's `token_embedding` (exporters pass a lookup in a
+            quantized table).
+        window: None, or a static int: the new tokens attend only the first
+            `window` slots (all they may attend when they sit below it), so
+            the step reads that much of the cache, not all of it.
         Returns (logits (b, L, vocabulary) float32, updated caches).
         """
         backbone = self.backbone
         cache_length = _dim(caches[0], 1)
         write = write or scatter_write(positions)
-        x = backbone.token_embedding(token_ids)
+        x = (embed or backbone.token_embedding)(token_ids)
+        if window is not None:
+            cache_length, mask_bias = window, mask_bias[..., :window]
         position = backbone.attention_bias.cached_position(positions, cache_length)
         out = []
         for i, block in enumerate(backbone.transformer_layers):
             with tf.name_scope(block.name):  # exported tensor names follow the layers
                 x, k, v = block.call_cached(x, caches[2 * i], caches[2 * i + 1], mask_bias,
-                                            position, write)
+                                            position, write, window)
             out += [k, v]
         x = backbone.final_layernorm(x)
         logits = ops.cast(backbone.token_embedding(x, reverse=True), "float32")

@@ -15,6 +15,11 @@ Causal LM, the on-device LLM convention (ai-edge-torch / LiteRT-LM), batch 1:
                  kv_cache_k_<i>, kv_cache_v_<i> float32 [1, cache_len, kv_heads, head_dim]
               -> logits float32 [1, L, vocab], kv_cache_k_<i>, kv_cache_v_<i> (updated)
     decode:      the same with L = 1.
+    decode_<W>:  optional, the same as decode for a token at a position below
+                 W: it attends only the first W slots (the mask's first W
+                 columns are read), so a step reads W slots of the cache, not
+                 cache_len. Runtimes that know only `decode` lose nothing but
+                 speed.
 
 `input_pos` holds the positions of the L tokens (rotary angles use each); the
 tokens' keys and values go to the contiguous cache slots input_pos[0] ..
@@ -47,6 +52,19 @@ MANIFEST_FILE = "manifest.json"
 def prefill_signature(length):
     """The prefill signature's name for prompts of `length` tokens."""
     return f"{PREFILL_PREFIX}{int(length)}"
+
+
+def decode_window_signature(window):
+    """The name of the decode signature that attends the first `window` slots."""
+    return f"{DECODE_SIGNATURE}_{int(window)}"
+
+
+def decode_window(name):
+    """`window` of a decode_<window> signature name; None for any other name."""
+    prefix = DECODE_SIGNATURE + "_"
+    if name.startswith(prefix) and name[len(prefix):].isdigit():
+        return int(name[len(prefix):])
+    return None
 
 
 def cache_names(num_layers):

@@ -53,14 +53,14 @@ class _FalconBlockBase(keras.layers.Layer):
             x, lambda h: self.attention(h, mask_bias, keep, position, training=training),
             training=training)
 
-    def call_cached(self, x, cache_key, cache_value, mask_bias, position, write):
+    def call_cached(self, x, cache_key, cache_value, mask_bias, position, write, window=None):
         """The block over new tokens `x` with a key/value cache (see
         `FalconAttention.call_cached`). Returns (x, cache_key, cache_value)."""
         caches = []
 
         def attend(h):
             out, *new = self.attention.call_cached(h, cache_key, cache_value, mask_bias,
-                                                   position, write)
+                                                   position, write, window)
             caches.extend(new)
             return out
 

@@ -68,7 +68,8 @@ def test_parser_sees_a_drift(tmp_path):
 def check_causal_lm_tflite(path, constants=None):
     """Checks an exported causal-LM .tflite against the app's constants.
 
-    Signatures: `decode` and at least one `prefill_<L>`; each takes tokens int32
+    Signatures: `decode` and at least one `prefill_<L>` (and any `decode_<W>`,
+    which the app need not use); each takes tokens int32
     [1, L], input_pos int32 [L], mask float32 [1, 1, L, cache_len] and the caches
     k_0, v_0 … float32 [1, cache_len, kv_heads, head_dim], and returns logits float32
     [1, L, vocab] and the same caches. Returns a list of problems (empty: it conforms).
@@ -83,6 +84,8 @@ def check_causal_lm_tflite(path, constants=None):
     for name in signatures:
         if name == c["DECODE_SIGNATURE"]:
             lengths[name] = 1
+        elif re.fullmatch(re.escape(c["DECODE_SIGNATURE"]) + r"_[1-9][0-9]*", name):
+            lengths[name] = 1  # decode_<W>: decode over a window; the app uses `decode`
         elif re.fullmatch(re.escape(c["PREFILL_PREFIX"]) + r"[1-9][0-9]*", name):
             lengths[name] = int(name[len(c["PREFILL_PREFIX"]):])
         else:

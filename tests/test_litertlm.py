@@ -23,8 +23,10 @@ def bundled(tmp_path_factory):
     # Large weights: the greedy continuation depends on the prompt and on every
     # cache slot, so a wrong input_pos, mask or cache write changes the text.
     randomize(lm.backbone, seed=4, scale=1.0)
+    # A decode_<W> signature beside decode: the Engine must still pick decode.
     export_tflite_causal_lm("falcon_tiny_random", out, model=lm.backbone, tokenizer=lm.tokenizer,
-                            variants=("fp32",), cache_length=CACHE, prefill_lengths=PREFILL)
+                            variants=("fp32",), cache_length=CACHE, prefill_lengths=PREFILL,
+                            decode_windows=(32,))
     artifact = out / "falcon_tiny_random"
     return lm, artifact, export_litertlm(str(artifact), variant="fp32")
 

@@ -8,19 +8,30 @@ import numpy as np
 
 from falcon_tf import contract, generation
 from falcon_tf import samplers as _samplers
-from falcon_tf.lite.backbone import (_cpu_interpreter, check_options, exported_variant,
-                                     gpu_compiled_model)
+from falcon_tf.lite.backbone import (_cpu_interpreter, check_options, cpu_compiled_model,
+                                     exported_variant, gpu_compiled_model)
 from falcon_tf.tokenizer import from_artifact
 
 
 class SignatureRunners:
-    """prefill_<L> and decode behind one call, on the CPU interpreter or on
-    ai-edge-litert's GPU accelerator. Shapes come from the file (CPU) or the
-    manifest's signature entries (GPU)."""
+    """prefill_<L> and decode behind one call.
 
-    def __init__(self, interpreter=None, compiled=None, signatures=None):
+    On ai-edge-litert's `CompiledModel` (`compiled`, CPU or GPU accelerator),
+    the caches live in the runtime's own tensor buffers: one buffer per cache
+    tensor, bound as that tensor's input and output of every signature, so a
+    step updates it in place (the file's DYNAMIC_UPDATE_SLICE writes the new
+    rows only) and no cache ever passes through numpy between steps. On a plain
+    `Interpreter` (tflite-runtime, or ai-edge-litert's, as the exporter's
+    checks use) the caches are numpy arrays handed in and back at every step.
+    Shapes come from the file.
+    """
+
+    def __init__(self, interpreter=None, compiled=None):
         self._interpreter, self._compiled = interpreter, compiled
-        if interpreter is not None:
+        if compiled is not None:
+            signatures = {name: {"inputs": compiled.get_input_tensor_details(name)}
+                          for name in compiled.get_signature_list()}
+        else:
             self._runners = {name: interpreter.get_signature_runner(name)
                              for name in interpreter.get_signature_list()}
             signatures = {name: {"inputs": {k: {"shape": [int(d) for d in v["shape"]]}
@@ -33,43 +44,57 @@ class SignatureRunners:
         self.prefill_lengths = sorted(
             int(name[len(contract.PREFILL_PREFIX):]) for name in signatures
             if name.startswith(contract.PREFILL_PREFIX))
+        # decode_<W> signatures, by W: a token below W attends W slots only.
+        self.decode_windows = sorted(w for w in map(contract.decode_window, signatures)
+                                     if w is not None)
         decode = signatures[contract.DECODE_SIGNATURE]["inputs"]
         self.cache_names = sorted((n for n in decode if n.startswith(contract.CACHE_K_PREFIX)
                                    or n.startswith(contract.CACHE_V_PREFIX)),
                                   key=lambda n: (int(n.rsplit("_", 1)[1]), n))
         self.cache_shape = tuple(decode[self.cache_names[0]]["shape"])
         self.cache_length = self.cache_shape[1]
-        self._buffers = {}
+        self._inputs = {}  # signature -> {tokens, input_pos, mask: TensorBuffer}
+        self._logits = {}  # signature -> (TensorBuffer, shape)
+        self._caches = None  # cache name -> TensorBuffer, shared by every signature
 
     def empty_cache(self):
-        return {n: np.zeros(self.cache_shape, np.float32) for n in self.cache_names}
+        """The caches, zeroed: numpy arrays (Interpreter), or the runtime's
+        buffers (CompiledModel), zeroed once here, not at every step."""
+        if self._compiled is None:
+            return {n: np.zeros(self.cache_shape, np.float32) for n in self.cache_names}
+        if self._caches is None:
+            self._caches = {n: self._compiled.create_input_buffer_by_name(
+                contract.DECODE_SIGNATURE, n) for n in self.cache_names}
+        zeros = np.zeros(self.cache_shape, np.float32)
+        for buffer in self._caches.values():
+            buffer.write(zeros)
+        return self._caches
 
     def run(self, name, tokens, input_pos, mask, caches):
-        """-> (logits (L, vocab), caches)."""
-        inputs = {contract.TOKENS: tokens, contract.INPUT_POS: input_pos, contract.MASK: mask,
-                  **caches}
-        if self._interpreter is not None:
-            out = self._runners[name](**inputs)
-        else:
-            out = self._run_gpu(name, inputs)
+        """-> (logits (L, vocab), caches): numpy arrays on an Interpreter; on a
+        CompiledModel the same buffers, updated in place."""
+        if self._interpreter is None:
+            return self._run_compiled(name, tokens, input_pos, mask, caches)
+        out = self._runners[name](**{contract.TOKENS: tokens, contract.INPUT_POS: input_pos,
+                                     contract.MASK: mask, **caches})
         logits = out.pop(contract.LOGITS)
         return np.asarray(logits)[0], {n: np.asarray(out[n]) for n in self.cache_names}
 
-    def _run_gpu(self, name, inputs):
-        if name not in self._buffers:
-            spec = self.signatures[name]
-            ins = {n: self._compiled.create_input_buffer_by_name(name, n) for n in inputs}
-            outs = {n: self._compiled.create_output_buffer_by_name(name, n)
-                    for n in [contract.LOGITS] + self.cache_names}
-            self._buffers[name] = (ins, outs, spec)
-        ins, outs, spec = self._buffers[name]
-        for n, value in inputs.items():
-            ins[n].write(np.ascontiguousarray(value))
-        self._compiled.run_by_name(name, ins, outs)
-        shapes = {contract.LOGITS: spec["outputs"][contract.LOGITS]["shape"],
-                  **{n: self.cache_shape for n in self.cache_names}}
-        return {n: outs[n].read(int(np.prod(shapes[n])), np.float32).reshape(shapes[n])
-                for n in outs}
+    def _run_compiled(self, name, tokens, input_pos, mask, caches):
+        if name not in self._inputs:
+            self._inputs[name] = {n: self._compiled.create_input_buffer_by_name(name, n)
+                                  for n in (contract.TOKENS, contract.INPUT_POS, contract.MASK)}
+            length = self.signatures[name]["inputs"][contract.TOKENS]["shape"][1]
+            logits = self._compiled.create_output_buffer_by_name(name, contract.LOGITS)
+            self._logits[name] = logits, (length, int(np.prod(
+                logits.get_tensor_details()["shape"])) // length)
+        inputs = self._inputs[name]
+        inputs[contract.TOKENS].write(np.ascontiguousarray(tokens, np.int32))
+        inputs[contract.INPUT_POS].write(np.ascontiguousarray(input_pos, np.int32))
+        inputs[contract.MASK].write(np.ascontiguousarray(mask, np.float32))
+        logits, shape = self._logits[name]
+        self._compiled.run_by_name(name, {**inputs, **caches}, {contract.LOGITS: logits, **caches})
+        return logits.read(shape[0] * shape[1], np.float32).reshape(shape), caches
 
 
 def _mask(start, length, cache_length):
@@ -100,7 +125,11 @@ def _prefill(runners, tokens, caches):
 
 
 def _decode(runners, token, position, caches):
-    logits, caches = runners.run(contract.DECODE_SIGNATURE, np.array([[token]], np.int32),
+    """One decode step, on the smallest decode_<W> whose window holds `position`."""
+    window = next((w for w in runners.decode_windows if position < w), None)
+    name = contract.DECODE_SIGNATURE if window is None else contract.decode_window_signature(
+        window)
+    logits, caches = runners.run(name, np.array([[token]], np.int32),
                                  np.array([position], np.int32),
                                  _mask(position, 1, runners.cache_length), caches)
     return logits[0], caches
@@ -139,16 +168,20 @@ class FalconCausalLM:
         """Loads `artifacts/<preset>/tflite/<preset>_causal_lm_<variant>.tflite`
         and the artifact's tokenizer (when `tokenizers` is installed), checked
         against the manifest. `accelerator="gpu"` runs every signature on
-        ai-edge-litert's GPU accelerator alone."""
+        ai-edge-litert's GPU accelerator alone; on the CPU, ai-edge-litert's
+        `CompiledModel` keeps the caches in its buffers (tflite-runtime's
+        Interpreter, where that is the only runtime, passes them through
+        numpy at every step)."""
         check_options(accelerator, num_threads)
         artifact_dir, data, _, path = exported_variant(
             preset, variant, "causal_lm", " of the causal LM", "tflite --task causal_lm",
             verify_checksums)
         if accelerator == "gpu":
-            runners = SignatureRunners(compiled=gpu_compiled_model(path),
-                                       signatures=data["causal_lm"]["signatures"])
+            runners = SignatureRunners(compiled=gpu_compiled_model(path))
         else:
-            runners = SignatureRunners(interpreter=_cpu_interpreter(path, num_threads))
+            compiled = cpu_compiled_model(path, num_threads)
+            runners = (SignatureRunners(compiled=compiled) if compiled is not None else
+                       SignatureRunners(interpreter=_cpu_interpreter(path, num_threads)))
         try:
             tokenizer = from_artifact(artifact_dir, data, verify_checksums)
         except ImportError:  # no `tokenizers` on this device: token ids only

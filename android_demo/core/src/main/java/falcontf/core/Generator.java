@@ -11,7 +11,7 @@ import java.util.Arrays;
  * chunk shorter than its signature is padded with token 0 at the following positions;
  * no real query can see those slots (the mask allows a query at position p only slots
  * 0..p), the following tokens overwrite them, and positions at or past the cache end
- * write nothing (the export's one-hot cache update). Then each new token is fed to
+ * write nothing (the export's cache update). Then each new token is fed to
  * {@code decode} at the next position. Generation stops at a stop token, at
  * {@code maxNewTokens}, when the listener asks to, or when prompt and new tokens fill
  * the cache (as Python's {@code max_length <= cache_length}), with a message saying
