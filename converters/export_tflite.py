@@ -68,18 +68,11 @@ def converter(model, batch=1, seq=128, int8_embedding=False):
             tf.TensorSpec((batch, seq), tf.int32, "padding_mask")]
     module = tf.Module()
     if int8_embedding:
-        rows, scales = embedding_rows_int8(model.token_embedding.embeddings.numpy())
-        module.embedding = [tf.Variable(rows, trainable=False, name="token_embedding_int8"),
-                            tf.Variable(scales, trainable=False, name="token_embedding_scale")]
+        lookup = int8_embedding_lookup(model, module)
         attention_bias = model.get_layer("attention_bias")
 
         def forward(token_ids, padding_mask):
-            # The backbone's graph with the lookup replaced: GATHER int8 rows,
-            # CAST, and MUL by each row's GATHERed scale.
-            flat = tf.reshape(token_ids, (-1,))
-            table, scale = module.embedding
-            x = tf.cast(tf.gather(table, flat), tf.float32) * tf.gather(scale, flat)
-            x = tf.cast(tf.reshape(x, (batch, seq, model.hidden_dim)), model.compute_dtype)
+            x = lookup(token_ids)
             bias = attention_bias(padding_mask)
             for block in model.transformer_layers:
                 x = block(x, *bias, training=False)
@@ -94,6 +87,27 @@ def converter(model, batch=1, seq=128, int8_embedding=False):
 
     with signatures_converter(model, {"serving_default": serving_default}, module) as conv:
         yield conv
+
+
+def int8_embedding_lookup(model, module):
+    """The embedding lookup with the table stored as int8 rows
+    (`embedding_rows_int8`), whose variables `module` keeps: token_ids
+    (b, s) -> (b, s, hidden). GATHER int8 rows, CAST, and MUL by each row's
+    GATHERed scale."""
+    import tensorflow as tf
+
+    rows, scales = embedding_rows_int8(model.token_embedding.embeddings.numpy())
+    module.embedding = [tf.Variable(rows, trainable=False, name="token_embedding_int8"),
+                        tf.Variable(scales, trainable=False, name="token_embedding_scale")]
+
+    def lookup(token_ids):
+        batch, seq = token_ids.shape
+        flat = tf.reshape(token_ids, (-1,))
+        table, scale = module.embedding
+        x = tf.cast(tf.gather(table, flat), tf.float32) * tf.gather(scale, flat)
+        return tf.cast(tf.reshape(x, (batch, seq, model.hidden_dim)), model.compute_dtype)
+
+    return lookup
 
 
 @contextlib.contextmanager
@@ -341,13 +355,23 @@ def parity(data, model, batch, seq, seed=0):
     CPU interpreter, over a batch with left padding."""
     from ai_edge_litert.interpreter import Interpreter
 
+    x, expected = parity_reference(model, batch, seq, seed)
+    got = Interpreter(model_content=data).get_signature_runner("serving_default")(
+        **x)["sequence_output"]
+    return output_parity(got, x, expected)
+
+
+def parity_reference(model, batch, seq, seed=0):
+    """(inputs with left padding, the Keras output on them) for `parity`."""
     rng = np.random.default_rng(seed)
     x = {"token_ids": rng.integers(0, model.vocabulary_size, (batch, seq)).astype("int32"),
          "padding_mask": np.ones((batch, seq), "int32")}
     x["padding_mask"][:, : seq // 4] = 0
-    expected = model(x).numpy()
-    got = Interpreter(model_content=data).get_signature_runner("serving_default")(
-        **x)["sequence_output"]
+    return x, model(x).numpy()
+
+
+def output_parity(got, x, expected):
+    """Max abs difference and cosine of `got` against `expected` on the real tokens of `x`."""
     real = x["padding_mask"].astype(bool)
     a, b = got[real].ravel(), expected[real].ravel()
     return {"max_abs_diff_vs_keras": float(np.abs(a - b).max()),

@@ -31,7 +31,7 @@ import os
 
 import numpy as np
 
-from converters import export_tflite
+from converters import export_tflite, export_tflite_large
 from converters.export_tokenizer import export_tokenizer
 from falcon_tf import contract, generation, manifest
 from falcon_tf.preset_io import artifact_name, progress_bar
@@ -67,6 +67,11 @@ def onehot_write(input_pos, cache_length):
     return write
 
 
+def cache_writer(input_pos, cache_length):
+    """How every exported graph writes a step's keys and values into a cache."""
+    return onehot_write(input_pos, cache_length)
+
+
 def signature_functions(lm, cache_length, prefill_lengths):
     """{signature name: tf.function} for prefill_<L> and decode."""
     import tensorflow as tf
@@ -85,7 +90,7 @@ def signature_functions(lm, cache_length, prefill_lengths):
         def step(tokens, input_pos, mask, *caches):
             logits, caches = lm.call_with_cache(
                 tokens, input_pos[None, :], mask, list(caches),
-                write=onehot_write(input_pos, cache_length))
+                write=cache_writer(input_pos, cache_length))
             out = {contract.LOGITS: logits}
             out.update({n: tf.cast(c, tf.float32) for n, c in zip(names, caches)})
             return out
@@ -118,9 +123,15 @@ def step_parity(data, reference):
 
     from falcon_tf.lite.causal_lm import SignatureRunners, run_steps
 
-    prompt_length, sequence, expected = reference
+    prompt_length, sequence, _ = reference
     runners = SignatureRunners(Interpreter(model_content=data))
-    got = run_steps(runners, sequence, prompt_length)  # (len, vocab)
+    return logit_parity(run_steps(runners, sequence, prompt_length), reference)
+
+
+def logit_parity(got, reference):
+    """The parity entry of a file's step logits `got` (len, vocab) against the
+    Keras reference (`keras_reference`)."""
+    prompt_length, sequence, expected = reference
     a, b = got.ravel(), expected[:len(got)].ravel()
     greedy = [int(t) for t in got[prompt_length - 1:-1].argmax(axis=-1)] == \
         sequence[prompt_length:]
@@ -155,9 +166,12 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                          f"{cache_length}]; received {prefill_lengths}.")
     model = model if model is not None else FalconBackbone.from_preset(preset)
     name = name or artifact_name(preset)
+    large = export_tflite_large.takes_large_route(model.count_params())
+    if large:  # piece by piece, any size: refused only for memory
+        export_tflite_large.check_memory(model, name, variants, rounding)
     too_big = [v for v in variants
                if v not in export_tflite.variants_that_fit(model.count_params(), [v])]
-    if too_big:
+    if too_big and not large:
         raise ValueError(f"{', '.join(too_big)} of {name} ({model.count_params():,} parameters) "
                          f"would exceed the 2 GiB FlatBuffer cap.")
     lm = FalconCausalLM(model, cache_length=cache_length)
@@ -170,13 +184,25 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
         with export_tflite.signatures_converter(model, functions) as conv:
             return conv.convert()
 
-    with progress_bar(f"Exporting TFLite causal LM {name}") as progress:
-        float_model = float_file()
+    with progress_bar(f"Exporting TFLite causal LM {name}", unit="stage") as progress:
+        if large:
+            pieces = export_tflite_large.causal_lm_pieces(lm, cache_length, prefill_lengths)
+        else:
+            float_model = float_file()
         reference = keras_reference(lm, cache_length, prefill_lengths)
         progress(1, len(variants) + 1)
         entries = {}
         for done, variant in enumerate(variants):
-            if variant in ("int8", "int4") and rounding == "gptq":
+            path = os.path.join(folder, f"{name}_causal_lm_{variant}.tflite")
+            if large:
+                export_tflite_large.write_pieces(*pieces, variant, path, rounding, calibration,
+                                                 model, f"{variant}: converting pieces")
+                prompt_length, sequence, _ = reference
+                parity = logit_parity(export_tflite_large.run_file(
+                    "causal_lm", path, {"sequence": np.array(sequence, np.int32),
+                                        "prompt_length": np.array(prompt_length)}), reference)
+                versions = export_tflite_large.op_versions_of_file(path)
+            elif variant in ("int8", "int4") and rounding == "gptq":
                 from converters import gptq
 
                 calibration = (gptq.default_calibration(config.vocabulary_size)
@@ -185,14 +211,16 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                     data = export_tflite.quantize(float_file(), variant)
             else:
                 data = export_tflite.quantize(float_model, variant)
-            path = os.path.join(folder, f"{name}_causal_lm_{variant}.tflite")
-            manifest.atomic_write(path, data)
-            versions = export_tflite.op_versions(data)
+            if not large:
+                manifest.atomic_write(path, data)
+                versions = export_tflite.op_versions(data)
+                parity = step_parity(data, reference)
             entries[variant] = {
                 "file": os.path.relpath(path, artifact_dir),
-                "bytes": len(data),
+                "bytes": os.path.getsize(path),
                 "sha256": manifest.sha256(path),
-                "parity": step_parity(data, reference),
+                "route": "pieces" if large else "whole",
+                "parity": parity,
                 "op_versions": versions,
                 "oldest_runtime": export_tflite.oldest_runtime(versions),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(

@@ -151,6 +151,17 @@ def layer_hessians(model, token_ids, layers):
                          f"received {token_ids.dtype} {token_ids.shape}.")
     if token_ids.size and (token_ids.min() < 0 or token_ids.max() >= model.vocabulary_size):
         raise ValueError(f"`calibration` ids must lie in [0, {model.vocabulary_size}).")
+    with recording(layers) as hessians:
+        for row in token_ids:  # one row at a time keeps activations small
+            model({"token_ids": row[None].astype("int32"),
+                   "padding_mask": np.ones((1, row.size), "int32")}, training=False)
+    return hessians
+
+
+@contextlib.contextmanager
+def recording(layers):
+    """Inside, each Keras Dense layer in `layers` adds xᵀx of its inputs x to
+    the yielded {layer: H} whenever it is called."""
     hessians = {layer: 0.0 for layer in layers}
 
     def recorder(layer, call):
@@ -164,29 +175,33 @@ def layer_hessians(model, token_ids, layers):
     for layer in layers:
         object.__setattr__(layer, "call", recorder(layer, layer.call))
     try:
-        for row in token_ids:  # one row at a time keeps activations small
-            model({"token_ids": row[None].astype("int32"),
-                   "padding_mask": np.ones((1, row.size), "int32")}, training=False)
+        yield hessians
     finally:
         for layer, call in own.items():
             if call is None:
                 object.__delattr__(layer, "call")
             else:
                 object.__setattr__(layer, "call", call)
-    return hessians
+
+
+def quantized_layers(layer, recipe):
+    """{Dense layer under `layer`: its (bits, block size)} for every kernel
+    `recipe` quantizes to integers."""
+    import keras
+
+    schemes = {}
+    for sub in layer._flatten_layers():
+        if isinstance(sub, keras.layers.Dense):
+            scheme = weight_scheme(recipe, sub.kernel.path)
+            if scheme is not None:
+                schemes[sub] = scheme
+    return schemes
 
 
 def rounded_kernels(model, recipe, calibration):
     """{Dense layer: its kernel GPTQ-rounded} for every Dense layer whose kernel
     `recipe` quantizes to integers, calibrated on `calibration` token ids."""
-    import keras
-
-    schemes = {}
-    for layer in model._flatten_layers():
-        if isinstance(layer, keras.layers.Dense):
-            scheme = weight_scheme(recipe, layer.kernel.path)
-            if scheme is not None:
-                schemes[layer] = scheme
+    schemes = quantized_layers(model, recipe)
     hessians = layer_hessians(model, calibration, list(schemes))
     return {layer: gptq_round(layer.kernel.numpy(), hessians[layer], *scheme)
             for layer, scheme in schemes.items()}
@@ -211,7 +226,14 @@ def memory_bytes(model):
 def rounded_weights(model, recipe, calibration):
     """Inside, `model`'s projection kernels hold their GPTQ-rounded values
     (`rounded_kernels`); the float values come back on leaving."""
-    kernels = rounded_kernels(model, recipe, calibration)
+    with assigned(rounded_kernels(model, recipe, calibration)) as kernels:
+        yield kernels
+
+
+@contextlib.contextmanager
+def assigned(kernels):
+    """Inside, each Dense layer in `kernels` ({layer: kernel}) holds that
+    kernel; its own comes back on leaving."""
     originals = {layer: layer.kernel.numpy() for layer in kernels}
     try:
         for layer, value in kernels.items():
