@@ -427,11 +427,16 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
 
     from falcon_tf import FalconBackbone, __version__
 
+    from converters import export_tflite_large
+
     check_variants(variants)
     model = model if model is not None else FalconBackbone.from_preset(preset)
     name = name or artifact_name(preset)
+    large = export_tflite_large.takes_large_route(model.count_params())
+    if large:  # piece by piece, any size: refused only for memory
+        export_tflite_large.check_memory(model, name, variants, rounding)
     too_big = [v for v in variants if v not in variants_that_fit(model.count_params(), [v])]
-    if too_big:
+    if too_big and not large:
         raise ValueError(
             f"{', '.join(too_big)} of {name} ({model.count_params():,} parameters) cannot be "
             f"made under the 2 GiB FlatBuffer cap (the variant, or the float32 file it is "
@@ -444,7 +449,7 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
         from converters import gptq
 
         gptq_needed = gptq.memory_bytes(model)
-    if needed + gptq_needed > _total_memory():
+    if needed + gptq_needed > _total_memory() and not large:
         hint = (f" (GPTQ rounding: {gptq_needed / 2**30:.0f} GiB of it; rounding='nearest' "
                 f"leaves it out)" if gptq_needed >= 2**30 else "")
         raise ValueError(
@@ -455,16 +460,29 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
     folder = os.path.join(artifact_dir, "tflite")
     os.makedirs(folder, exist_ok=True)
     entries = {}
-    with progress_bar(f"Exporting TFLite {name}") as progress:
+    with progress_bar(f"Exporting TFLite {name}", unit="variant") as progress:
         for done, variant in enumerate(variants):
-            data = convert(model, variant, batch, seq, rounding, calibration)
             path = os.path.join(folder, f"{name}_{variant}.tflite")
-            manifest.atomic_write(path, data)
-            versions = op_versions(data)
+            if large:
+                pieces = export_tflite_large.backbone_pieces(model, batch, seq,
+                                                             variant in ("int8", "int4"))
+                export_tflite_large.write_pieces(*pieces, variant, path, rounding, calibration,
+                                                 model, f"{variant}: converting pieces")
+                del pieces
+                x, expected = parity_reference(model, batch, seq)
+                result = output_parity(export_tflite_large.run_file("backbone", path, x), x,
+                                       expected)
+                versions = export_tflite_large.op_versions_of_file(path)
+            else:
+                data = convert(model, variant, batch, seq, rounding, calibration)
+                manifest.atomic_write(path, data)
+                versions = op_versions(data)
+                result = parity(data, model, batch, seq)
             relative = os.path.relpath(path, artifact_dir)
             entries[variant] = {
                 "file": relative,
-                "bytes": len(data),
+                "bytes": os.path.getsize(path),
+                "route": "pieces" if large else "whole",
                 "sha256": manifest.sha256(path),
                 "weight_bytes_fp32": model.count_params() * 4,
                 "signature": {"serving_default": {
@@ -472,7 +490,7 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
                                "padding_mask": {"dtype": "int32", "shape": [batch, seq]}},
                     "outputs": {"sequence_output": {"dtype": "float32",
                                                     "shape": [batch, seq, model.hidden_dim]}}}},
-                "parity": parity(data, model, batch, seq),
+                "parity": result,
                 "op_versions": versions,
                 "oldest_runtime": oldest_runtime(versions),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(

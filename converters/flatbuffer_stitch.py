@@ -42,6 +42,18 @@ def read_piece(data):
     return flatbuffer_utils.read_model_from_bytearray(bytearray(data))
 
 
+def _remap_blockwise(tensor, mapping, schema):
+    """Blockwise quantization names its scale (and zero point) tensors by index."""
+    quantization = tensor.quantization
+    if quantization is None or quantization.detailsType != \
+            schema.QuantizationDetails.BlockwiseQuantization:
+        return
+    details = quantization.details
+    details.scales = mapping[details.scales]
+    if details.zeroPoints >= 0 and details.zeroPoints in mapping:
+        details.zeroPoints = mapping[details.zeroPoints]
+
+
 class Stitcher:
     """Accumulates pieces (`add`) into one model (`write`).
 
@@ -52,7 +64,8 @@ class Stitcher:
     def __init__(self, folder):
         schema = _schema()
         self._schema = schema
-        self._blob = tempfile.NamedTemporaryFile(prefix=".tmp-buffers-", dir=folder)
+        # Unnamed: gone with the process, however it ends.
+        self._blob = tempfile.TemporaryFile(prefix=".tmp-buffers-", dir=folder)
         self._blob_size = 0
         self._buffers = [None]  # buffer 0: the empty sentinel every model has
         self._by_digest = {}
@@ -120,11 +133,12 @@ class Stitcher:
                 graph.tensors, graph.operators, graph.name = [], [], name
             wires = self._wires.setdefault(name, {})
             inputs = self._inputs.setdefault(name, {})
-            mapping = {}
+            mapping, wired = {}, set()
             for port in signature.inputs:
                 wire = port.name.decode()
                 if wire in wires:
                     mapping[port.tensorIndex] = wires[wire]
+                    wired.add(port.tensorIndex)
                 else:
                     mapping[port.tensorIndex] = wires[wire] = inputs[wire] = len(graph.tensors)
                     tensor = piece.tensors[port.tensorIndex]
@@ -136,6 +150,9 @@ class Stitcher:
                 mapping[index] = len(graph.tensors)
                 tensor.buffer = buffer(tensor.buffer)
                 graph.tensors.append(tensor)
+            for index in mapping:
+                if index not in wired:
+                    _remap_blockwise(graph.tensors[mapping[index]], mapping, self._schema)
             for op in piece.operators:
                 op.opcodeIndex = opcodes[op.opcodeIndex]
                 op.inputs = [mapping[i] if i >= 0 else i for i in op.inputs]
