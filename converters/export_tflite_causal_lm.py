@@ -189,7 +189,8 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
             pieces = export_tflite_large.causal_lm_pieces(lm, cache_length, prefill_lengths)
         else:
             float_model = float_file()
-        reference = keras_reference(lm, cache_length, prefill_lengths)
+        reference = (export_tflite_large.keras_reference if large else keras_reference)(
+            lm, cache_length, prefill_lengths)
         progress(1, len(variants) + 1)
         entries = {}
         for done, variant in enumerate(variants):

@@ -183,6 +183,23 @@ def backbone_pieces(model, batch, seq, int8_embedding=False):
             {signature: [contract.SEQUENCE_OUTPUT]})
 
 
+def keras_reference(lm, cache_length, prefill_lengths, seed=0):
+    """`export_tflite_causal_lm.keras_reference` (the same prompt) computed with
+    plain forwards, one per new token: no XLA compilation of `generate`,
+    which at falcon-rw-1b's size costs minutes and gigabytes. Greedy tokens of
+    the uncached forward are those of the cached loop (tested)."""
+    rng = np.random.default_rng(seed)
+    sequence = rng.integers(0, lm.backbone.vocabulary_size, max(prefill_lengths) + 3).tolist()
+    prompt_length = len(sequence)
+    new = min(8, cache_length - prompt_length)
+    for step in range(new + 1):
+        logits = lm({"token_ids": np.array([sequence], "int32"),
+                     "padding_mask": np.ones((1, len(sequence)), "int32")}).numpy()[0]
+        if step < new:
+            sequence.append(int(logits[-1].argmax()))
+    return prompt_length, sequence, logits[:len(sequence)]
+
+
 class Calibration:
     """GPTQ's calibration inputs carried through the Keras blocks one at a time.
 
