@@ -233,6 +233,98 @@ def _convert(piece):
         return conv.convert()
 
 
+class BlockTemplate:
+    """The first block's converted graph, reused for the blocks after it.
+
+    Every block has the same graph; only its weights differ. The first block
+    is converted twice, once with its weights and once with probe values
+    (distinct random numbers per variable), and each buffer of the converted
+    graph is traced to the variable it holds, as stored or transposed (FULLY_CONNECTED
+    stores a kernel's transpose). Buffers that hold no variable must come out the
+    same in both conversions (shapes, constants of the graph), or the template
+    is refused (`None` from `make`) and every block is converted. A later
+    block's float piece is then the template with its own variables written
+    into the traced buffers: one conversion instead of one per block.
+    """
+
+    def __init__(self, model, sources, first):
+        self.model, self.sources, self.first = model, sources, first
+
+    @classmethod
+    def make(cls, piece, data):
+        """`data`: `piece` (a block) converted with its own weights."""
+        from converters.flatbuffer_stitch import read_piece
+
+        if any(v.dtype != "float32" for v in piece.variables):
+            return None
+        rng = np.random.default_rng(0)
+        own = [v.numpy() for v in piece.variables]
+        try:
+            for v in piece.variables:
+                v.assign(rng.uniform(-1.0, 1.0, v.shape).astype(np.float32))
+            probed = read_piece(_convert(piece))
+            probes = {}
+            for j, v in enumerate(piece.variables):
+                value = v.numpy()
+                probes[value.tobytes()] = (j, False)
+                if value.ndim == 2:
+                    probes[np.ascontiguousarray(value.T).tobytes()] = (j, True)
+        finally:
+            for v, value in zip(piece.variables, own):
+                v.assign(value)
+        model = read_piece(data)
+        if len(model.buffers) != len(probed.buffers):
+            return None
+        sources = {}
+        for i, (real, probe) in enumerate(zip(model.buffers, probed.buffers)):
+            probe_bytes = b"" if probe.data is None else bytes(probe.data)
+            real_bytes = b"" if real.data is None else bytes(real.data)
+            if probe_bytes in probes:
+                sources[i] = probes[probe_bytes]
+            elif probe_bytes != real_bytes:
+                return None  # a constant folded from weights: not a template
+        if {j for j, _ in sources.values()} != set(range(len(own))):
+            return None  # some variable is not stored as itself
+        return cls(model, sources, piece)
+
+    def piece(self, piece):
+        """Bytes of `piece` (a later block) as a float .tflite."""
+        from tensorflow.lite.tools import flatbuffer_utils
+
+        values = [v.numpy() for v in piece.variables]
+        for i, (j, transposed) in self.sources.items():
+            value = values[j].T if transposed else values[j]
+            self.model.buffers[i].data = np.frombuffer(
+                np.ascontiguousarray(value, np.float32).tobytes(), np.uint8)
+        # Its own names: tensors under its layer's scope, ports of its own cache.
+        old, new = self.first.block.name.encode(), piece.block.name.encode()
+        renamed = []
+        for graph in self.model.subgraphs:
+            for tensor in graph.tensors:
+                renamed.append((tensor, tensor.name))
+                tensor.name = tensor.name.replace(old, new)
+        for signature in self.model.signatureDefs:
+            key = signature.signatureKey.decode()
+            ports = {a.name.encode(): b.name.encode() for a, b in zip(
+                self.first.functions[key].input_signature, piece.functions[key].input_signature)}
+            for port in signature.inputs + signature.outputs:
+                renamed.append((port, port.name))
+                port.name = ports.get(port.name, port.name)
+        try:
+            return flatbuffer_utils.convert_object_to_bytearray(self.model)
+        finally:
+            for item, name in renamed:
+                item.name = name
+
+
+def _same_layout(first, other):
+    """Whether two blocks hold variables of the same shapes in the same order."""
+    a, b = first.variables, other.variables
+    return len(a) == len(b) and all(
+        x.shape == y.shape and x.path.split("/", 1)[-1] == y.path.split("/", 1)[-1]
+        for x, y in zip(a, b))
+
+
 def write_pieces(pieces, inputs, outputs, variant, path, rounding="gptq", calibration=None,
                  backbone=None, description=None):
     """Converts, quantizes and stitches `pieces` into `path` (atomically).
@@ -251,6 +343,7 @@ def write_pieces(pieces, inputs, outputs, variant, path, rounding="gptq", calibr
             calibration = gptq.default_calibration(backbone.vocabulary_size)
         carried = Calibration(backbone, calibration)
     folder = os.path.dirname(os.path.abspath(path))
+    first = template = None
     with Stitcher(folder) as stitcher, progress_bar(
             description or f"{variant}: converting pieces", unit="piece") as progress:
         for done, piece in enumerate(pieces):
@@ -262,7 +355,14 @@ def write_pieces(pieces, inputs, outputs, variant, path, rounding="gptq", calibr
                            for layer, scheme in layers.items()}
                 del hessians
             with gptq.assigned(kernels):
-                data = _convert(piece)
+                if piece.block is None:
+                    data = _convert(piece)
+                elif template is not None and _same_layout(first, piece):
+                    data = template.piece(piece)
+                else:
+                    data = _convert(piece)
+                    if first is None:
+                        first, template = piece, BlockTemplate.make(piece, data)
             stitcher.add(export_tflite.quantize(data, variant))
             del data, kernels
             progress(done + 1, len(pieces))
