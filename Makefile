@@ -4,6 +4,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
+# pytest workers; each takes whole test files, so a file's shared export is made once.
+TEST_WORKERS ?= 2
 # Re-install whenever pyproject.toml changes.
 HASH   := $(shell cksum pyproject.toml | cut -d' ' -f1)
 
@@ -24,10 +26,13 @@ $(VENV)/.test-$(HASH): $(VENV)/bin/activate
 demo: $(VENV)/.base-$(HASH)
 	$(VENV)/bin/falcon-tf demo
 
+# As root with apt, the GPU-delegate and JVM tests' system packages are installed
+# first (idempotent, quick once done); otherwise those tests skip and say how to
+# enable them.
 test: $(VENV)/.test-$(HASH)
-	$(PY) -m pytest -q
-	@if [ "$${FALCON_TF_SKIP_JVM:-0}" = 1 ]; then echo "JVM tests skipped (FALCON_TF_SKIP_JVM=1)"; \
-	else bash android_demo/scripts/test_core.sh; fi
+	@bash scripts/setup_test_system.sh
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	@bash android_demo/scripts/test_core.sh
 
 # The benchmarks' references (keras-hub, torch, transformers) are the tests' ones.
 bench: $(VENV)/.test-$(HASH)

@@ -14,6 +14,7 @@ import os
 
 from falcon_tf import huggingface, preset_io
 from falcon_tf.config import FalconConfig
+from falcon_tf.untrusted import path_inside
 
 
 def convert_checkpoint(source, preset_dir):
@@ -35,7 +36,8 @@ def convert_checkpoint(source, preset_dir):
                   "config": {"name": "float32"}, "registered_name": None},
         **config.to_dict(),
     }
-    tokenizer = {f"tokenizer/{name}": os.path.join(directory, name)
+    # Copied into the new preset, so each must be the checkpoint's own file.
+    tokenizer = {f"tokenizer/{name}": path_inside(directory, name, directory)
                  for name in huggingface.TOKENIZER_FILES
                  if os.path.isfile(os.path.join(directory, name))}
     with preset_io.progress_bar(f"Converting {os.path.basename(os.path.normpath(directory))}") \

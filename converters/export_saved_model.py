@@ -35,6 +35,7 @@ adds the next number without touching earlier ones.
 """
 
 import datetime
+import gc
 import os
 import platform
 import shutil
@@ -138,8 +139,8 @@ def models_config(model_name, base_path):
     return text_format.MessageToString(config)
 
 
-def add_causal_lm_endpoints(archive, backbone):
-    """Adds prefill, decode and generate (see the module docstring); returns their names."""
+def causal_lm_functions(backbone):
+    """{name: tf.function} for prefill, decode and generate (see the module docstring)."""
     import tensorflow as tf
 
     from falcon_tf import contract
@@ -148,6 +149,7 @@ def add_causal_lm_endpoints(archive, backbone):
 
     lm = FalconCausalLM(backbone)
     config = backbone.falcon_config
+    functions = {}
     names = contract.cache_names(config.num_layers)
     cache_spec = [tf.TensorSpec([None, None, config.kv_heads, config.head_dim], tf.float32, n)
                   for n in names]
@@ -163,7 +165,7 @@ def add_causal_lm_endpoints(archive, backbone):
     for name, length in (("prefill", None), (contract.DECODE_SIGNATURE, 1)):
         spec = [tf.TensorSpec([None, length], tf.int32, contract.TOKENS),
                 tf.TensorSpec([None, length], tf.int32, contract.INPUT_POS)] + cache_spec
-        archive.add_endpoint(name, tf.function(step, input_signature=spec))
+        functions[name] = tf.function(step, input_signature=spec)
 
     def generate(token_ids, padding_mask, max_length, top_k, top_p, temperature, seed,
                  stop_token_ids):
@@ -178,29 +180,75 @@ def add_causal_lm_endpoints(archive, backbone):
                 "padding_mask": tf.cast(mask, tf.int32)}
 
     scalar = lambda dtype, name: tf.TensorSpec([], dtype, name)  # noqa: E731
-    archive.add_endpoint("generate", tf.function(generate, input_signature=[
+    functions["generate"] = tf.function(generate, input_signature=[
         tf.TensorSpec([None, None], tf.int32, "token_ids"),
         tf.TensorSpec([None, None], tf.int32, "padding_mask"),
         scalar(tf.int32, "max_length"), scalar(tf.int32, "top_k"),
         scalar(tf.float32, "top_p"), scalar(tf.float32, "temperature"),
-        scalar(tf.int32, "seed"), tf.TensorSpec([None], tf.int32, "stop_token_ids")]))
-    return ["prefill", contract.DECODE_SIGNATURE, "generate"]
+        scalar(tf.int32, "seed"), tf.TensorSpec([None], tf.int32, "stop_token_ids")])
+    return functions
 
 
-def causal_lm_parity(loaded, backbone, new_tokens=8):
-    """Greedy tokens of the written `generate` signature against Keras, and the
-    largest logit difference of prefill + decode steps against the uncached
-    Keras forward."""
+def serving_module(model):
+    """A tf.Module holding the backbone and causal LM signatures and each weight
+    once: the TensorFlow variable behind every Keras variable, nothing else.
+    (keras.export.ExportArchive tracks the Keras variables and the TensorFlow
+    variables its functions capture as two lists, and the checkpoint then
+    stores every weight twice.) Returns (module, {signature: concrete function})."""
     import tensorflow as tf
 
-    from falcon_tf import contract
+    module = tf.Module()
+    functions = {}
+    for signature, jit in SIGNATURES.items():
+        def forward(token_ids, padding_mask):
+            out = model({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
+            return {"sequence_output": out}
+
+        forward.__name__ = signature
+        functions[signature] = tf.function(
+            forward, input_signature=[tf.TensorSpec([None, None], tf.int32, "token_ids"),
+                                      tf.TensorSpec([None, None], tf.int32, "padding_mask")],
+            jit_compile=jit)
+    functions.update(causal_lm_functions(model))
+    module.weights = [variable.value for variable in model.variables]
+    concrete = {name: fn.get_concrete_function() for name, fn in functions.items()}
+    for name, fn in functions.items():
+        setattr(module, name, fn)
+    return module, concrete
+
+
+def keras_reference(backbone, new_tokens=8):
+    """What the written signatures must reproduce, computed from the Keras model
+    before it is written (so that the model can be freed before the SavedModel
+    is loaded back): the backbone's output on `check_batch`, greedy tokens of two
+    prompts, and the uncached logits along the second one's continuation."""
     from falcon_tf.causal_lm import FalconCausalLM
 
     lm = FalconCausalLM(backbone, cache_length=64)
     rng = np.random.default_rng(1)
     prompts = [rng.integers(0, backbone.vocabulary_size, n).tolist() for n in (5, 9)]
     max_length = 9 + new_tokens
-    expected = lm.generate(prompts, max_length=max_length, stop_token_ids=None)
+    tokens = lm.generate(prompts, max_length=max_length, stop_token_ids=None)
+    sequence = tokens[1]
+    full = lm({"token_ids": np.array([sequence], "int32"),
+               "padding_mask": np.ones((1, len(sequence)), "int32")}).numpy()[0]
+    x = check_batch(backbone.vocabulary_size)
+    config = backbone.falcon_config
+    return {"x": x, "sequence_output": backbone(x).numpy(), "prompts": prompts,
+            "max_length": max_length, "tokens": tokens, "logits": full,
+            "num_layers": config.num_layers, "kv_heads": config.kv_heads,
+            "head_dim": config.head_dim}
+
+
+def causal_lm_parity(loaded, reference):
+    """Greedy tokens of the written `generate` signature against Keras, and the
+    largest logit difference of prefill + decode steps against the uncached
+    Keras forward (`reference` from keras_reference)."""
+    import tensorflow as tf
+
+    from falcon_tf import contract
+
+    prompts, max_length = reference["prompts"], reference["max_length"]
     ids = np.zeros((2, 9), "int32")
     mask = np.zeros((2, 9), "int32")
     for i, row in enumerate(prompts):
@@ -210,15 +258,11 @@ def causal_lm_parity(loaded, backbone, new_tokens=8):
         max_length=tf.constant(max_length), top_k=tf.constant(0), top_p=tf.constant(1.0),
         temperature=tf.constant(0.0), seed=tf.constant(0),
         stop_token_ids=tf.constant([], tf.int32))
-    got = out["token_ids"].numpy().tolist()
-    same = got == expected
-    # Step logits: prefill the first prompt, decode its greedy continuation.
-    sequence = expected[1]
-    config = backbone.falcon_config
-    names = contract.cache_names(config.num_layers)
-    caches = {n: tf.zeros((1, 32, config.kv_heads, config.head_dim)) for n in names}
-    full = lm({"token_ids": np.array([sequence], "int32"),
-               "padding_mask": np.ones((1, len(sequence)), "int32")}).numpy()[0]
+    same = out["token_ids"].numpy().tolist() == reference["tokens"]
+    # Step logits: prefill the second prompt, decode its greedy continuation.
+    sequence, full = reference["tokens"][1], reference["logits"]
+    names = contract.cache_names(reference["num_layers"])
+    caches = {n: tf.zeros((1, 32, reference["kv_heads"], reference["head_dim"])) for n in names}
     n = len(prompts[1])
     step = loaded.signatures["prefill"](tokens=tf.constant([sequence[:n]]),
                                         input_pos=tf.constant([list(range(n))]), **caches)
@@ -246,7 +290,9 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
     steps = ["load", "trace", "write", "warmup", "verify", "publish"]
     with progress_bar("Exporting SavedModel") as progress:
         progress(0, len(steps))
+        owned = model is None  # a model loaded here is freed before the files are read back
         model = model if model is not None else FalconBackbone.from_preset(preset)
+        config = model.falcon_config
         name = name or artifact_name(preset)
         artifact_dir = os.path.abspath(os.path.join(out_dir, name))
         base = os.path.join(artifact_dir, "saved_model")
@@ -254,33 +300,25 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
         _remove_stale_temporaries(base)
         progress(1, len(steps))
 
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        for signature, jit in SIGNATURES.items():
-            def forward(token_ids, padding_mask):
-                out = model({"token_ids": token_ids, "padding_mask": padding_mask},
-                            training=False)
-                return {"sequence_output": out}
-
-            forward.__name__ = signature
-            archive.add_endpoint(signature, tf.function(
-                forward, input_signature=[tf.TensorSpec([None, None], tf.int32, "token_ids"),
-                                          tf.TensorSpec([None, None], tf.int32, "padding_mask")],
-                jit_compile=jit))
-        lm_signatures = add_causal_lm_endpoints(archive, model)
+        module, concrete = serving_module(model)
+        lm_signatures = [n for n in concrete if n not in SIGNATURES]
+        reference = keras_reference(model)
         progress(2, len(steps))
 
         tmp = tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=base)
         try:
-            archive.write_out(tmp, verbose=False)
+            tf.saved_model.save(module, tmp, signatures=concrete)
+            del module, concrete
+            if owned:  # one copy of the weights at a time: the model's, then the loaded one's
+                del model
+                gc.collect()
             progress(3, len(steps))
-            write_warmup(os.path.join(tmp, WARMUP_FILE), name, model.vocabulary_size)
+            write_warmup(os.path.join(tmp, WARMUP_FILE), name, config.vocabulary_size)
             progress(4, len(steps))
 
             # Parity of the written files, loaded back as TF Serving would see them.
             loaded = tf.saved_model.load(tmp)
-            x = check_batch(model.vocabulary_size)
-            expected = model(x).numpy()
+            x, expected = reference["x"], reference["sequence_output"]
             parity, signatures = {}, {}
             for signature in SIGNATURES:
                 fn = loaded.signatures[signature]
@@ -289,15 +327,17 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
                 parity[signature] = {"max_abs_diff_vs_keras": float(np.abs(got - expected).max()),
                                      "finite": bool(np.isfinite(got).all())}
                 signatures[signature] = _signature_spec(fn)
-            parity.update(causal_lm_parity(loaded, model))
+            parity.update(causal_lm_parity(loaded, reference))
             for signature in lm_signatures:
                 signatures[signature] = _signature_spec(loaded.signatures[signature])
             del loaded
             progress(5, len(steps))
 
-            version = (_versions(base) or [0])[-1] + 1
-            final = os.path.join(base, str(version))
-            os.rename(tmp, final)  # the version appears whole, or not at all
+            # Under the artifact's lock: a concurrent export takes the next number.
+            with manifest.locked(artifact_dir):
+                version = (_versions(base) or [0])[-1] + 1
+                final = os.path.join(base, str(version))
+                os.rename(tmp, final)  # the version appears whole, or not at all
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -317,7 +357,7 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
 
         def record(data):
             data["preset"] = name
-            data["config"] = model.falcon_config.to_dict()
+            data["config"] = config.to_dict()
             data.setdefault("saved_model", {"versions": {}})["versions"][str(version)] = entry
             data["serving"] = manifest.describe_files(artifact_dir, serving)
 

@@ -1,11 +1,15 @@
 """FalconBackbone: the Falcon-RW decoder as a Keras functional model."""
 
+import numpy as np
+
 from falcon_tf import presets as _presets
 from falcon_tf._keras import keras, tf
 from falcon_tf.attention_bias import FalconAttentionBias
 from falcon_tf.config import DTYPE_NAMES, FalconConfig
 from falcon_tf.decoder_block import block_class
+from falcon_tf.inputs import validate
 from falcon_tf.token_embedding import FalconTokenEmbedding
+from falcon_tf.untrusted import check_memory
 
 # Keyword arguments keras.Model itself understands; anything else is a mistake.
 _MODEL_KWARGS = ("name", "trainable")
@@ -31,6 +35,14 @@ def resolve_dtype(dtype):
     return keras.DTypePolicy(name)
 
 
+def _is_concrete(value):
+    """numpy data or an eager tensor: values that can be checked without running."""
+    if isinstance(value, (np.ndarray, list, tuple, int)):
+        return True
+    return tf.is_tensor(value) and tf.executing_eagerly() and hasattr(value, "numpy")
+
+
+@keras.saving.register_keras_serializable(package="falcon_tf")
 class FalconBackbone(keras.Model):
     """The Falcon decoder: keras-hub's `FalconBackbone`, argument for argument,
     and the rest of the Falcon family.
@@ -109,6 +121,9 @@ class FalconBackbone(keras.Model):
             parallel_attention=parallel_attention,
             separate_mlp_layer_norm=separate_mlp_layer_norm, use_bias=use_bias)
         policy = resolve_dtype(dtype)
+        # Sizes from an untrusted config are bounded before any variable exists.
+        check_memory(config.parameter_count(), np.dtype(policy.variable_dtype).itemsize
+                     if policy.variable_dtype != "bfloat16" else 2, "FalconBackbone")
 
         # === Layers ===
         embedding = FalconTokenEmbedding(
@@ -147,6 +162,24 @@ class FalconBackbone(keras.Model):
         # model.predict(...) runs the forward through XLA.
         self.jit_compile = True
         self._compiled_forward = None
+        # Set by from_preset when the checkpoint's LM head is not this embedding.
+        self.untied_lm_head = None
+
+    def check_inputs(self, inputs):
+        """Refuses concrete inputs the graph would silently clamp or wrap: token ids
+        outside the vocabulary, non-integer or wrapping dtypes, a padding mask other
+        than 0/1 (ValueError naming the input). Symbolic inputs pass through."""
+        if not isinstance(inputs, dict) or not all(_is_concrete(v) for v in inputs.values()):
+            return
+        validate({k: np.asarray(v) for k, v in inputs.items()}, self.vocabulary_size)
+
+    def __call__(self, inputs, *args, **kwargs):
+        self.check_inputs(inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self.check_inputs(x)
+        return super().predict(x, *args, **kwargs)
 
     @property
     def token_embedding(self):
@@ -158,6 +191,7 @@ class FalconBackbone(keras.Model):
 
         Same inputs and output as `model(inputs)`; compiled once per input shape.
         """
+        self.check_inputs(inputs)
         if self._compiled_forward is None:
             self._compiled_forward = tf.function(
                 lambda x: self(x, training=False), jit_compile=True, reduce_retracing=True)

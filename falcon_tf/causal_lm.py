@@ -53,6 +53,12 @@ def scatter_write(positions):
     return write
 
 
+def untied_head_message(reason):
+    return (f"{reason}. FalconCausalLM ties its LM head to the token embedding, which this "
+            f"checkpoint does not; FalconBackbone.from_preset loads its backbone.")
+
+
+@keras.saving.register_keras_serializable(package="falcon_tf")
 class FalconCausalLM(keras.Model):
     """Falcon with its LM head tied to the token embedding (keras-hub's
     `FalconCausalLM`), and `generate`.
@@ -76,13 +82,31 @@ class FalconCausalLM(keras.Model):
     [8, 8]
     """
 
-    def __init__(self, backbone, tokenizer=None, cache_length=DEFAULT_CACHE_LENGTH, **kwargs):
+    def __init__(self, backbone, tokenizer=None, cache_length=DEFAULT_CACHE_LENGTH,
+                 preprocessor=None, **kwargs):
         from falcon_tf.backbone import FalconBackbone
+
+        unknown = sorted(set(kwargs) - {"name", "trainable"})
+        if unknown:
+            raise ValueError(f"FalconCausalLM got unknown argument(s) {', '.join(unknown)}; it "
+                             f"takes backbone, tokenizer, cache_length, preprocessor, name and "
+                             f"trainable.")
+        if preprocessor is not None:  # keras-hub's form: the tokenizer rides in it
+            found = getattr(preprocessor, "tokenizer", None)
+            if not hasattr(found, "detokenize") or not hasattr(found, "vocabulary_size"):
+                raise ValueError(f"`preprocessor` must carry a falcon_tf.FalconTokenizer as "
+                                 f"`.tokenizer`; received {type(preprocessor).__name__}. "
+                                 f"Pass `tokenizer=` instead.")
+            if tokenizer is not None and tokenizer is not found:
+                raise ValueError("Pass `tokenizer` or `preprocessor`, not both.")
+            tokenizer = found
 
         if not isinstance(backbone, FalconBackbone):
             raise ValueError(f"`backbone` must be a falcon_tf.FalconBackbone; received "
                              f"{type(backbone).__name__}.")
         _generation.check_cache_length(cache_length)
+        if getattr(backbone, "untied_lm_head", None):
+            raise ValueError(untied_head_message(backbone.untied_lm_head))
         if tokenizer is not None and tokenizer.vocabulary_size() > backbone.vocabulary_size:
             raise ValueError(
                 f"The tokenizer has {tokenizer.vocabulary_size()} tokens but the backbone's "
@@ -93,9 +117,37 @@ class FalconCausalLM(keras.Model):
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self.backbone = backbone
         self.tokenizer = tokenizer
+        self.preprocessor = preprocessor
         self.cache_length = cache_length
         self._generate_functions = {}
         self._step_functions = {}
+
+    # --- Keras saving: `.keras` files and from_config(get_config()) ---
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable,
+                "backbone": keras.saving.serialize_keras_object(self.backbone),
+                "cache_length": self.cache_length}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        backbone = config.pop("backbone", None)
+        if isinstance(backbone, dict):
+            backbone = keras.saving.deserialize_keras_object(backbone)
+        return cls(backbone, **config)
+
+    def save_assets(self, directory):
+        """The tokenizer travels inside `.keras` files as tokenizer.json."""
+        if self.tokenizer is not None:
+            self.tokenizer.save_assets(directory)
+
+    def load_assets(self, directory):
+        from falcon_tf.tokenizer import HF_TOKENIZER, FalconTokenizer
+
+        path = os.path.join(directory, HF_TOKENIZER)
+        if os.path.isfile(path):
+            self.tokenizer = FalconTokenizer.from_file(path)
 
     # --- the cached forward, shared by generate and every exporter ---
 
@@ -319,19 +371,9 @@ class FalconCausalLM(keras.Model):
             return cls(backbone, tokenizer=tokenizer, cache_length=cache_length)
         kind, found = preset_io.resolve(preset)
         source = preset if kind == "random" else found
-        if kind == "hf":
-            from falcon_tf.huggingface import check_tied_head
-
-            check_tied_head(found)
-        elif kind == "dir":
-            from falcon_tf.json_file import json_or_none
-
-            metadata = json_or_none(os.path.join(found, preset_io.METADATA_FILE)) or {}
-            if metadata.get("lm_head"):
-                raise ValueError(
-                    f"{os.path.join(found, preset_io.METADATA_FILE)}: `lm_head` is "
-                    f"{metadata['lm_head']!r}. FalconCausalLM ties its LM head to the token "
-                    f"embedding, which this checkpoint does not; FalconBackbone loads it.")
+        reason = preset_io.untied_head_reason(kind, found)
+        if reason:  # refused before any weight is read
+            raise ValueError(untied_head_message(reason))
         backbone = FalconBackbone.from_preset(source, load_weights=load_weights, **kwargs)
         try:
             tokenizer = FalconTokenizer.from_preset(source)

@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from falcon_tf.json_file import json_or_none, read_json
+from falcon_tf.untrusted import check_weight, path_inside
 
 HF_CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -129,15 +130,12 @@ def has_untied_head(directory):
     return isinstance(hf, dict) and hf.get("tie_word_embeddings", True) is False
 
 
-def check_tied_head(directory):
-    """FalconCausalLM ties its LM head to the token embedding; a checkpoint
-    with its own lm_head (`tie_word_embeddings: false`) is refused by name."""
-    path = os.path.join(directory, HF_CONFIG_FILE)
+def untied_head_reason(directory):
+    """Why this checkpoint's LM head is not its token embedding, or None."""
     if has_untied_head(directory):
-        raise ValueError(
-            f"{path}: field `tie_word_embeddings` is false: this checkpoint has its own "
-            f"lm_head, and FalconCausalLM supports only the LM head tied to the token "
-            f"embedding. FalconBackbone.from_preset loads its backbone.")
+        return (f"{os.path.join(directory, HF_CONFIG_FILE)}: field `tie_word_embeddings` is "
+                f"false: this checkpoint has its own lm_head")
+    return None
 
 
 def _qkv_to_ours(array, config, layout):
@@ -196,7 +194,12 @@ def _weight_files(directory):
             except (ValueError, KeyError, TypeError, AssertionError):
                 raise ValueError(f"{index_path}: expected a JSON object with a `weight_map` "
                                  f"object.") from None
-            files = {name: os.path.join(directory, shard) for name, shard in weight_map.items()}
+            files = {}
+            for name, shard in weight_map.items():
+                if not isinstance(shard, str):
+                    raise ValueError(f"{index_path}: `weight_map.{name}` must be a file name; "
+                                     f"found {shard!r}.")
+                files[name] = path_inside(directory, shard, index_path)
             for shard in sorted(set(files.values())):
                 if not os.path.isfile(shard):
                     raise FileNotFoundError(f"Checkpoint shard missing: {shard} (listed in "
@@ -205,7 +208,7 @@ def _weight_files(directory):
     for name, fmt in ((SAFETENSORS_FILE, "safetensors"), (TORCH_FILE, "torch")):
         path = os.path.join(directory, name)
         if os.path.isfile(path):
-            return fmt, {None: path}
+            return fmt, {None: path_inside(directory, name, directory)}
     raise FileNotFoundError(
         f"No weights in {directory}: expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX}, "
         f"{TORCH_FILE} or {TORCH_INDEX}.")
@@ -232,8 +235,13 @@ def _iter_file(fmt, path):
             from None
     import pickle
 
+    import zipfile
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # mmap keeps memory near one tensor; the legacy (non-zip) format cannot be
+        # mapped and is read whole, through the same weights-only unpickler.
+        state = torch.load(path, map_location="cpu", weights_only=True,
+                           mmap=zipfile.is_zipfile(path))
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"{path}: refused to load: not a plain tensor checkpoint "
@@ -282,6 +290,7 @@ def iter_weights(directory, config, layout, progress=None):
             if tuple(array.shape) != shapes[short]:
                 raise ValueError(f"{path}: tensor {name!r} has shape {tuple(array.shape)}; "
                                  f"config.json needs {shapes[short]}.")
+            check_weight(array, path, repr(name))
             seen.add(short)
             if kind == "linear":
                 array = array.T

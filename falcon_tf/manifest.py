@@ -7,14 +7,23 @@ export. Exporters add to it; loaders verify files against it. numpy-free and
 TensorFlow-free, so on-device loaders can use it too.
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+import threading
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: exports to one artifact must not overlap
+    fcntl = None
 
 from falcon_tf.json_file import read_json
+from falcon_tf.untrusted import path_inside
 
 MANIFEST_FILE = "manifest.json"
+LOCK_FILE = ".lock"
 FORMAT_VERSION = 1
 
 
@@ -61,26 +70,78 @@ def atomic_write(path, content):
         raise
 
 
+_held = {}  # (lock path, thread) -> (open file, depth): re-entrant within a thread
+_held_guard = threading.Lock()
+
+
+@contextlib.contextmanager
+def locked(artifact_dir):
+    """Holds the artifact's lock file (`.lock`, an exclusive flock) for the block:
+    exporters to one artifact run their read-modify-write of the manifest, and
+    their choice of a new version, one at a time. Re-entrant within a thread
+    (other threads wait, as other processes do); released by the kernel if the
+    process dies."""
+    os.makedirs(artifact_dir, exist_ok=True)
+    path = os.path.realpath(os.path.join(artifact_dir, LOCK_FILE))
+    key = (path, threading.get_ident())
+    with _held_guard:
+        held = _held.get(key)
+        if held is not None:
+            _held[key] = (held[0], held[1] + 1)
+    if held is None:
+        f = open(path, "a+")  # held until the outermost block ends
+        if fcntl is not None:
+            fcntl.flock(f, fcntl.LOCK_EX)
+        with _held_guard:
+            _held[key] = (f, 1)
+    try:
+        yield
+    finally:
+        with _held_guard:
+            f, depth = _held[key]
+            if depth > 1:
+                _held[key] = (f, depth - 1)
+            else:
+                del _held[key]
+        if depth == 1:
+            f.close()  # closing the descriptor releases the flock
+
+
 def update(artifact_dir, edit):
-    """Reads the manifest (or starts one), applies `edit(data)`, writes it atomically."""
+    """Reads the manifest (or starts one), applies `edit(data)` and writes it
+    atomically, all under the artifact's lock, so concurrent exports lose no entry."""
     path = os.path.join(artifact_dir, MANIFEST_FILE)
-    data = read(artifact_dir) if os.path.exists(path) else {"format_version": FORMAT_VERSION}
-    edit(data)
-    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    with locked(artifact_dir):
+        data = read(artifact_dir) if os.path.exists(path) else {"format_version": FORMAT_VERSION}
+        edit(data)
+        atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     return data
 
 
-def verify(artifact_dir, files):
-    """Checks each listed file's size and sha256; raises naming the first that differs."""
+def verify(artifact_dir, files, where=None, missing_ok=False,
+           hint="recorded at export; the file was changed or damaged. Export again, or pass "
+                "verify_checksums=False."):
+    """Checks each listed file's size and sha256; raises naming the first that differs.
+
+    `files` maps paths relative to `artifact_dir` (which they must stay inside)
+    to {sha256, bytes}; `where` is the listing's file, the manifest by default.
+    With `missing_ok` a listed file that is absent is skipped."""
+    where = where or os.path.join(artifact_dir, MANIFEST_FILE)
+    if not isinstance(files, dict):
+        raise ValueError(f"{where}: a `files` listing must be an object; found {files!r}.")
     for relative, expected in files.items():
-        path = os.path.join(artifact_dir, relative)
+        if not (isinstance(expected, dict) and isinstance(expected.get("sha256"), str)
+                and isinstance(expected.get("bytes"), int)):
+            raise ValueError(f"{where}: the entry of {relative!r} must be an object with a "
+                             f"string `sha256` and an integer `bytes`; found {expected!r}.")
+        path = path_inside(artifact_dir, relative, where)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"Artifact file missing: {path} (listed in "
-                                    f"{os.path.join(artifact_dir, MANIFEST_FILE)}).")
+            if missing_ok:
+                continue
+            raise FileNotFoundError(f"Artifact file missing: {path} (listed in {where}).")
         if os.path.getsize(path) != expected["bytes"] or sha256(path) != expected["sha256"]:
             raise ValueError(f"Checksum mismatch: {path} differs from what "
-                             f"{MANIFEST_FILE} recorded at export; the file was changed or "
-                             f"damaged. Export again, or pass verify_checksums=False.")
+                             f"{os.path.basename(where)} {hint}")
 
 
 def resolve_artifact_dir(preset, export_format):

@@ -30,6 +30,7 @@ from falcon_tf import huggingface
 from falcon_tf import presets as _presets
 from falcon_tf.config import FAMILY_FIELDS, FalconConfig
 from falcon_tf.json_file import read_json
+from falcon_tf.untrusted import check_weight
 
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
@@ -226,45 +227,104 @@ def named_variables(model):
     return out
 
 
-def read_weights(path, config: FalconConfig):
-    """model.weights.h5 (keras-hub layout) -> {our name: array in the stored dtype}."""
+def _open_weights(path):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Preset file missing: {path}")
-    layout = keras_hub_layout(config)
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as err:
         raise ValueError(f"{path} is not a readable HDF5 weights file: {err}") from None
-    with f:
-        found = {}
 
-        def collect(name, obj):  # returns None: a value would stop visititems
-            if isinstance(obj, h5py.Dataset):
+
+def _datasets(f, path):
+    """{name: h5py.Dataset} of every dataset, refusing whatever could read data
+    from outside the file: soft and external links, virtual datasets and
+    external storage."""
+    found, refused = {}, []
+
+    def visit(name):  # an exception raised here would escape h5py's lock; collect instead
+        link = f.get(name, getlink=True)
+        if isinstance(link, (h5py.SoftLink, h5py.ExternalLink)):
+            refused.append(f"{name} is an HDF5 {type(link).__name__}")
+            return None
+        obj = f.get(name)
+        if isinstance(obj, h5py.Dataset):
+            if obj.is_virtual:
+                refused.append(f"dataset {name} is a virtual dataset")
+            elif obj.external:
+                refused.append(f"dataset {name} is stored in external files")
+            else:
                 found[name] = obj
+        return None
 
-        f.visititems(collect)
+    try:
+        f.visit_links(visit)
+    except (OSError, RuntimeError, KeyError) as err:
+        raise ValueError(f"{path} is not a readable HDF5 weights file: {err}") from None
+    if refused:
+        raise ValueError(f"{path}: {refused[0]}; a weights file must hold its data itself.")
+    return found
+
+
+def _is_bfloat16(dataset):
+    return dataset.attrs.get("dtype") == "bfloat16"  # how Keras marks bfloat16 data
+
+
+def inspect_weights(path, config: FalconConfig):
+    """Checks model.weights.h5 against `config` without reading any weight: every
+    dataset's name, shape, dtype and storage, so that a config's sizes are bounded
+    by the file before any variable is built. Returns the open file and its
+    datasets, (f, {dataset path: h5py.Dataset})."""
+    f = _open_weights(path)
+    try:
+        found = _datasets(f, path)
+        if config.num_layers > len(found):  # refused before a layout of that size is built
+            raise ValueError(f"{path} holds {len(found)} datasets; the preset's config.json "
+                             f"asks for num_layers {config.num_layers}.")
+        layout = keras_hub_layout(config)
         unused = sorted(set(found) - set(layout))
         if unused:
             raise ValueError(f"{path}: dataset(s) not part of a FalconBackbone with this "
                              f"config: {', '.join(unused[:5])}" + (" ..." if len(unused) > 5 else ""))
-        fused = {}
-        weights = {}
-        for h5_path, (shape, ours, slot) in layout.items():
+        for h5_path, (shape, ours, _) in layout.items():
             if h5_path not in found:
                 raise ValueError(f"{path}: dataset {h5_path} is missing (needed for {ours}).")
             dataset = found[h5_path]
             if tuple(dataset.shape) != shape:
                 raise ValueError(f"{path}: dataset {h5_path} has shape {tuple(dataset.shape)}; "
                                  f"the config needs {shape}.")
+            floating = dataset.dtype.itemsize == 2 if _is_bfloat16(dataset) else (
+                dataset.dtype.kind == "f")
+            if not floating:
+                raise ValueError(f"{path}: dataset {h5_path} has dtype {dataset.dtype}; weights "
+                                 f"must be float16, bfloat16, float32 or float64.")
+    except BaseException:
+        f.close()
+        raise
+    return f, found
+
+
+def read_weights(path, config: FalconConfig):
+    """model.weights.h5 (keras-hub layout) -> {our name: array in the stored dtype}.
+
+    Every dataset is checked first (`inspect_weights`); each value must be finite.
+    """
+    f, found = inspect_weights(path, config)
+    with f:
+        fused = {}
+        weights = {}
+        for h5_path, (shape, ours, slot) in keras_hub_layout(config).items():
+            dataset = found[h5_path]
             try:
                 array = dataset[()]
-                if dataset.attrs.get("dtype") == "bfloat16":  # how Keras stores bfloat16
+                if _is_bfloat16(dataset):
                     import ml_dtypes
 
                     array = np.asarray(array).view(ml_dtypes.bfloat16)
                 array = np.asarray(array)  # kept in its stored dtype; cast on assignment
             except (OSError, TypeError, ValueError) as err:
                 raise ValueError(f"{path}: dataset {h5_path} cannot be read: {err}") from None
+            check_weight(array, path, f"dataset {h5_path}")
             if slot is None:
                 weights[ours] = array
             else:  # (h, n, d) -> (h, n*d); (n, d) -> (n*d,)
@@ -338,6 +398,45 @@ def random_weights(model, seed):
 # Entry points: FalconBackbone.from_preset / save_to_preset, and the converter
 # --------------------------------------------------------------------------
 
+CHECKSUMS_FIELD = "falcon_tf_checksums"  # in metadata.json: file -> {sha256, bytes}
+
+
+def verify_preset_files(directory, skip=()):
+    """Checks the files a preset saved by falcon_tf lists in metadata.json
+    against their recorded sha256 and size (presets saved elsewhere list none).
+    A listed file that is absent, or named in `skip`, is left to the reader that
+    needs it."""
+    from falcon_tf import manifest
+    from falcon_tf.json_file import json_or_none
+
+    where = os.path.join(directory, METADATA_FILE)
+    metadata = json_or_none(where)
+    listed = metadata.get(CHECKSUMS_FIELD) if isinstance(metadata, dict) else None
+    if listed is None:
+        return
+    if not isinstance(listed, dict):
+        raise ValueError(f"{where}: field `{CHECKSUMS_FIELD}` must be an object.")
+    manifest.verify(directory, {k: v for k, v in listed.items() if k not in skip}, where=where,
+                    missing_ok=True, hint="recorded when the preset was saved; the file was "
+                                          "changed or damaged.")
+
+
+def untied_head_reason(kind, found):
+    """Why the checkpoint `resolve` found has an LM head other than its token
+    embedding (a Hugging Face config saying so, or a converted preset's
+    metadata.json recording it), or None."""
+    if kind == "hf":
+        return huggingface.untied_head_reason(found)
+    if kind == "dir":
+        from falcon_tf.json_file import json_or_none
+
+        path = os.path.join(found, METADATA_FILE)
+        metadata = json_or_none(path)
+        if isinstance(metadata, dict) and metadata.get("lm_head"):
+            return f"{path}: `lm_head` is {metadata['lm_head']!r}"
+    return None
+
+
 def load_backbone(cls, preset, load_weights=True, **overrides):
     builtin = _presets.BACKBONE_PRESETS.get(preset) if isinstance(preset, str) else None
     if builtin is not None and not load_weights:
@@ -349,12 +448,22 @@ def load_backbone(cls, preset, load_weights=True, **overrides):
     elif kind == "hf":
         config, layout = huggingface.read_hf_config(found)
     else:
+        verify_preset_files(found, skip=() if load_weights else (WEIGHTS_FILE,))
         config = read_config(found)
+        if load_weights:  # the weights file must fit the config before anything is built
+            fields = {k: config[k] for k in FalconConfig.field_names() if k in config}
+            overridden = {k: v for k, v in overrides.items() if k in fields}
+            f, _ = inspect_weights(os.path.join(found, WEIGHTS_FILE),
+                                   FalconConfig(**{**fields, **overridden}))
+            f.close()
     # As keras-hub does: a saved float dtype is not restored; the model takes
     # Keras's current default policy unless the caller passes `dtype`.
     config["dtype"] = None
     config.update(overrides)
     model = cls(**config)
+    # A checkpoint fact that travels with the model: FalconCausalLM (and so every
+    # causal-LM export) refuses to tie a head the checkpoint did not tie.
+    model.untied_lm_head = untied_head_reason(kind, found)
     if not load_weights:
         return model
     if kind == "random":
@@ -399,6 +508,15 @@ def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_fil
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(preset_dir)}.tmp-", dir=parent)
     try:
         _write_json(os.path.join(tmp, CONFIG_FILE), preset_config_json(config_dict, falcon_config))
+        write_weights(os.path.join(tmp, WEIGHTS_FILE), named_arrays, falcon_config)
+        names = [WEIGHTS_FILE]
+        for relative, source in (extra_files or {}).items():
+            os.makedirs(os.path.dirname(os.path.join(tmp, relative)), exist_ok=True)
+            shutil.copyfile(source, os.path.join(tmp, relative))
+            names.append(relative)
+        from falcon_tf import manifest
+
+        # Written last, over what it describes: a damaged or mixed preset is refused.
         _write_json(os.path.join(tmp, METADATA_FILE), {
             "keras_version": version("keras"),
             "falcon_tf_version": __version__,
@@ -406,13 +524,11 @@ def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_fil
             "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S"),
             "tasks": [],
             **(metadata or {}),
+            CHECKSUMS_FIELD: {name: {"sha256": manifest.sha256(os.path.join(tmp, name)),
+                                     "bytes": os.path.getsize(os.path.join(tmp, name))}
+                              for name in [CONFIG_FILE] + names},
         })
-        write_weights(os.path.join(tmp, WEIGHTS_FILE), named_arrays, falcon_config)
-        names = [METADATA_FILE, WEIGHTS_FILE]
-        for relative, source in (extra_files or {}).items():
-            os.makedirs(os.path.dirname(os.path.join(tmp, relative)), exist_ok=True)
-            shutil.copyfile(source, os.path.join(tmp, relative))
-            names.append(relative)
+        names.insert(0, METADATA_FILE)
         if not os.path.exists(preset_dir):
             os.rename(tmp, preset_dir)
             return preset_dir
@@ -426,7 +542,10 @@ def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_fil
 
 def save_backbone(model, preset_dir):
     weights = ((name, var.numpy()) for name, var in named_variables(model).items())
-    return write_preset(preset_dir, model.get_config(), model.falcon_config, weights)
+    metadata = ({"lm_head": huggingface.UNTIED_HEAD_NOTE}
+                if getattr(model, "untied_lm_head", None) else None)
+    return write_preset(preset_dir, model.get_config(), model.falcon_config, weights,
+                        metadata=metadata)
 
 
 class progress_bar:

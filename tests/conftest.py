@@ -84,3 +84,19 @@ def tflite_runtime_2_14(tmp_path_factory):
 def litert_only(tmp_path_factory):
     """What an edge device has: numpy and ai-edge-litert, no TensorFlow, no Keras."""
     return make_venv(tmp_path_factory, "litert_only", "ai-edge-litert>=2.3,<2.4")
+
+
+def unsign(preset_dir):
+    """Drops the checksums falcon_tf records in a preset's metadata.json, leaving
+    a preset as keras-hub writes it: its files are then checked field by field."""
+    import json
+
+    from falcon_tf.preset_io import CHECKSUMS_FIELD, METADATA_FILE
+
+    path = os.path.join(preset_dir, METADATA_FILE)
+    with open(path) as f:
+        data = json.load(f)
+    data.pop(CHECKSUMS_FIELD)
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return preset_dir

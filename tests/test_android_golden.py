@@ -145,13 +145,38 @@ def causal_lm_rendered():
     return load_script("make_causal_lm_golden").render()
 
 
-def _java_relevant(manifest):
-    """The manifest without what changes run to run (times, versions, parity figures)."""
-    out = json.loads(json.dumps(manifest))
-    for variant in out["causal_lm"]["variants"].values():
-        for key in ("created", "tool_versions", "parity"):
-            variant.pop(key, None)
+def _files(node, out):
+    """Every {file, sha256, bytes} entry and every path -> {sha256, bytes} listing,
+    wherever it sits: what Manifest.collectFiles gathers for its checksum checks."""
+    if isinstance(node, dict):
+        if isinstance(node.get("file"), str) and "sha256" in node:
+            out[node["file"]] = (node["sha256"], node.get("bytes"))
+        for key, value in node.items():
+            if isinstance(value, dict) and "sha256" in value and "file" not in value:
+                out[key] = (value["sha256"], value.get("bytes"))
+            else:
+                _files(value, out)
+    elif isinstance(node, list):
+        for value in node:
+            _files(value, out)
     return out
+
+
+def _java_relevant(manifest):
+    """The fields android_demo's Manifest.java reads, and nothing else: what this
+    machine's exporter recorded about itself (times, tool versions, parity, whether
+    a GPU driver was there to probe) cannot change what the app sees."""
+    lm = manifest["causal_lm"]
+    read = ("cache_len", "num_layers", "kv_heads", "head_dim", "vocabulary_size", "mask_value",
+            "prefill_lengths", "signatures", "stop_token_ids", "start_token_id")
+    return {
+        "format_version": manifest.get("format_version"),
+        "preset": manifest.get("preset"),
+        "tokenizer": manifest.get("tokenizer"),
+        "causal_lm": {key: lm.get(key) for key in read},
+        "variant_files": {name: v["file"] for name, v in lm["variants"].items()},
+        "files": _files(manifest, {}),
+    }
 
 
 def test_causal_lm_golden_is_current(causal_lm_rendered):

@@ -27,11 +27,11 @@ litert = pytest.importorskip("ai_edge_litert")
 def lavapipe_missing():
     icd = "/usr/share/vulkan/icd.d/lvp_icd.json"
     if not os.path.isfile(icd):
-        return f"no lavapipe Vulkan driver ({icd}); run scripts/setup_gpu.sh as root"
+        return f"no lavapipe Vulkan driver ({icd}); run 'make test' as root or 'sudo bash scripts/setup_gpu.sh' to enable"
     version = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "mesa-vulkan-drivers"],
                              capture_output=True, text=True).stdout
     if not version or int(version.split(".")[0]) < 24:
-        return f"mesa-vulkan-drivers {version or '?'} is older than 24; run scripts/setup_gpu.sh"
+        return f"mesa-vulkan-drivers {version or '?'} is older than 24; run 'sudo bash scripts/setup_gpu.sh' to enable"
     return None
 
 

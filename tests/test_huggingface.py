@@ -114,6 +114,15 @@ def test_pytorch_bin_checkpoint_loads_with_weights_only(tmp_path):
     assert_matches(FalconBackbone.from_preset(str(tmp_path)), model)
 
 
+def test_legacy_non_zip_pytorch_bin_loads(tmp_path):
+    # Older torch.save format, which transformers reads; it cannot be memory-mapped.
+    model = hf_model("rw", seed=2)
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), os.path.join(tmp_path, "pytorch_model.bin"),
+               _use_new_zipfile_serialization=False)
+    assert_matches(FalconBackbone.from_preset(str(tmp_path)), model)
+
+
 @pytest.mark.parametrize("variant, model_type", [("40b", "RefinedWeb"),
                                                  ("7b", "RefinedWebModel")])
 def test_old_refinedweb_config_names_load(tmp_path, variant, model_type):

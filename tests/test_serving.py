@@ -48,6 +48,17 @@ def test_export_layout_and_manifest(exported):
     assert "tensorflow" in entry["tool_versions"]
 
 
+def test_each_weight_is_stored_once(exported):
+    # The checkpoint's elements: one per model parameter, plus at most a few
+    # scalars of state (a server loads every stored copy).
+    model, artifact = exported
+    reader = tf.train.load_checkpoint(str(artifact / "saved_model" / "1" / "variables" /
+                                          "variables"))
+    stored = sum(int(np.prod(shape)) for name, shape in
+                 reader.get_variable_to_shape_map().items() if "VARIABLE_VALUE" in name)
+    assert model.count_params() <= stored <= 1.02 * model.count_params()
+
+
 def test_signatures_match_keras_in_a_process_with_only_tensorflow(exported, tmp_path):
     model, artifact = exported
     x = check_batch(model.vocabulary_size, seed=3)
