@@ -15,7 +15,8 @@ its parity against Keras from the manifest.
     python benchmarks/export_large.py --task backbone --variants int8
     python benchmarks/export_large.py --variants int8 --out /tmp/big   # keep the files
 
-Needs about 12 GiB of memory and, for fp32, 11 GB of disk.
+Needs about 16 GiB of memory (the export process and the verifying one together;
+an estimate, see export_tflite_large.memory_bytes) and, for fp32, 11 GB of disk.
 """
 
 import argparse
