@@ -68,18 +68,11 @@ def converter(model, batch=1, seq=128, int8_embedding=False):
             tf.TensorSpec((batch, seq), tf.int32, "padding_mask")]
     module = tf.Module()
     if int8_embedding:
-        rows, scales = embedding_rows_int8(model.token_embedding.embeddings.numpy())
-        module.embedding = [tf.Variable(rows, trainable=False, name="token_embedding_int8"),
-                            tf.Variable(scales, trainable=False, name="token_embedding_scale")]
+        lookup = int8_embedding_lookup(model, module)
         attention_bias = model.get_layer("attention_bias")
 
         def forward(token_ids, padding_mask):
-            # The backbone's graph with the lookup replaced: GATHER int8 rows,
-            # CAST, and MUL by each row's GATHERed scale.
-            flat = tf.reshape(token_ids, (-1,))
-            table, scale = module.embedding
-            x = tf.cast(tf.gather(table, flat), tf.float32) * tf.gather(scale, flat)
-            x = tf.cast(tf.reshape(x, (batch, seq, model.hidden_dim)), model.compute_dtype)
+            x = lookup(token_ids)
             bias = attention_bias(padding_mask)
             for block in model.transformer_layers:
                 x = block(x, *bias, training=False)
@@ -94,6 +87,27 @@ def converter(model, batch=1, seq=128, int8_embedding=False):
 
     with signatures_converter(model, {"serving_default": serving_default}, module) as conv:
         yield conv
+
+
+def int8_embedding_lookup(model, module):
+    """The embedding lookup with the table stored as int8 rows
+    (`embedding_rows_int8`), whose variables `module` keeps: token_ids
+    (b, s) -> (b, s, hidden). GATHER int8 rows, CAST, and MUL by each row's
+    GATHERed scale."""
+    import tensorflow as tf
+
+    rows, scales = embedding_rows_int8(model.token_embedding.embeddings.numpy())
+    module.embedding = [tf.Variable(rows, trainable=False, name="token_embedding_int8"),
+                        tf.Variable(scales, trainable=False, name="token_embedding_scale")]
+
+    def lookup(token_ids):
+        batch, seq = token_ids.shape
+        flat = tf.reshape(token_ids, (-1,))
+        table, scale = module.embedding
+        x = tf.cast(tf.gather(table, flat), tf.float32) * tf.gather(scale, flat)
+        return tf.cast(tf.reshape(x, (batch, seq, model.hidden_dim)), model.compute_dtype)
+
+    return lookup
 
 
 @contextlib.contextmanager
@@ -361,13 +375,23 @@ def parity(data, model, batch, seq, seed=0):
     CPU interpreter, over a batch with left padding."""
     from ai_edge_litert.interpreter import Interpreter
 
+    x, expected = parity_reference(model, batch, seq, seed)
+    got = Interpreter(model_content=data).get_signature_runner("serving_default")(
+        **x)["sequence_output"]
+    return output_parity(got, x, expected)
+
+
+def parity_reference(model, batch, seq, seed=0):
+    """(inputs with left padding, the Keras output on them) for `parity`."""
     rng = np.random.default_rng(seed)
     x = {"token_ids": rng.integers(0, model.vocabulary_size, (batch, seq)).astype("int32"),
          "padding_mask": np.ones((batch, seq), "int32")}
     x["padding_mask"][:, : seq // 4] = 0
-    expected = model(x).numpy()
-    got = Interpreter(model_content=data).get_signature_runner("serving_default")(
-        **x)["sequence_output"]
+    return x, model(x).numpy()
+
+
+def output_parity(got, x, expected):
+    """Max abs difference and cosine of `got` against `expected` on the real tokens of `x`."""
     real = x["padding_mask"].astype(bool)
     a, b = got[real].ravel(), expected[real].ravel()
     return {"max_abs_diff_vs_keras": float(np.abs(a - b).max()),
@@ -423,11 +447,16 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
 
     from falcon_tf import FalconBackbone, __version__
 
+    from converters import export_tflite_large
+
     check_variants(variants)
     model = model if model is not None else FalconBackbone.from_preset(preset)
     name = name or artifact_name(preset)
+    large = export_tflite_large.takes_large_route(model.count_params())
+    if large:  # piece by piece, any size: refused only for memory
+        export_tflite_large.check_memory(model, name, variants, rounding)
     too_big = [v for v in variants if v not in variants_that_fit(model.count_params(), [v])]
-    if too_big:
+    if too_big and not large:
         raise ValueError(
             f"{', '.join(too_big)} of {name} ({model.count_params():,} parameters) cannot be "
             f"made under the 2 GiB FlatBuffer cap (the variant, or the float32 file it is "
@@ -440,7 +469,7 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
         from converters import gptq
 
         gptq_needed = gptq.memory_bytes(model)
-    if needed + gptq_needed > _total_memory():
+    if needed + gptq_needed > _total_memory() and not large:
         hint = (f" (GPTQ rounding: {gptq_needed / 2**30:.0f} GiB of it; rounding='nearest' "
                 f"leaves it out)" if gptq_needed >= 2**30 else "")
         raise ValueError(
@@ -451,16 +480,29 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
     folder = os.path.join(artifact_dir, "tflite")
     os.makedirs(folder, exist_ok=True)
     entries = {}
-    with progress_bar(f"Exporting TFLite {name}") as progress:
+    with progress_bar(f"Exporting TFLite {name}", unit="variant") as progress:
         for done, variant in enumerate(variants):
-            data = convert(model, variant, batch, seq, rounding, calibration)
             path = os.path.join(folder, f"{name}_{variant}.tflite")
-            manifest.atomic_write(path, data)
-            versions = op_versions(data)
+            if large:
+                pieces = export_tflite_large.backbone_pieces(model, batch, seq,
+                                                             variant in ("int8", "int4"))
+                export_tflite_large.write_pieces(*pieces, variant, path, rounding, calibration,
+                                                 model, f"{variant}: converting pieces")
+                del pieces
+                x, expected = parity_reference(model, batch, seq)
+                result = output_parity(export_tflite_large.run_file("backbone", path, x), x,
+                                       expected)
+                versions = export_tflite_large.op_versions_of_file(path)
+            else:
+                data = convert(model, variant, batch, seq, rounding, calibration)
+                manifest.atomic_write(path, data)
+                versions = op_versions(data)
+                result = parity(data, model, batch, seq)
             relative = os.path.relpath(path, artifact_dir)
             entries[variant] = {
                 "file": relative,
-                "bytes": len(data),
+                "bytes": os.path.getsize(path),
+                "route": "pieces" if large else "whole",
                 "sha256": manifest.sha256(path),
                 "weight_bytes_fp32": model.count_params() * 4,
                 "signature": {"serving_default": {
@@ -468,7 +510,7 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
                                "padding_mask": {"dtype": "int32", "shape": [batch, seq]}},
                     "outputs": {"sequence_output": {"dtype": "float32",
                                                     "shape": [batch, seq, model.hidden_dim]}}}},
-                "parity": parity(data, model, batch, seq),
+                "parity": result,
                 "op_versions": versions,
                 "oldest_runtime": oldest_runtime(versions),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(

@@ -36,7 +36,7 @@ import os
 
 import numpy as np
 
-from converters import export_tflite
+from converters import export_tflite, export_tflite_large
 from converters.export_tokenizer import export_tokenizer
 from falcon_tf import contract, generation, manifest
 from falcon_tf.preset_io import artifact_name, progress_bar
@@ -97,6 +97,12 @@ def default_decode_windows(cache_length):
     return windows
 
 
+def cache_writer(input_pos, cache_length):
+    """How every exported graph, whole or in pieces, writes a step's keys and
+    values into a cache."""
+    return slot_write(input_pos, cache_length)
+
+
 def signature_functions(lm, cache_length, prefill_lengths, embedding=None, decode_windows=()):
     """{signature name: tf.function} for prefill_<L>, decode and decode_<W>
     for W in `decode_windows`.
@@ -130,7 +136,7 @@ def signature_functions(lm, cache_length, prefill_lengths, embedding=None, decod
         def step(tokens, input_pos, mask, *caches):
             logits, caches = lm.call_with_cache(
                 tokens, input_pos[None, :], mask, list(caches),
-                write=slot_write(input_pos, cache_length), embed=embed, window=window)
+                write=cache_writer(input_pos, cache_length), embed=embed, window=window)
             out = {contract.LOGITS: logits}
             out.update({n: tf.cast(c, tf.float32) for n, c in zip(names, caches)})
             return out
@@ -165,9 +171,15 @@ def step_parity(data, reference):
 
     from falcon_tf.lite.causal_lm import SignatureRunners, run_steps
 
-    prompt_length, sequence, expected = reference
+    prompt_length, sequence, _ = reference
     runners = SignatureRunners(Interpreter(model_content=data))
-    got = run_steps(runners, sequence, prompt_length)  # (len, vocab)
+    return logit_parity(run_steps(runners, sequence, prompt_length), reference)
+
+
+def logit_parity(got, reference):
+    """The parity entry of a file's step logits `got` (len, vocab) against the
+    Keras reference (`keras_reference`)."""
+    prompt_length, sequence, expected = reference
     a, b = got.ravel(), expected[:len(got)].ravel()
     greedy = [int(t) for t in got[prompt_length - 1:-1].argmax(axis=-1)] == \
         sequence[prompt_length:]
@@ -210,9 +222,13 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                          f"{cache_length}); received {decode_windows}.")
     model = model if model is not None else FalconBackbone.from_preset(preset)
     name = name or artifact_name(preset)
+    large = export_tflite_large.takes_large_route(model.count_params())
+    if large:  # piece by piece, any size: refused only for memory
+        export_tflite_large.check_memory(model, name, variants, rounding)
+        decode_windows = []  # the pieces hold prefill_<L> and decode, not decode_<W>
     too_big = [v for v in variants
                if v not in export_tflite.variants_that_fit(model.count_params(), [v])]
-    if too_big:
+    if too_big and not large:
         raise ValueError(f"{', '.join(too_big)} of {name} ({model.count_params():,} parameters) "
                          f"would exceed the 2 GiB FlatBuffer cap.")
     lm = FalconCausalLM(model, cache_length=cache_length)
@@ -237,14 +253,26 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
         with export_tflite.signatures_converter(model, functions, module) as conv:
             return conv.convert()
 
-    with progress_bar(f"Exporting TFLite causal LM {name}") as progress:
+    with progress_bar(f"Exporting TFLite causal LM {name}", unit="stage") as progress:
         float_models = {}
-        reference = keras_reference(lm, cache_length, prefill_lengths)
+        if large:
+            pieces = export_tflite_large.causal_lm_pieces(lm, cache_length, prefill_lengths)
+        reference = (export_tflite_large.keras_reference if large else keras_reference)(
+            lm, cache_length, prefill_lengths)
         progress(1, len(variants) + 1)
         entries = {}
         for done, variant in enumerate(variants):
+            path = os.path.join(folder, f"{name}_causal_lm_{variant}.tflite")
             integer = variant in ("int8", "int4")
-            if integer and rounding == "gptq":
+            if large:
+                export_tflite_large.write_pieces(*pieces, variant, path, rounding, calibration,
+                                                 model, f"{variant}: converting pieces")
+                prompt_length, sequence, _ = reference
+                parity = logit_parity(export_tflite_large.run_file(
+                    "causal_lm", path, {"sequence": np.array(sequence, np.int32),
+                                        "prompt_length": np.array(prompt_length)}), reference)
+                versions = export_tflite_large.op_versions_of_file(path)
+            elif integer and rounding == "gptq":
                 from converters import gptq
 
                 calibration = (gptq.default_calibration(config.vocabulary_size)
@@ -255,14 +283,16 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                 if integer not in float_models:
                     float_models[integer] = float_file(integer)
                 data = export_tflite.quantize(float_models[integer], variant, recipes)
-            path = os.path.join(folder, f"{name}_causal_lm_{variant}.tflite")
-            manifest.atomic_write(path, data)
-            versions = export_tflite.op_versions(data)
+            if not large:
+                manifest.atomic_write(path, data)
+                versions = export_tflite.op_versions(data)
+                parity = step_parity(data, reference)
             entries[variant] = {
                 "file": os.path.relpath(path, artifact_dir),
-                "bytes": len(data),
+                "bytes": os.path.getsize(path),
                 "sha256": manifest.sha256(path),
-                "parity": step_parity(data, reference),
+                "route": "pieces" if large else "whole",
+                "parity": parity,
                 "op_versions": versions,
                 "oldest_runtime": export_tflite.oldest_runtime(versions),
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(

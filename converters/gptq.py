@@ -103,42 +103,63 @@ def grid(weights, bits, block_size=None):
     return scale, levels, pins.reshape(out_dim, in_dim)
 
 
+def inverse_cholesky_upper(h):
+    """U, upper triangular, with H⁻¹ = Uᵀ U, without forming H⁻¹.
+
+    With J the reversal permutation and J H J = L Lᵀ (lower L), H⁻¹ =
+    (J L⁻ᵀ J)(J L⁻¹ J), a lower factor times its transpose, so U = J L⁻¹ J:
+    one Cholesky and one triangular inverse (about n³ / 1.5 operations against
+    the 2.3 n³ of inverting H and factoring the inverse, which dominated
+    rounding an 8192-wide projection).
+    """
+    from scipy.linalg import lapack
+
+    lower = np.linalg.cholesky(h[::-1, ::-1])
+    inverse, info = lapack.dtrtri(lower, lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"triangular inverse failed (info {info})")
+    return np.ascontiguousarray(inverse[::-1, ::-1])
+
+
 def gptq_round(kernel, hessian, bits, block_size=None, damping=DAMPING):
     """A Keras kernel (in, out) -> the same kernel rounded onto its fixed grid
     (float32 values level x scale), compensating each input dimension's error
     in the later ones through `hessian` (in x in, the sum of xᵀx over the
     calibration inputs x of the layer)."""
     kernel = np.asarray(kernel, np.float32)
-    w = kernel.T.astype(np.float64)  # (out, in), as the FULLY_CONNECTED weight
-    scale, levels, pins = grid(kernel.T, bits, block_size)
-    pinned = np.sign(w) * levels  # a group's max|w| keeps the extreme level
+    scale, levels, pins = grid(kernel.T, bits, block_size)  # (out, in)
     h = np.array(hessian, np.float64)
     dead = np.diag(h) == 0  # inputs that were always zero: their weights do not matter
     h[dead, dead] = 1.0
     h[np.diag_indices_from(h)] += damping * np.mean(np.diag(h))
     order = np.argsort(-np.diag(h), kind="stable")
     h = h[order][:, order]
-    w, scale, pins, pinned = w[:, order], scale[:, order], pins[:, order], pinned[:, order]
-    # Upper Cholesky factor of H⁻¹: H⁻¹ = Uᵀ U.
-    u = np.linalg.cholesky(np.linalg.inv(h)).T
+    # Row i of each array below is input dimension order[i] (kernel layout,
+    # (in, out)): the sweep walks contiguous rows.
+    w = kernel[order].astype(np.float64)
+    scale, pins = np.ascontiguousarray(scale.T[order]), np.ascontiguousarray(pins.T[order])
+    pinned = np.sign(w) * levels  # a group's max|w| keeps the extreme level
+    u = inverse_cholesky_upper(h)
     levels_out = np.empty_like(w)
-    n = w.shape[1]
+    n = w.shape[0]
     for start in range(0, n, _SWEEP_BATCH):
         end = min(start + _SWEEP_BATCH, n)
-        errors = np.empty((w.shape[0], end - start))
+        block = w[start:end]  # a view: updates land in w
+        errors = np.empty((end - start, w.shape[1]))
         for i in range(start, end):
-            q = np.clip(np.round(w[:, i] / scale[:, i]), -levels, levels)
-            q = np.where(pins[:, i], pinned[:, i], q)
-            levels_out[:, i] = q
-            error = (w[:, i] - q * scale[:, i]) / u[i, i]
-            w[:, i + 1:end] -= np.outer(error, u[i, i + 1:end])
-            errors[:, i - start] = error
-        w[:, end:] -= errors @ u[start:end, end:]
+            r = i - start
+            q = np.clip(np.round(block[r] / scale[i]), -levels, levels)
+            q = np.where(pins[i], pinned[i], q)
+            levels_out[i] = q
+            error = (block[r] - q * scale[i]) / u[i, i]
+            block[r + 1:] -= np.outer(u[i, i + 1:end], error)
+            errors[r] = error
+        w[end:] -= u[start:end, end:].T @ errors
     rounded = np.empty_like(levels_out)
-    rounded[:, order] = levels_out
+    rounded[order] = levels_out
     full_scale = np.empty_like(scale)
-    full_scale[:, order] = scale
-    return (rounded.astype(np.float32) * full_scale.astype(np.float32)).T
+    full_scale[order] = scale
+    return rounded.astype(np.float32) * full_scale.astype(np.float32)
 
 
 def layer_hessians(model, token_ids, layers):
@@ -151,6 +172,17 @@ def layer_hessians(model, token_ids, layers):
                          f"received {token_ids.dtype} {token_ids.shape}.")
     if token_ids.size and (token_ids.min() < 0 or token_ids.max() >= model.vocabulary_size):
         raise ValueError(f"`calibration` ids must lie in [0, {model.vocabulary_size}).")
+    with recording(layers) as hessians:
+        for row in token_ids:  # one row at a time keeps activations small
+            model({"token_ids": row[None].astype("int32"),
+                   "padding_mask": np.ones((1, row.size), "int32")}, training=False)
+    return hessians
+
+
+@contextlib.contextmanager
+def recording(layers):
+    """Inside, each Keras Dense layer in `layers` adds xᵀx of its inputs x to
+    the yielded {layer: H} whenever it is called."""
     hessians = {layer: 0.0 for layer in layers}
 
     def recorder(layer, call):
@@ -164,29 +196,33 @@ def layer_hessians(model, token_ids, layers):
     for layer in layers:
         object.__setattr__(layer, "call", recorder(layer, layer.call))
     try:
-        for row in token_ids:  # one row at a time keeps activations small
-            model({"token_ids": row[None].astype("int32"),
-                   "padding_mask": np.ones((1, row.size), "int32")}, training=False)
+        yield hessians
     finally:
         for layer, call in own.items():
             if call is None:
                 object.__delattr__(layer, "call")
             else:
                 object.__setattr__(layer, "call", call)
-    return hessians
+
+
+def quantized_layers(layer, recipe):
+    """{Dense layer under `layer`: its (bits, block size)} for every kernel
+    `recipe` quantizes to integers."""
+    import keras
+
+    schemes = {}
+    for sub in layer._flatten_layers():
+        if isinstance(sub, keras.layers.Dense):
+            scheme = weight_scheme(recipe, sub.kernel.path)
+            if scheme is not None:
+                schemes[sub] = scheme
+    return schemes
 
 
 def rounded_kernels(model, recipe, calibration):
     """{Dense layer: its kernel GPTQ-rounded} for every Dense layer whose kernel
     `recipe` quantizes to integers, calibrated on `calibration` token ids."""
-    import keras
-
-    schemes = {}
-    for layer in model._flatten_layers():
-        if isinstance(layer, keras.layers.Dense):
-            scheme = weight_scheme(recipe, layer.kernel.path)
-            if scheme is not None:
-                schemes[layer] = scheme
+    schemes = quantized_layers(model, recipe)
     hessians = layer_hessians(model, calibration, list(schemes))
     return {layer: gptq_round(layer.kernel.numpy(), hessians[layer], *scheme)
             for layer, scheme in schemes.items()}
@@ -211,7 +247,14 @@ def memory_bytes(model):
 def rounded_weights(model, recipe, calibration):
     """Inside, `model`'s projection kernels hold their GPTQ-rounded values
     (`rounded_kernels`); the float values come back on leaving."""
-    kernels = rounded_kernels(model, recipe, calibration)
+    with assigned(rounded_kernels(model, recipe, calibration)) as kernels:
+        yield kernels
+
+
+@contextlib.contextmanager
+def assigned(kernels):
+    """Inside, each Dense layer in `kernels` ({layer: kernel}) holds that
+    kernel; its own comes back on leaving."""
     originals = {layer: layer.kernel.numpy() for layer in kernels}
     try:
         for layer, value in kernels.items():

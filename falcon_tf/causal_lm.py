@@ -180,22 +180,40 @@ class FalconCausalLM(keras.Model):
             the step reads that much of the cache, not all of it.
         Returns (logits (b, L, vocabulary) float32, updated caches).
         """
-        backbone = self.backbone
-        cache_length = _dim(caches[0], 1)
         write = write or scatter_write(positions)
-        x = (embed or backbone.token_embedding)(token_ids)
+        cache_length = _dim(caches[0], 1)
         if window is not None:
             cache_length, mask_bias = window, mask_bias[..., :window]
-        position = backbone.attention_bias.cached_position(positions, cache_length)
+        x, position = self.embed_cached(token_ids, positions, cache_length, embed)
         out = []
-        for i, block in enumerate(backbone.transformer_layers):
-            with tf.name_scope(block.name):  # exported tensor names follow the layers
-                x, k, v = block.call_cached(x, caches[2 * i], caches[2 * i + 1], mask_bias,
-                                            position, write, window)
+        for i in range(self.backbone.num_layers):
+            x, k, v = self.block_cached(i, x, caches[2 * i], caches[2 * i + 1], mask_bias,
+                                        position, write, window)
             out += [k, v]
-        x = backbone.final_layernorm(x)
-        logits = ops.cast(backbone.token_embedding(x, reverse=True), "float32")
-        return logits, out
+        return self.head(x), out
+
+    # The stages of `call_with_cache`, also exported one by one for large models
+    # (converters/export_tflite_large.py).
+
+    def embed_cached(self, token_ids, positions, cache_length, embed=None):
+        """-> (x (b, L, hidden), what attention needs of the positions); `embed` as
+        in `call_with_cache`; `cache_length` the slots attended."""
+        backbone = self.backbone
+        x = (embed or backbone.token_embedding)(token_ids)
+        return x, backbone.attention_bias.cached_position(positions, cache_length)
+
+    def block_cached(self, index, x, cache_key, cache_value, mask_bias, position, write,
+                     window=None):
+        """Block `index` over the new tokens -> (x, cache_key, cache_value)."""
+        block = self.backbone.transformer_layers[index]
+        with tf.name_scope(block.name):  # exported tensor names follow the layers
+            return block.call_cached(x, cache_key, cache_value, mask_bias, position, write,
+                                     window)
+
+    def head(self, x):
+        """Final LayerNorm and the tied LM head -> logits float32."""
+        x = self.backbone.final_layernorm(x)
+        return ops.cast(self.backbone.token_embedding(x, reverse=True), "float32")
 
     # --- generation ---
 

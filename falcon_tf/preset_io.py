@@ -566,10 +566,11 @@ def save_backbone(model, preset_dir):
 
 
 class progress_bar:
-    """A tqdm bar over tensors, silent when stderr is not a terminal."""
+    """A tqdm bar (over tensors, or `unit`), silent when stderr is not a terminal."""
 
-    def __init__(self, description):
+    def __init__(self, description, unit="tensor"):
         self.description = description
+        self.unit = unit
         self.bar = None
 
     def __enter__(self):
@@ -579,7 +580,7 @@ class progress_bar:
         if self.bar is None:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=self.description, unit="tensor", disable=None)
+            self.bar = tqdm(total=total, desc=self.description, unit=self.unit, disable=None)
         self.bar.update(done - self.bar.n)
 
     def __exit__(self, *exc):

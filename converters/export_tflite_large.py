@@ -1,0 +1,460 @@
+"""Models too large for one conversion -> TFLite, one piece at a time.
+
+The small-model route converts the whole float32 graph at once: the file is
+capped at 2 GiB (about 510 M parameters in float32) and the converter holds
+about 4.75 times the float32 weights while it freezes them. Here each piece
+is converted and quantized alone, with the standard converter and the same
+recipes (`export_tflite.quantize`):
+
+  embedding   the token lookup, and what attention needs of the positions
+  each block  its own layer's weights and, for the causal LM, its cache
+  head        the final LayerNorm (and, for the causal LM, the tied LM head)
+
+every piece holding every signature of the file (`prefill_<L>` and `decode`,
+or `serving_default`). The int8 and int4 variants round a block's projections
+with GPTQ just before converting that block: the calibration activations are
+carried through the Keras blocks one at a time, so only one block's Hessians
+exist at once, and they equal the whole-model pass's. `flatbuffer_stitch`
+joins the pieces into one model (weights stored once across signatures, the
+tied head on the embedding's bytes) and writes it with every buffer past the
+FlatBuffer at an offset, the layout LiteRT reads for large models, atomically.
+
+Memory: the Keras model's float32 weights once, one piece in conversion and
+the graph; the buffers go to disk as they come. The written file is then run
+in a child process importing only ai-edge-litert and numpy, and compared with
+Keras logits computed beforehand.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import types
+
+import numpy as np
+
+from converters import export_tflite
+from converters.flatbuffer_stitch import Stitcher
+from falcon_tf import contract
+from falcon_tf.preset_io import progress_bar
+
+# Models from this size on take this route: their float32 file would pass the
+# FlatBuffer cap (less a margin for the graph).
+LARGE_ROUTE_PARAMETERS = int(export_tflite.FLATBUFFER_LIMIT * 0.95) // 4
+
+HIDDEN, POSITION, MASK_BIAS, KEEP = "hidden", "position", "mask_bias", "keep"
+
+
+def takes_large_route(parameter_count):
+    """Whether a model of `parameter_count` parameters is exported piece by piece."""
+    return parameter_count >= LARGE_ROUTE_PARAMETERS
+
+
+class Piece(types.SimpleNamespace):
+    """name; variables (the Keras variables it freezes); functions
+    ({signature: tf.function}); block (the decoder block GPTQ rounds, or
+    None); module (a tf.Module holding extra variables, or None)."""
+
+
+def _spec(shape, dtype, name):
+    import tensorflow as tf
+
+    return tf.TensorSpec(shape, dtype, name)
+
+
+def causal_lm_pieces(lm, cache_length, prefill_lengths):
+    """The causal LM's pieces, each with every prefill_<L> and decode signature.
+
+    Inputs and their specs are those of the small route's signatures
+    (`export_tflite_causal_lm.signature_functions`); the pieces run the
+    stages of `FalconCausalLM.call_with_cache` with the same cache writer.
+    """
+    import tensorflow as tf
+
+    from converters import export_tflite_causal_lm as small
+
+    backbone = lm.backbone
+    specs = {name: {s.name: s for s in fn.input_signature} for name, fn in
+             small.signature_functions(lm, cache_length, prefill_lengths).items()}
+    dtype = backbone.compute_dtype
+
+    def length(signature):
+        return specs[signature][contract.TOKENS].shape[1]
+
+    def position_spec(signature):
+        probe = backbone.attention_bias.cached_position(
+            tf.zeros((1, length(signature)), tf.int32), cache_length)
+        return _spec(probe.shape, probe.dtype, POSITION)
+
+    def embedding(signature):
+        spec = specs[signature]
+
+        @tf.function(input_signature=[spec[contract.TOKENS], spec[contract.INPUT_POS]])
+        def embed(tokens, input_pos):
+            x, position = lm.embed_cached(tokens, input_pos[None, :], cache_length)
+            return {HIDDEN: x, POSITION: position}
+
+        return embed
+
+    def block(index, signature):
+        spec = specs[signature]
+        k_name, v_name = contract.cache_names(backbone.num_layers)[2 * index:2 * index + 2]
+        hidden = _spec((1, length(signature), backbone.hidden_dim), dtype, HIDDEN)
+
+        @tf.function(input_signature=[hidden, position_spec(signature),
+                                      spec[contract.INPUT_POS], spec[contract.MASK],
+                                      spec[k_name], spec[v_name]])
+        def step(x, position, input_pos, mask, cache_key, cache_value):
+            x, cache_key, cache_value = lm.block_cached(
+                index, x, cache_key, cache_value, mask, position,
+                small.cache_writer(input_pos, cache_length))
+            return {HIDDEN: x, k_name: tf.cast(cache_key, spec[k_name].dtype),
+                    v_name: tf.cast(cache_value, spec[v_name].dtype)}
+
+        return step
+
+    def head(signature):
+        hidden = _spec((1, length(signature), backbone.hidden_dim), dtype, HIDDEN)
+
+        @tf.function(input_signature=[hidden])
+        def logits(x):
+            return {contract.LOGITS: lm.head(x)}
+
+        return logits
+
+    pieces = [Piece(name="embedding", variables=backbone.token_embedding.variables,
+                    functions={s: embedding(s) for s in specs}, block=None, module=None)]
+    for i, layer in enumerate(backbone.transformer_layers):
+        pieces.append(Piece(name=layer.name, variables=layer.variables,
+                            functions={s: block(i, s) for s in specs}, block=layer, module=None))
+    pieces.append(Piece(name="head", variables=backbone.final_layernorm.variables
+                        + backbone.token_embedding.variables,
+                        functions={s: head(s) for s in specs}, block=None, module=None))
+    names = contract.cache_names(backbone.num_layers)
+    inputs = {s: list(spec) for s, spec in specs.items()}
+    outputs = {s: [contract.LOGITS] + names for s in specs}
+    return pieces, inputs, outputs
+
+
+def backbone_pieces(model, batch, seq, int8_embedding=False):
+    """The backbone's pieces, signature `serving_default` at (batch, seq).
+    `int8_embedding`: the table as int8 rows, as the small route's int8 and
+    int4 files store it (`export_tflite.int8_embedding_lookup`)."""
+    import tensorflow as tf
+
+    spec = [_spec((batch, seq), tf.int32, contract.TOKEN_IDS),
+            _spec((batch, seq), tf.int32, contract.PADDING_MASK)]
+    dtype = model.compute_dtype
+    hidden = _spec((batch, seq, model.hidden_dim), dtype, HIDDEN)
+    probe = model.attention_bias(tf.ones((batch, seq), tf.int32))
+    bias = [_spec(t.shape, t.dtype, n) for t, n in zip(probe, (MASK_BIAS, KEEP, POSITION))]
+    module = tf.Module() if int8_embedding else None
+    lookup = (export_tflite.int8_embedding_lookup(model, module) if int8_embedding
+              else model.token_embedding)
+
+    @tf.function(input_signature=spec)
+    def embed(token_ids, padding_mask):
+        mask_bias, keep, position = model.attention_bias(padding_mask)
+        return {HIDDEN: lookup(token_ids), MASK_BIAS: mask_bias, KEEP: keep,
+                POSITION: position}
+
+    def block(layer):
+        @tf.function(input_signature=[hidden] + bias)
+        def forward(x, mask_bias, keep, position):
+            return {HIDDEN: layer(x, mask_bias, keep, position, training=False)}
+
+        return forward
+
+    @tf.function(input_signature=[hidden])
+    def final(x):
+        return {contract.SEQUENCE_OUTPUT: model.final_layernorm(x)}
+
+    signature = contract.BACKBONE_SIGNATURE
+    pieces = [Piece(name="embedding",
+                    variables=[] if int8_embedding else model.token_embedding.variables,
+                    functions={signature: embed}, block=None, module=module)]
+    pieces += [Piece(name=layer.name, variables=layer.variables,
+                     functions={signature: block(layer)}, block=layer, module=None)
+               for layer in model.transformer_layers]
+    pieces.append(Piece(name="head", variables=model.final_layernorm.variables,
+                        functions={signature: final}, block=None, module=None))
+    return (pieces, {signature: [contract.TOKEN_IDS, contract.PADDING_MASK]},
+            {signature: [contract.SEQUENCE_OUTPUT]})
+
+
+def keras_reference(lm, cache_length, prefill_lengths, seed=0):
+    """`export_tflite_causal_lm.keras_reference` (the same prompt) computed with
+    plain forwards, one per new token: no XLA compilation of `generate`,
+    which at falcon-rw-1b's size costs minutes and gigabytes. Greedy tokens of
+    the uncached forward are those of the cached loop (tested)."""
+    rng = np.random.default_rng(seed)
+    sequence = rng.integers(0, lm.backbone.vocabulary_size, max(prefill_lengths) + 3).tolist()
+    prompt_length = len(sequence)
+    new = min(8, cache_length - prompt_length)
+    for step in range(new + 1):
+        logits = lm({"token_ids": np.array([sequence], "int32"),
+                     "padding_mask": np.ones((1, len(sequence)), "int32")}).numpy()[0]
+        if step < new:
+            sequence.append(int(logits[-1].argmax()))
+    return prompt_length, sequence, logits[:len(sequence)]
+
+
+class Calibration:
+    """GPTQ's calibration inputs carried through the Keras blocks one at a time.
+
+    `hessians(block, layers)` runs `block` on the current activations (one
+    calibration row at a time, as `gptq.layer_hessians` runs the whole model),
+    records its projections' Hessians and moves the activations past it.
+    """
+
+    def __init__(self, backbone, token_ids):
+        token_ids = np.asarray(token_ids)
+        if token_ids.ndim != 2 or not np.issubdtype(token_ids.dtype, np.integer):
+            raise ValueError(f"`calibration` must be integer token ids of shape (rows, tokens); "
+                             f"received {token_ids.dtype} {token_ids.shape}.")
+        if token_ids.size and (token_ids.min() < 0 or
+                               token_ids.max() >= backbone.vocabulary_size):
+            raise ValueError(f"`calibration` ids must lie in [0, {backbone.vocabulary_size}).")
+        self._bias = backbone.attention_bias(np.ones((1, token_ids.shape[1]), "int32"))
+        self._x = [backbone.token_embedding(row[None].astype("int32")) for row in token_ids]
+
+    def hessians(self, block, layers):
+        from converters import gptq
+
+        with gptq.recording(layers) as hessians:
+            self._x = [block(x, *self._bias, training=False) for x in self._x]
+        return hessians
+
+
+def _convert(piece):
+    with export_tflite.signatures_converter(types.SimpleNamespace(variables=piece.variables),
+                                            piece.functions, piece.module) as conv:
+        return conv.convert()
+
+
+class BlockTemplate:
+    """The first block's converted graph, reused for the blocks after it.
+
+    Every block has the same graph; only its weights differ. The first block
+    is converted twice, once with its weights and once with probe values
+    (distinct random numbers per variable), and each buffer of the converted
+    graph is traced to the variable it holds, as stored or transposed (FULLY_CONNECTED
+    stores a kernel's transpose). Buffers that hold no variable must come out the
+    same in both conversions (shapes, constants of the graph), or the template
+    is refused (`None` from `make`) and every block is converted. A later
+    block's float piece is then the template with its own variables written
+    into the traced buffers: one conversion instead of one per block.
+    """
+
+    def __init__(self, model, sources, first):
+        self.model, self.sources, self.first = model, sources, first
+
+    @classmethod
+    def make(cls, piece, data):
+        """`data`: `piece` (a block) converted with its own weights."""
+        from converters.flatbuffer_stitch import read_piece
+
+        if any(v.dtype != "float32" for v in piece.variables):
+            return None
+        rng = np.random.default_rng(0)
+        own = [v.numpy() for v in piece.variables]
+        try:
+            for v in piece.variables:
+                v.assign(rng.uniform(-1.0, 1.0, v.shape).astype(np.float32))
+            probed = read_piece(_convert(piece))
+            probes = {}
+            for j, v in enumerate(piece.variables):
+                value = v.numpy()
+                probes[value.tobytes()] = (j, False)
+                if value.ndim == 2:
+                    probes[np.ascontiguousarray(value.T).tobytes()] = (j, True)
+        finally:
+            for v, value in zip(piece.variables, own):
+                v.assign(value)
+        model = read_piece(data)
+        if len(model.buffers) != len(probed.buffers):
+            return None
+        sources = {}
+        for i, (real, probe) in enumerate(zip(model.buffers, probed.buffers)):
+            probe_bytes = b"" if probe.data is None else bytes(probe.data)
+            real_bytes = b"" if real.data is None else bytes(real.data)
+            if probe_bytes in probes:
+                sources[i] = probes[probe_bytes]
+            elif probe_bytes != real_bytes:
+                return None  # a constant folded from weights: not a template
+        if {j for j, _ in sources.values()} != set(range(len(own))):
+            return None  # some variable is not stored as itself
+        return cls(model, sources, piece)
+
+    def piece(self, piece):
+        """Bytes of `piece` (a later block) as a float .tflite."""
+        from tensorflow.lite.tools import flatbuffer_utils
+
+        values = [v.numpy() for v in piece.variables]
+        for i, (j, transposed) in self.sources.items():
+            value = values[j].T if transposed else values[j]
+            self.model.buffers[i].data = np.frombuffer(
+                np.ascontiguousarray(value, np.float32).tobytes(), np.uint8)
+        # Its own names: tensors under its layer's scope, ports of its own cache.
+        old, new = self.first.block.name.encode(), piece.block.name.encode()
+        renamed = []
+        for graph in self.model.subgraphs:
+            for tensor in graph.tensors:
+                renamed.append((tensor, tensor.name))
+                tensor.name = tensor.name.replace(old, new)
+        for signature in self.model.signatureDefs:
+            key = signature.signatureKey.decode()
+            ports = {a.name.encode(): b.name.encode() for a, b in zip(
+                self.first.functions[key].input_signature, piece.functions[key].input_signature)}
+            for port in signature.inputs + signature.outputs:
+                renamed.append((port, port.name))
+                port.name = ports.get(port.name, port.name)
+        try:
+            return flatbuffer_utils.convert_object_to_bytearray(self.model)
+        finally:
+            for item, name in renamed:
+                item.name = name
+
+
+def _same_layout(first, other):
+    """Whether two blocks hold variables of the same shapes in the same order."""
+    a, b = first.variables, other.variables
+    return len(a) == len(b) and all(
+        x.shape == y.shape and x.path.split("/", 1)[-1] == y.path.split("/", 1)[-1]
+        for x, y in zip(a, b))
+
+
+def write_pieces(pieces, inputs, outputs, variant, path, rounding="gptq", calibration=None,
+                 backbone=None, description=None):
+    """Converts, quantizes and stitches `pieces` into `path` (atomically).
+
+    int8 and int4 with `rounding="gptq"` round each block's projections just
+    before that block converts, calibrated on `calibration` token ids (None:
+    `gptq.default_calibration`) carried through `backbone`'s blocks.
+    Returns the file's size in bytes.
+    """
+    from converters import gptq
+
+    recipe = export_tflite.RECIPES.get(variant)
+    carried = None
+    if rounding == "gptq" and variant in ("int8", "int4"):
+        if calibration is None:
+            calibration = gptq.default_calibration(backbone.vocabulary_size)
+        carried = Calibration(backbone, calibration)
+    folder = os.path.dirname(os.path.abspath(path))
+    first = template = None
+    with Stitcher(folder) as stitcher, progress_bar(
+            description or f"{variant}: converting pieces", unit="piece") as progress:
+        for done, piece in enumerate(pieces):
+            kernels = {}
+            if carried is not None and piece.block is not None:
+                layers = gptq.quantized_layers(piece.block, recipe)
+                hessians = carried.hessians(piece.block, list(layers))
+                kernels = {layer: gptq.gptq_round(layer.kernel.numpy(), hessians[layer], *scheme)
+                           for layer, scheme in layers.items()}
+                del hessians
+            with gptq.assigned(kernels):
+                if piece.block is None:
+                    data = _convert(piece)
+                elif template is not None and _same_layout(first, piece):
+                    data = template.piece(piece)
+                else:
+                    data = _convert(piece)
+                    if first is None:
+                        first, template = piece, BlockTemplate.make(piece, data)
+            stitcher.add(export_tflite.quantize(data, variant))
+            del data, kernels
+            progress(done + 1, len(pieces))
+        return stitcher.write(path, inputs, outputs)
+
+
+# Run in a child that imports only numpy, ai-edge-litert and falcon_tf's loaders:
+# the file is verified where it will run, and its memory is not added to the
+# Keras model's in one process.
+_VERIFY = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from ai_edge_litert.interpreter import Interpreter
+kind, path, reference, out = sys.argv[2:6]
+interpreter = Interpreter(model_path=path, num_threads=int(sys.argv[6]))
+data = dict(np.load(reference))
+if kind == "causal_lm":
+    from falcon_tf.lite.causal_lm import SignatureRunners, run_steps
+    got = run_steps(SignatureRunners(interpreter), [int(t) for t in data["sequence"]],
+                    int(data["prompt_length"]))
+else:
+    runner = interpreter.get_signature_runner("serving_default")
+    got = runner(token_ids=data["token_ids"], padding_mask=data["padding_mask"])
+    got = got["sequence_output"]
+np.save(out, got)
+print(json.dumps({"tensorflow_loaded": "tensorflow" in sys.modules}))
+"""
+
+
+def run_file(kind, path, reference, num_threads=2):
+    """Runs the file at `path` on ai-edge-litert's CPU interpreter in a child
+    process: `kind` "causal_lm" (prefill and decode steps over
+    reference["sequence"]) or "backbone" (serving_default on
+    reference["token_ids"], ["padding_mask"]). Returns the output array."""
+    import falcon_tf
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(falcon_tf.__file__)))
+    with tempfile.TemporaryDirectory(prefix="falcon-tf-verify-") as tmp:
+        np.savez(os.path.join(tmp, "reference.npz"), **reference)
+        out = os.path.join(tmp, "out.npy")
+        proc = subprocess.run(
+            [sys.executable, "-c", _VERIFY, root, kind, path,
+             os.path.join(tmp, "reference.npz"), out, str(num_threads)],
+            capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"Running {path} on ai-edge-litert failed:\n"
+                               f"{proc.stderr[-3000:]}")
+        if json.loads(proc.stdout.strip().splitlines()[-1])["tensorflow_loaded"]:
+            raise AssertionError("the verifying process loaded TensorFlow")
+        return np.load(out)
+
+
+# The exporting process beyond the float32 weights: TensorFlow, the Keras
+# reference forwards and one piece in conversion. At falcon-rw-1b's shape its
+# peak was 8.58 GiB for 4.89 GiB of weights (benchmarks/export_large.py, fp16,
+# through the first 6 of 26 pieces).
+PROCESS_OVERHEAD = 3.7 * 2 ** 30
+
+
+def memory_bytes(model, variants, rounding="gptq"):
+    """About the peak memory of exporting `variants` of `model` this way:
+    the exporting process and the verifying child together."""
+    from converters import gptq
+
+    params = model.count_params()
+    hessians = 0
+    if rounding == "gptq" and {"int8", "int4"} & set(variants) and model.transformer_layers:
+        hessians = gptq.memory_bytes(model.transformer_layers[0])
+    parent = params * 4 + PROCESS_OVERHEAD + hessians
+    # The verifying child (an estimate): the file's pages, and float32 weights
+    # where the file dequantizes them at load (every variant today).
+    child = max(params * 4 + params * export_tflite._BYTES_PER_WEIGHT[v] for v in variants)
+    return int(parent + child)
+
+
+def check_memory(model, name, variants, rounding="gptq"):
+    """ValueError, before any work, when this machine has too little memory."""
+    needed = memory_bytes(model, variants, rounding)
+    total = export_tflite._total_memory()
+    if needed > total:
+        raise ValueError(
+            f"Exporting {', '.join(variants)} of {name} ({model.count_params():,} parameters) "
+            f"piece by piece needs about {needed / 2**30:.1f} GiB of memory (the float32 "
+            f"weights once: {model.count_params() * 4 / 2**30:.1f} GiB, one block's "
+            f"conversion, and the file run to verify it); this machine has "
+            f"{total / 2**30:.1f} GiB. Export on a larger machine.")
+
+
+def op_versions_of_file(path):
+    """`export_tflite.op_versions` of a file, read through a memory map."""
+    import mmap
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        return export_tflite.op_versions(data)

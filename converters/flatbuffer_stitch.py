@@ -1,0 +1,240 @@
+"""Separately converted TFLite pieces -> one model file, weights stored once.
+
+A model too large for one conversion is converted piece by piece (the
+embedding, each decoder block, the head: `export_tflite_large`), every piece
+holding the same signatures. `Stitcher` joins them: for each signature, the
+pieces' subgraphs run one after the other, a piece's input wired to the
+latest earlier output of the same name (`hidden`, `kv_cache_k_3` …), or, if
+none, made an input of the signature. Buffers with equal bytes are stored
+once: a weight shared by the signatures, and the tied LM head, which is the
+embedding table's bytes again.
+
+Buffer bytes go to a temporary file as pieces arrive, so only the graph stays
+in memory. `write` lays the file out as LiteRT reads large models: the
+FlatBuffer (graph only) first, then each buffer's bytes, 64-byte aligned, at
+the `offset`/`size` its Buffer entry names (relative to the file's start), so
+no FlatBuffer 2 GiB cap applies to the weights.
+"""
+
+import hashlib
+import os
+import shutil
+import tempfile
+
+ALIGNMENT = 64  # each buffer's bytes start on a multiple (XNNPACK reads aligned weights)
+
+
+def _align(n):
+    return -(-n // ALIGNMENT) * ALIGNMENT
+
+
+def _schema():
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return schema
+
+
+def read_piece(data):
+    """A converted piece (bytes) -> its ModelT; buffers stored past the
+    FlatBuffer (offset/size) are read back into `data`."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(data))
+
+
+def _remap_blockwise(tensor, mapping, schema):
+    """Blockwise quantization names its scale (and zero point) tensors by index."""
+    quantization = tensor.quantization
+    if quantization is None or quantization.detailsType != \
+            schema.QuantizationDetails.BlockwiseQuantization:
+        return
+    details = quantization.details
+    details.scales = mapping[details.scales]
+    if details.zeroPoints >= 0 and details.zeroPoints in mapping:
+        details.zeroPoints = mapping[details.zeroPoints]
+
+
+class Stitcher:
+    """Accumulates pieces (`add`) into one model (`write`).
+
+    `folder`: where the buffers' temporary file lives (the output's folder,
+    so the final write is a copy on the same disk).
+    """
+
+    def __init__(self, folder):
+        schema = _schema()
+        self._schema = schema
+        # Unnamed: gone with the process, however it ends.
+        self._blob = tempfile.TemporaryFile(prefix=".tmp-buffers-", dir=folder)
+        self._blob_size = 0
+        self._buffers = [None]  # buffer 0: the empty sentinel every model has
+        self._by_digest = {}
+        self._opcodes, self._opcode_index = [], {}
+        self._graphs = {}  # signature -> SubGraphT
+        self._wires = {}  # signature -> {name: tensor index}
+        self._inputs = {}  # signature -> {name: tensor index}
+
+    def close(self):
+        self._blob.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def data_bytes(self):
+        """Bytes of buffer data stored so far (shared buffers once)."""
+        return self._blob_size
+
+    def _buffer(self, buffer):
+        data = None if buffer is None else buffer.data
+        if data is None or len(data) == 0:
+            return 0
+        view = memoryview(data).cast("B")
+        digest = hashlib.sha1(view).digest() + len(view).to_bytes(8, "little")
+        if digest not in self._by_digest:
+            start = _align(self._blob_size)
+            self._blob.seek(start)
+            self._blob.write(view)
+            self._blob_size = start + len(view)
+            self._buffers.append((start, len(view)))
+            self._by_digest[digest] = len(self._buffers) - 1
+        return self._by_digest[digest]
+
+    def _opcode(self, code):
+        key = (code.builtinCode, code.deprecatedBuiltinCode, code.customCode, code.version)
+        if key not in self._opcode_index:
+            self._opcode_index[key] = len(self._opcodes)
+            self._opcodes.append(code)
+        return self._opcode_index[key]
+
+    def add(self, data):
+        """Appends a converted piece (bytes of a .tflite) to every signature it holds."""
+        model = read_piece(data)
+        if len(model.subgraphs) != len(model.signatureDefs or []):
+            raise ValueError(f"A piece must hold one subgraph per signature; this one has "
+                             f"{len(model.subgraphs)} subgraphs and "
+                             f"{len(model.signatureDefs or [])} signatures.")
+        opcodes = [self._opcode(code) for code in model.operatorCodes]
+        buffers = {}
+
+        def buffer(index):
+            if index not in buffers:
+                buffers[index] = self._buffer(model.buffers[index])
+            return buffers[index]
+
+        for signature in model.signatureDefs:
+            name = signature.signatureKey.decode()
+            piece = model.subgraphs[signature.subgraphIndex]
+            graph = self._graphs.setdefault(name, self._schema.SubGraphT())
+            if graph.tensors is None:
+                graph.tensors, graph.operators, graph.name = [], [], name
+            wires = self._wires.setdefault(name, {})
+            inputs = self._inputs.setdefault(name, {})
+            mapping, wired = {}, set()
+            for port in signature.inputs:
+                wire = port.name.decode()
+                if wire in wires:
+                    mapping[port.tensorIndex] = wires[wire]
+                    wired.add(port.tensorIndex)
+                else:
+                    mapping[port.tensorIndex] = wires[wire] = inputs[wire] = len(graph.tensors)
+                    tensor = piece.tensors[port.tensorIndex]
+                    tensor.buffer = buffer(tensor.buffer)
+                    graph.tensors.append(tensor)
+            for index, tensor in enumerate(piece.tensors):
+                if index in mapping:
+                    continue
+                mapping[index] = len(graph.tensors)
+                tensor.buffer = buffer(tensor.buffer)
+                graph.tensors.append(tensor)
+            for index in mapping:
+                if index not in wired:
+                    _remap_blockwise(graph.tensors[mapping[index]], mapping, self._schema)
+            for op in piece.operators:
+                op.opcodeIndex = opcodes[op.opcodeIndex]
+                op.inputs = [mapping[i] if i >= 0 else i for i in op.inputs]
+                op.outputs = [mapping[i] for i in op.outputs]
+                if op.intermediates is not None:
+                    op.intermediates = [mapping[i] for i in op.intermediates]
+                graph.operators.append(op)
+            for port in signature.outputs:
+                wires[port.name.decode()] = mapping[port.tensorIndex]
+        for index, buf in enumerate(model.buffers):  # piece buffers are in the temp file now
+            buf.data = None
+
+    def model(self, inputs, outputs):
+        """The stitched ModelT. `inputs` and `outputs`: {signature: [names]}, in
+        the order the signature lists them; each input must be one the pieces
+        left unwired, and each output a wire some piece produced."""
+        schema = self._schema
+        if sorted(inputs) != sorted(self._graphs) or sorted(outputs) != sorted(self._graphs):
+            raise ValueError(f"Signatures {sorted(inputs)} / {sorted(outputs)} do not match the "
+                             f"pieces' {sorted(self._graphs)}.")
+        definitions = []
+        for index, name in enumerate(inputs):
+            graph, wires, unwired = self._graphs[name], self._wires[name], self._inputs[name]
+            if sorted(unwired) != sorted(inputs[name]):
+                raise ValueError(f"Signature {name}: the pieces take {sorted(unwired)} from "
+                                 f"outside, not {sorted(inputs[name])}.")
+            missing = [n for n in outputs[name] if n not in wires]
+            if missing:
+                raise ValueError(f"Signature {name}: no piece produces {missing}.")
+            graph.inputs = [unwired[n] for n in inputs[name]]
+            graph.outputs = [wires[n] for n in outputs[name]]
+            definition = schema.SignatureDefT()
+            definition.signatureKey, definition.subgraphIndex = name, index
+            definition.inputs, definition.outputs = [], []
+            for names, ports, table in ((inputs[name], definition.inputs, unwired),
+                                        (outputs[name], definition.outputs, wires)):
+                for n in names:
+                    port = schema.TensorMapT()
+                    port.name, port.tensorIndex = n, table[n]
+                    ports.append(port)
+            definitions.append(definition)
+        model = schema.ModelT()
+        model.version, model.description = 3, "falcon-tf, stitched from converted pieces"
+        model.operatorCodes = self._opcodes
+        model.subgraphs = [self._graphs[n] for n in inputs]
+        model.signatureDefs = definitions
+        model.buffers = [schema.BufferT() for _ in self._buffers]
+        return model
+
+    def write(self, path, inputs, outputs):
+        """Writes the stitched model to `path` atomically (a temporary sibling,
+        then a rename): the FlatBuffer, then the buffers' bytes at their
+        offsets. Returns the file's size in bytes."""
+        from tensorflow.lite.tools import flatbuffer_utils
+
+        model = self.model(inputs, outputs)
+        located = [(i, loc) for i, loc in enumerate(self._buffers) if loc is not None]
+        # offset/size are 8-byte fields, present when non-zero: the FlatBuffer
+        # has one size whatever their values, so pack once with placeholders to
+        # learn where the data starts, then again with the real offsets.
+        for i, (start, size) in located:
+            model.buffers[i].offset, model.buffers[i].size = 1, 1
+        head = len(flatbuffer_utils.convert_object_to_bytearray(model))
+        base = _align(head)
+        for i, (start, size) in located:
+            model.buffers[i].offset, model.buffers[i].size = base + start, size
+        flat = flatbuffer_utils.convert_object_to_bytearray(model)
+        if len(flat) != head:
+            raise AssertionError("the FlatBuffer changed size between the two packings")
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(flat)
+                out.write(b"\0" * (base - len(flat)))
+                self._blob.flush()
+                self._blob.seek(0)
+                shutil.copyfileobj(self._blob, out, 16 << 20)
+                out.write(b"\0" * (_align(self._blob_size) - self._blob_size))
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return os.path.getsize(path)
