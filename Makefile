@@ -41,6 +41,7 @@ bench: $(VENV)/.test-$(HASH)
 	$(PY) benchmarks/tflite.py
 	$(PY) benchmarks/generate.py
 	$(PY) benchmarks/convert.py
+	$(PY) benchmarks/perplexity.py
 
 clean:
 	rm -rf $(VENV) artifacts/*/ .pytest_cache
