@@ -1,6 +1,7 @@
 """The `falcon-tf` command: thin wrappers over importable functions."""
 
 import argparse
+import gc
 import logging
 import os
 import sys
@@ -451,7 +452,13 @@ def main(argv=None):
         if args.command == "demo":
             if args.seq <= 0:
                 parser.error("--seq must be a positive integer")
-            print(demo(args.preset, args.out, seq=args.seq))
+            # LiteRT's runtime logs each environment and accelerator it makes and
+            # destroys (INFO lines on stderr; ai-edge-litert 2.3 has no setting
+            # for them): the demo runs with stderr captured, shown if it fails.
+            with _stderr_captured():
+                text = demo(args.preset, args.out, seq=args.seq)
+                gc.collect()
+            print(text)
         elif args.command == "export" and args.format == "tflite":
             variants = [v.strip() for v in args.variants.split(",") if v.strip()]
             if args.task == "causal_lm":
