@@ -319,14 +319,15 @@ def inspect_weights(path, config: FalconConfig):
     return f, found
 
 
-def iter_weights(path, config: FalconConfig):
+def iter_weights(path, config: FalconConfig, inspected=None):
     """model.weights.h5 (keras-hub layout) -> (our name, array in the stored dtype)
     pairs, one variable at a time, so that loading holds one tensor beyond the
     model's own variables.
 
-    Every dataset is checked first (`inspect_weights`); each value must be finite.
+    Every dataset is checked first (`inspect_weights`, or its result
+    `inspected`, whose file this closes); each value must be finite.
     """
-    f, found = inspect_weights(path, config)
+    f, found = inspected or inspect_weights(path, config)
     with f:
         fused = {}
         for h5_path, (shape, ours, slot) in keras_hub_layout(config).items():
@@ -464,20 +465,25 @@ def load_backbone(cls, preset, load_weights=True, **overrides):
         config = dict(found["config"])
     elif kind == "hf":
         config, layout = huggingface.read_hf_config(found)
-    else:
+    inspected = None
+    if kind == "dir":
         verify_preset_files(found, skip=() if load_weights else (WEIGHTS_FILE,))
         config = read_config(found)
         if load_weights:  # the weights file must fit the config before anything is built
             fields = {k: config[k] for k in FalconConfig.field_names() if k in config}
             overridden = {k: v for k, v in overrides.items() if k in fields}
-            f, _ = inspect_weights(os.path.join(found, WEIGHTS_FILE),
-                                   FalconConfig(**{**fields, **overridden}))
-            f.close()
+            inspected = inspect_weights(os.path.join(found, WEIGHTS_FILE),
+                                        FalconConfig(**{**fields, **overridden}))
     # As keras-hub does: a saved float dtype is not restored; the model takes
     # Keras's current default policy unless the caller passes `dtype`.
     config["dtype"] = None
     config.update(overrides)
-    model = cls(**config)
+    try:
+        model = cls(**config)
+    except BaseException:
+        if inspected is not None:
+            inspected[0].close()
+        raise
     # A checkpoint fact that travels with the model: FalconCausalLM (and so every
     # causal-LM export) refuses to tie a head the checkpoint did not tie.
     model.untied_lm_head = untied_head_reason(kind, found)
@@ -491,7 +497,7 @@ def load_backbone(cls, preset, load_weights=True, **overrides):
             assign_weights(model, weights, found)
     else:
         path = os.path.join(found, WEIGHTS_FILE)
-        assign_weights(model, iter_weights(path, model.falcon_config), path)
+        assign_weights(model, iter_weights(path, model.falcon_config, inspected), path)
     return model
 
 
