@@ -225,7 +225,6 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
     large = export_tflite_large.takes_large_route(model.count_params())
     if large:  # piece by piece, any size: refused only for memory
         export_tflite_large.check_memory(model, name, variants, rounding)
-        decode_windows = []  # the pieces hold prefill_<L> and decode, not decode_<W>
     too_big = [v for v in variants
                if v not in export_tflite.variants_that_fit(model.count_params(), [v])]
     if too_big and not large:
@@ -255,8 +254,6 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
 
     with progress_bar(f"Exporting TFLite causal LM {name}", unit="stage") as progress:
         float_models = {}
-        if large:
-            pieces = export_tflite_large.causal_lm_pieces(lm, cache_length, prefill_lengths)
         reference = (export_tflite_large.keras_reference if large else keras_reference)(
             lm, cache_length, prefill_lengths)
         progress(1, len(variants) + 1)
@@ -265,8 +262,11 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
             path = os.path.join(folder, f"{name}_causal_lm_{variant}.tflite")
             integer = variant in ("int8", "int4")
             if large:
+                pieces = export_tflite_large.causal_lm_pieces(
+                    lm, cache_length, prefill_lengths, decode_windows, integer)
                 export_tflite_large.write_pieces(*pieces, variant, path, rounding, calibration,
-                                                 model, f"{variant}: converting pieces")
+                                                 model, f"{variant}: converting pieces", recipes)
+                del pieces
                 prompt_length, sequence, _ = reference
                 parity = logit_parity(export_tflite_large.run_file(
                     "causal_lm", path, {"sequence": np.array(sequence, np.int32),

@@ -63,12 +63,17 @@ def _spec(shape, dtype, name):
     return tf.TensorSpec(shape, dtype, name)
 
 
-def causal_lm_pieces(lm, cache_length, prefill_lengths):
-    """The causal LM's pieces, each with every prefill_<L> and decode signature.
+def causal_lm_pieces(lm, cache_length, prefill_lengths, decode_windows=(),
+                     int8_embedding=False):
+    """The causal LM's pieces, each with every prefill_<L>, decode and decode_<W>
+    signature.
 
     Inputs and their specs are those of the small route's signatures
     (`export_tflite_causal_lm.signature_functions`); the pieces run the
-    stages of `FalconCausalLM.call_with_cache` with the same cache writer.
+    stages of `FalconCausalLM.call_with_cache` with the same cache writer and
+    windows. `int8_embedding`: the lookup GATHERs rows of an int8 copy of the
+    table (`export_tflite.embedding_rows_int8`), as the small route's int8 and
+    int4 files do; the head keeps the table as the LM head's weight.
     """
     import tensorflow as tf
 
@@ -76,15 +81,33 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths):
 
     backbone = lm.backbone
     specs = {name: {s.name: s for s in fn.input_signature} for name, fn in
-             small.signature_functions(lm, cache_length, prefill_lengths).items()}
+             small.signature_functions(lm, cache_length, prefill_lengths,
+                                       decode_windows=decode_windows).items()}
+    windows = {contract.decode_window_signature(w): w for w in decode_windows}
     dtype = backbone.compute_dtype
+    module, lookup = None, None
+    if int8_embedding:
+        module = tf.Module()
+        rows, scales = export_tflite.embedding_rows_int8(
+            backbone.token_embedding.embeddings.numpy())
+        module.embedding = [tf.Variable(rows, trainable=False, name="token_embedding_int8"),
+                            tf.Variable(scales, trainable=False, name="token_embedding_scale")]
+
+        def lookup(token_ids):  # (1, L) -> (1, L, hidden)
+            table, scale = module.embedding
+            flat = tf.reshape(token_ids, (-1,))
+            x = tf.cast(tf.gather(table, flat), tf.float32) * tf.gather(scale, flat)
+            return tf.cast(tf.reshape(x, (1, -1, backbone.hidden_dim)), dtype)
 
     def length(signature):
         return specs[signature][contract.TOKENS].shape[1]
 
+    def attended(signature):
+        return windows.get(signature, cache_length)
+
     def position_spec(signature):
         probe = backbone.attention_bias.cached_position(
-            tf.zeros((1, length(signature)), tf.int32), cache_length)
+            tf.zeros((1, length(signature)), tf.int32), attended(signature))
         return _spec(probe.shape, probe.dtype, POSITION)
 
     def embedding(signature):
@@ -92,7 +115,8 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths):
 
         @tf.function(input_signature=[spec[contract.TOKENS], spec[contract.INPUT_POS]])
         def embed(tokens, input_pos):
-            x, position = lm.embed_cached(tokens, input_pos[None, :], cache_length)
+            x, position = lm.embed_cached(tokens, input_pos[None, :], attended(signature),
+                                          lookup)
             return {HIDDEN: x, POSITION: position}
 
         return embed
@@ -101,14 +125,17 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths):
         spec = specs[signature]
         k_name, v_name = contract.cache_names(backbone.num_layers)[2 * index:2 * index + 2]
         hidden = _spec((1, length(signature), backbone.hidden_dim), dtype, HIDDEN)
+        window = windows.get(signature)
 
         @tf.function(input_signature=[hidden, position_spec(signature),
                                       spec[contract.INPUT_POS], spec[contract.MASK],
                                       spec[k_name], spec[v_name]])
         def step(x, position, input_pos, mask, cache_key, cache_value):
+            if window is not None:
+                mask = mask[..., :window]
             x, cache_key, cache_value = lm.block_cached(
                 index, x, cache_key, cache_value, mask, position,
-                small.cache_writer(input_pos, cache_length))
+                small.cache_writer(input_pos, cache_length), window)
             return {HIDDEN: x, k_name: tf.cast(cache_key, spec[k_name].dtype),
                     v_name: tf.cast(cache_value, spec[v_name].dtype)}
 
@@ -123,8 +150,9 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths):
 
         return logits
 
-    pieces = [Piece(name="embedding", variables=backbone.token_embedding.variables,
-                    functions={s: embedding(s) for s in specs}, block=None, module=None)]
+    pieces = [Piece(name="embedding",
+                    variables=[] if int8_embedding else backbone.token_embedding.variables,
+                    functions={s: embedding(s) for s in specs}, block=None, module=module)]
     for i, layer in enumerate(backbone.transformer_layers):
         pieces.append(Piece(name=layer.name, variables=layer.variables,
                             functions={s: block(i, s) for s in specs}, block=layer, module=None))
@@ -326,17 +354,19 @@ def _same_layout(first, other):
 
 
 def write_pieces(pieces, inputs, outputs, variant, path, rounding="gptq", calibration=None,
-                 backbone=None, description=None):
+                 backbone=None, description=None, recipes=None):
     """Converts, quantizes and stitches `pieces` into `path` (atomically).
 
     int8 and int4 with `rounding="gptq"` round each block's projections just
     before that block converts, calibrated on `calibration` token ids (None:
     `gptq.default_calibration`) carried through `backbone`'s blocks.
-    Returns the file's size in bytes.
+    `recipes`: ai-edge-quantizer's rules per variant (`export_tflite.RECIPES`
+    by default). Returns the file's size in bytes.
     """
     from converters import gptq
 
-    recipe = export_tflite.RECIPES.get(variant)
+    recipes = export_tflite.RECIPES if recipes is None else recipes
+    recipe = recipes.get(variant)
     carried = None
     if rounding == "gptq" and variant in ("int8", "int4"):
         if calibration is None:
@@ -363,7 +393,7 @@ def write_pieces(pieces, inputs, outputs, variant, path, rounding="gptq", calibr
                     data = _convert(piece)
                     if first is None:
                         first, template = piece, BlockTemplate.make(piece, data)
-            stitcher.add(export_tflite.quantize(data, variant))
+            stitcher.add(export_tflite.quantize(data, variant, recipes))
             del data, kernels
             progress(done + 1, len(pieces))
         return stitcher.write(path, inputs, outputs)

@@ -20,7 +20,7 @@ from falcon_tf import FalconBackbone, FalconCausalLM, cli, contract
 
 pytest.importorskip("ai_edge_litert")
 
-CACHE, PREFILL = 64, (8, 16)
+CACHE, PREFILL, WINDOWS = 64, (8, 16), (16, 32)
 PROMPTS = [[5, 17, 3, 9, 22], [8, 1, 30, 2, 11, 7, 25, 4, 19, 6, 13, 27, 14, 28, 10, 12, 29, 31,
                                33, 40]]
 # The small route's tolerances (tests/test_causal_lm_export.py, tests/test_tflite.py).
@@ -47,7 +47,7 @@ def causal_lm(forced, tmp_path_factory):
     entries = export_tflite_causal_lm("falcon_tiny_random", out, model=lm.backbone,
                                       variants=("fp32", "fp16", "int8", "int4"),
                                       cache_length=CACHE, prefill_lengths=PREFILL,
-                                      tokenizer=lm.tokenizer)
+                                      decode_windows=WINDOWS, tokenizer=lm.tokenizer)
     return lm, out / "falcon_tiny_random", entries
 
 
@@ -73,12 +73,41 @@ def test_causal_lm_takes_the_large_route_and_matches_keras(causal_lm):
         assert os.path.getsize(path) == entry["bytes"]
         signatures = Interpreter(model_path=str(path)).get_signature_list()
         names = contract.cache_names(lm.backbone.num_layers)
-        assert sorted(signatures) == ["decode", "prefill_16", "prefill_8"]
+        assert sorted(signatures) == ["decode", "decode_16", "decode_32", "prefill_16",
+                                      "prefill_8"]
         for signature in signatures.values():
             assert sorted(signature["inputs"]) == sorted(["tokens", "input_pos", "mask"] + names)
             assert sorted(signature["outputs"]) == sorted(["logits"] + names)
     assert entries["fp32"]["parity"]["max_abs_diff_vs_keras"] <= LOGIT_TOL
-    assert entries["int8"]["oldest_runtime"] == "tflite-runtime 2.14"
+    data = json.loads((artifact / "manifest.json").read_text())["causal_lm"]
+    assert data["decode_windows"] == list(WINDOWS)
+
+
+def test_large_integer_variants_compute_with_integer_kernels(causal_lm):
+    """int8 and int4 pieces use the causal LM's integer recipes: every
+    FULLY_CONNECTED (the tied head too) takes int8/int4 weights with float
+    activations, nothing DEQUANTIZEs a weight, and the int8 lookup table and
+    the head's int8 weight are the same bytes, stored once."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    lm, artifact, entries = causal_lm
+    vocab, hidden = lm.backbone.vocabulary_size, lm.backbone.hidden_dim
+    stored = {variant: sum(size for _, size, _ in buffers(artifact / entries[variant]["file"]))
+              for variant in entries}
+    for variant in ("int8", "int4"):
+        versions = entries[variant]["op_versions"]
+        assert versions["per_channel_hybrid"], variant
+        assert "DEQUANTIZE" not in versions["ops"], variant
+        assert entries[variant]["oldest_runtime"].startswith("ai-edge-litert"), variant
+        assert ("INT4" in versions["tensor_types"]) == (variant == "int4")
+        data = open(artifact / entries[variant]["file"], "rb").read()
+        model = schema.Model.GetRootAsModel(data, 0)
+        sizes = [model.Buffers(i).Size() for i in range(model.BuffersLength())]
+        assert sizes.count(vocab * hidden) == 1, variant  # the int8 table, once
+        assert vocab * hidden * 4 not in sizes, variant  # no float32 table
+    # Weight bytes (the graph of five signatures is most of a tiny file).
+    assert stored["int8"] < 0.3 * stored["fp32"]
+    assert stored["int4"] < stored["int8"]
 
 
 def test_large_layout_stores_each_weight_once_past_the_flatbuffer(causal_lm):
@@ -118,10 +147,10 @@ def test_large_files_generate_keras_tokens_on_litert(causal_lm):
 
 
 def test_large_route_gives_the_small_routes_numbers(causal_lm, tmp_path):
-    """The same float graph in pieces and whole (same cache writer, same
-    signatures): the two fp32 files compute the same logits. (The quantized
-    variants differ by design: the whole route's int8/int4 use the integer
-    causal-LM recipes, the pieces the backbone's.)"""
+    """The same graph in pieces and whole (same cache writer, signatures,
+    windows and recipes): the two fp32 files compute the same logits, and the
+    two int8 files (GPTQ on the same calibration; the pieces carry its
+    activations block by block) nearly so."""
     from ai_edge_litert.interpreter import Interpreter
 
     from falcon_tf.lite.causal_lm import SignatureRunners, run_steps
@@ -130,15 +159,22 @@ def test_large_route_gives_the_small_routes_numbers(causal_lm, tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(export_tflite_large, "LARGE_ROUTE_PARAMETERS", 10 ** 12)
         small = export_tflite_causal_lm("small", tmp_path, model=lm.backbone,
-                                        variants=("fp32",), cache_length=CACHE,
-                                        prefill_lengths=PREFILL, decode_windows=())
+                                        variants=("fp32", "int8"), cache_length=CACHE,
+                                        prefill_lengths=PREFILL, decode_windows=WINDOWS)
     assert small["fp32"]["route"] == "whole"
     sequence = list(range(1, 30))
-    got = {}
-    for route, path in (("pieces", artifact / entries["fp32"]["file"]),
-                        ("whole", tmp_path / "small" / small["fp32"]["file"])):
-        got[route] = run_steps(SignatureRunners(Interpreter(model_path=str(path))), sequence, 20)
-    np.testing.assert_allclose(got["pieces"], got["whole"], atol=1e-5)
+    for variant in ("fp32", "int8"):
+        got = {}
+        for route, path in (("pieces", artifact / entries[variant]["file"]),
+                            ("whole", tmp_path / "small" / small[variant]["file"])):
+            got[route] = run_steps(SignatureRunners(Interpreter(model_path=str(path))),
+                                   sequence, 20)
+        if variant == "fp32":
+            np.testing.assert_allclose(got["pieces"], got["whole"], atol=1e-5)
+        else:
+            a, b = got["pieces"].ravel(), got["whole"].ravel()
+            assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) >= 0.9999
+        assert small[variant]["op_versions"] == entries[variant]["op_versions"], variant
 
 
 def test_backbone_takes_the_large_route_and_matches_keras(forced, tmp_path):
