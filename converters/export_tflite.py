@@ -202,7 +202,8 @@ CAUSAL_LM_RECIPES = {
 ROUNDINGS = ("gptq", "nearest")
 
 
-def convert(model, variant, batch=1, seq=128, rounding="gptq", calibration=None):
+def convert(model, variant, batch=1, seq=128, rounding="gptq", calibration=None,
+            float_models=None):
     """A FalconBackbone -> bytes of one variant's .tflite.
 
     The int8 and int4 variants' projection weights are rounded onto
@@ -213,7 +214,8 @@ def convert(model, variant, batch=1, seq=128, rounding="gptq", calibration=None)
     fixed seed, `gptq.default_calibration`) show (see converters/gptq.py);
     `rounding="nearest"` leaves each weight to ai-edge-quantizer's round to
     nearest. Real text in `calibration` suits a trained model better than
-    random ids.
+    random ids. `float_models`: a dict that keeps the float32 files converted
+    here for the next call (one conversion per graph, whatever the variants).
     """
     if variant not in VARIANTS:
         raise ValueError(f"`variant` must be one of {', '.join(VARIANTS)}; received {variant!r}.")
@@ -225,15 +227,54 @@ def convert(model, variant, batch=1, seq=128, rounding="gptq", calibration=None)
             raise ValueError(_needs_float_file(variant, model.count_params()))
         return convert_int8_large(model, batch, seq)
     int8_embedding = variant in ("int8", "int4")
+    float_models = {} if float_models is None else float_models
+    if int8_embedding not in float_models:
+        float_models[int8_embedding] = convert_fp32(model, batch, seq, int8_embedding)
     if rounding == "nearest" or variant not in ("int8", "int4"):
-        return quantize(convert_fp32(model, batch, seq, int8_embedding), variant)
+        return quantize(float_models[int8_embedding], variant)
     from converters import gptq
 
     if calibration is None:
         calibration = gptq.default_calibration(model.vocabulary_size)
-    with gptq.rounded_weights(model, RECIPES[variant], calibration):
-        float_model = convert_fp32(model, batch, seq, int8_embedding)
-    return quantize(float_model, variant)
+    kernels = gptq.rounded_kernels(model, RECIPES[variant], calibration)
+    return quantize(with_kernels(float_models[int8_embedding], kernels,
+                                 lambda: convert_fp32(model, batch, seq, int8_embedding)),
+                    variant)
+
+
+def with_kernels(float_model, kernels, reconvert):
+    """Bytes of `float_model` (a float32 .tflite) with Dense kernels replaced:
+    `kernels` is {Dense layer: new kernel}. Each kernel's buffer is found by
+    its current value's bytes, as stored or transposed (FULLY_CONNECTED keeps
+    a kernel's transpose), and overwritten: no second conversion. Where some
+    kernel is not stored as exactly one buffer of its own (the converter
+    folded it into a constant), `reconvert()` runs with the kernels assigned
+    to the layers instead."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from converters import gptq
+
+    if not kernels:
+        return float_model
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(float_model))
+    where = {}
+    for i, buffer in enumerate(model.buffers):
+        if buffer.data is not None and len(buffer.data):
+            where.setdefault(bytes(buffer.data), []).append(i)
+    writes = []
+    for layer, value in kernels.items():
+        own = np.asarray(layer.kernel.numpy(), np.float32)
+        found = [(i, False) for i in where.get(own.tobytes(), [])] + \
+            [(i, True) for i in where.get(np.ascontiguousarray(own.T).tobytes(), [])]
+        if len(found) != 1:
+            with gptq.assigned(kernels):
+                return reconvert()
+        i, transposed = found[0]
+        value = np.asarray(value, np.float32)
+        writes.append((i, np.ascontiguousarray(value.T if transposed else value)))
+    for i, value in writes:
+        model.buffers[i].data = np.frombuffer(value.tobytes(), np.uint8)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def float_file_fits(parameter_count):
@@ -479,7 +520,7 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
     artifact_dir = os.path.abspath(os.path.join(out_dir, name))
     folder = os.path.join(artifact_dir, "tflite")
     os.makedirs(folder, exist_ok=True)
-    entries = {}
+    entries, float_models = {}, {}
     with progress_bar(f"Exporting TFLite {name}", unit="variant") as progress:
         for done, variant in enumerate(variants):
             path = os.path.join(folder, f"{name}_{variant}.tflite")
@@ -494,7 +535,7 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
                                        expected)
                 versions = export_tflite_large.op_versions_of_file(path)
             else:
-                data = convert(model, variant, batch, seq, rounding, calibration)
+                data = convert(model, variant, batch, seq, rounding, calibration, float_models)
                 manifest.atomic_write(path, data)
                 versions = op_versions(data)
                 result = parity(data, model, batch, seq)

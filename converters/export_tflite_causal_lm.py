@@ -277,8 +277,11 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
 
                 calibration = (gptq.default_calibration(config.vocabulary_size)
                                if calibration is None else calibration)
-                with gptq.rounded_weights(model, recipes[variant], calibration):
-                    data = export_tflite.quantize(float_file(True), variant, recipes)
+                kernels = gptq.rounded_kernels(model, recipes[variant], calibration)
+                if integer not in float_models:
+                    float_models[integer] = float_file(integer)
+                data = export_tflite.quantize(export_tflite.with_kernels(
+                    float_models[integer], kernels, lambda: float_file(True)), variant, recipes)
             else:
                 if integer not in float_models:
                     float_models[integer] = float_file(integer)

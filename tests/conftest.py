@@ -63,27 +63,45 @@ def keras_hub():
     return keras_hub
 
 
-def make_venv(tmp_path_factory, name, *packages):
-    """A fresh virtual environment holding only `packages`; returns its python."""
-    venv = tmp_path_factory.mktemp(name)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    python = str(venv / "bin" / "python")
-    proc = subprocess.run([python, "-m", "pip", "install", "-q", *packages], capture_output=True,
-                          text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def make_venv(name, *packages):
+    """A virtual environment holding only `packages`; returns its python.
+
+    Made once, beside the test environment (`sys.prefix`, which `make clean`
+    removes) under a name that hashes the packages, and reused by later runs
+    and by every pytest worker (a lock file makes the others wait while one
+    builds it)."""
+    import fcntl
+    import hashlib
+    import shutil
+
+    key = hashlib.sha256("\n".join(packages).encode()).hexdigest()[:12]
+    root = os.path.join(sys.prefix, "falcon-tf-test-venvs")
+    os.makedirs(root, exist_ok=True)
+    venv = os.path.join(root, f"{name}-{key}")
+    python = os.path.join(venv, "bin", "python")
+    done = os.path.join(venv, ".complete")
+    with open(venv + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(done):
+            shutil.rmtree(venv, ignore_errors=True)  # a build cut short
+            subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+            proc = subprocess.run([python, "-m", "pip", "install", "-q", *packages],
+                                  capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            open(done, "w").close()
     return python
 
 
 @pytest.fixture(scope="session")
-def tflite_runtime_2_14(tmp_path_factory):
+def tflite_runtime_2_14():
     """tflite-runtime 2.14 (the last release) with the numpy < 2 it needs."""
-    return make_venv(tmp_path_factory, "tflite_runtime_2_14", "tflite-runtime==2.14.0", "numpy<2")
+    return make_venv("tflite_runtime_2_14", "tflite-runtime==2.14.0", "numpy<2")
 
 
 @pytest.fixture(scope="session")
-def litert_only(tmp_path_factory):
+def litert_only():
     """What an edge device has: numpy and ai-edge-litert, no TensorFlow, no Keras."""
-    return make_venv(tmp_path_factory, "litert_only", "ai-edge-litert>=2.3,<2.4")
+    return make_venv("litert_only", "ai-edge-litert>=2.3,<2.4")
 
 
 def unsign(preset_dir):

@@ -185,3 +185,33 @@ def test_export_counts_gptq_memory_and_names_the_way_out(monkeypatch, tmp_path):
         module.export_tflite("m", tmp_path, model=model, variants=("int8",), rounding="nearest")
     with pytest.raises(Reached):  # nor do the float variants
         module.export_tflite("m", tmp_path, model=model, variants=("fp16",))
+
+
+@pytest.mark.parametrize("int8_embedding", [False, True])
+def test_rounded_kernels_written_into_the_float_file_equal_a_second_conversion(int8_embedding):
+    """`with_kernels` overwrites each kernel's buffer in the converted float file:
+    byte for byte the file a conversion with the kernels assigned gives, without
+    that conversion."""
+    from converters import export_tflite
+
+    model = trained_like(FalconBackbone(**CONFIG), seed=1)
+    ids = gptq.default_calibration(CONFIG["vocabulary_size"], (2, 32))
+    kernels = gptq.rounded_kernels(model, RECIPES["int4"], ids)
+    float_model = export_tflite.convert_fp32(model, 1, 8, int8_embedding)
+
+    def reconvert():
+        raise AssertionError("every kernel has a buffer of its own: no conversion needed")
+
+    written = export_tflite.with_kernels(float_model, kernels, reconvert)
+    with gptq.assigned(kernels):
+        expected = export_tflite.convert_fp32(model, 1, 8, int8_embedding)
+    assert written == expected
+    assert written != float_model
+    # A kernel stored nowhere as itself: the conversion runs, the kernels assigned.
+    layer = next(iter(kernels))
+    seen = []
+    with gptq.assigned({layer: layer.kernel.numpy() * 2}):
+        got = export_tflite.with_kernels(
+            float_model, {layer: kernels[layer]},
+            lambda: seen.append(np.array_equal(layer.kernel.numpy(), kernels[layer])) or "again")
+    assert got == "again" and seen == [True]

@@ -252,42 +252,55 @@ def test_cli_exports_a_preset_directory_and_refuses_what_will_not_fit(forced, tm
 
 @pytest.mark.slow
 def test_a_stitched_file_over_2_gib_loads_and_runs_on_litert(tmp_path):
-    """Nine 256 MB matmuls, converted one at a time: a 2.3 GB file, past the
-    FlatBuffer's 2 GiB, in the buffer-offset layout."""
+    """Nine 256 MB matmuls stitched into a 2.3 GB file, past the FlatBuffer's
+    2 GiB, in the buffer-offset layout. One piece is converted; the others are
+    its graph with their own weights written into its weight buffer (each
+    weight symmetric, so it does not matter whether the file stores it
+    transposed)."""
     import keras
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
+    from tensorflow.lite.tools import flatbuffer_utils
 
     from converters.export_tflite import signatures_converter
-    from converters.flatbuffer_stitch import Stitcher
+    from converters.flatbuffer_stitch import Stitcher, read_piece
 
     width, count = 8192, 9
 
     def weight(k):
-        rng = np.random.default_rng(k)
-        return (rng.standard_normal((width, width), np.float32) / np.sqrt(width)).astype(
-            np.float32)
+        a = np.random.default_rng(k).standard_normal((width, width), np.float32)
+        a += a.T
+        a *= np.float32(0.5 / np.sqrt(width))
+        return a
 
+    first = weight(0)
+    w = keras.Variable(first)
+
+    @tf.function(input_signature=[tf.TensorSpec((1, width), tf.float32, "hidden")])
+    def piece(x):
+        return {"hidden": tf.matmul(x, w)}
+
+    with signatures_converter(types.SimpleNamespace(variables=[w]),
+                              {"serving_default": piece}) as conv:
+        converted = read_piece(conv.convert())
+    del w, conv
+    held = [b for b in converted.buffers
+            if b.data is not None and bytes(b.data) == first.tobytes()]
+    assert len(held) == 1
+    x = np.random.default_rng(99).standard_normal((1, width)).astype(np.float32)
+    expected = x.astype(np.float64)
     with Stitcher(str(tmp_path)) as stitcher:
         for k in range(count):
-            w = keras.Variable(weight(k))
-
-            @tf.function(input_signature=[tf.TensorSpec((1, width), tf.float32, "hidden")])
-            def piece(x):
-                return {"hidden": tf.matmul(x, w)}
-
-            with signatures_converter(types.SimpleNamespace(variables=[w]),
-                                      {"serving_default": piece}) as conv:
-                stitcher.add(conv.convert())
-            del w, piece, conv
+            value = first if k == 0 else weight(k)
+            expected = expected @ value
+            held[0].data = np.frombuffer(value.tobytes(), np.uint8)
+            stitcher.add(flatbuffer_utils.convert_object_to_bytearray(converted))
+            held[0].data = None
+            del value
         path = tmp_path / "big.tflite"
         size = stitcher.write(str(path), {"serving_default": ["hidden"]},
                               {"serving_default": ["hidden"]})
     assert size == os.path.getsize(path) > 2 ** 31
-    x = np.random.default_rng(99).standard_normal((1, width)).astype(np.float32)
     got = Interpreter(model_path=str(path), num_threads=2).get_signature_runner(
         "serving_default")(hidden=x)["hidden"]
-    expected = x.astype(np.float64)
-    for k in range(count):
-        expected = expected @ weight(k)
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
