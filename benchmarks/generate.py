@@ -56,8 +56,11 @@ def fully_connected_bytes(path, signature="decode"):
     """Bytes of the constant tensors that `signature`'s FULLY_CONNECTED ops read."""
     from ai_edge_litert import schema_py_generated as schema
 
-    with open(path, "rb") as f:
-        model = schema.Model.GetRootAsModel(f.read(), 0)
+    import mmap
+
+    with open(path, "rb") as f:  # mapped: files past 2 GiB are not read into memory
+        data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    model = schema.Model.GetRootAsModel(data, 0)
     fc = schema.BuiltinOperator.FULLY_CONNECTED
     index = next(i for i in range(model.SignatureDefsLength())
                  if model.SignatureDefs(i).SignatureKey().decode() == signature)
