@@ -275,6 +275,67 @@ def causal_lm_parity(loaded, reference):
             "generate": {"greedy_tokens_equal_keras": same}}
 
 
+def written_parity(path, reference):
+    """(parity, signature specs) of the SavedModel at `path` against
+    `reference` (`keras_reference`): the backbone signatures on its batch, and
+    `causal_lm_parity`. Needs TensorFlow only."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    x, expected = reference["x"], reference["sequence_output"]
+    parity, signatures = {}, {}
+    for signature in SIGNATURES:
+        fn = loaded.signatures[signature]
+        got = fn(token_ids=tf.constant(x["token_ids"]),
+                 padding_mask=tf.constant(x["padding_mask"]))["sequence_output"].numpy()
+        parity[signature] = {"max_abs_diff_vs_keras": float(np.abs(got - expected).max()),
+                             "finite": bool(np.isfinite(got).all())}
+    parity.update(causal_lm_parity(loaded, reference))
+    for name in sorted(loaded.signatures.keys()):
+        signatures[name] = _signature_spec(loaded.signatures[name])
+    return parity, signatures
+
+
+# Run in a child that imports TensorFlow and numpy, not the Keras model.
+_VERIFY = """
+import json, pickle, sys
+sys.path.insert(0, sys.argv[1])
+from converters.export_saved_model import written_parity
+with open(sys.argv[3], "rb") as f:
+    reference = pickle.load(f)
+parity, signatures = written_parity(sys.argv[2], reference)
+print(json.dumps({"parity": parity, "signatures": signatures,
+                  "model_loaded": "falcon_tf.backbone" in sys.modules}))
+"""
+
+
+def verify_written(path, reference):
+    """`written_parity` of the SavedModel at `path`, computed in a child process.
+    Returns (parity, signature specs)."""
+    import json
+    import pickle
+    import subprocess
+    import sys
+
+    import falcon_tf
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(falcon_tf.__file__)))
+    with tempfile.TemporaryDirectory(prefix="falcon-tf-verify-") as tmp:
+        data = os.path.join(tmp, "reference.pickle")
+        with open(data, "wb") as f:
+            pickle.dump(reference, f)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        proc = subprocess.run([sys.executable, "-c", _VERIFY, root, path, data],
+                              capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"Loading the written SavedModel {path} back failed:\n"
+                           f"{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["model_loaded"]:
+        raise AssertionError("the verifying process loaded the Keras model")
+    return result["parity"], result["signatures"]
+
+
 def export_saved_model(preset, out_dir="artifacts", name=None, model=None, tokenizer=None):
     """Exports `preset` (anything FalconBackbone.from_preset takes, or `model`),
     and its tokenizer (the preset's, or `tokenizer`) when it has one.
@@ -299,7 +360,6 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
         progress(1, len(steps))
 
         module, concrete = serving_module(model)
-        lm_signatures = [n for n in concrete if n not in SIGNATURES]
         reference = keras_reference(model)
         progress(2, len(steps))
 
@@ -311,21 +371,10 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
             write_warmup(os.path.join(tmp, WARMUP_FILE), name, config.vocabulary_size)
             progress(4, len(steps))
 
-            # Parity of the written files, loaded back as TF Serving would see them.
-            loaded = tf.saved_model.load(tmp)
-            x, expected = reference["x"], reference["sequence_output"]
-            parity, signatures = {}, {}
-            for signature in SIGNATURES:
-                fn = loaded.signatures[signature]
-                got = fn(token_ids=tf.constant(x["token_ids"]),
-                         padding_mask=tf.constant(x["padding_mask"]))["sequence_output"].numpy()
-                parity[signature] = {"max_abs_diff_vs_keras": float(np.abs(got - expected).max()),
-                                     "finite": bool(np.isfinite(got).all())}
-                signatures[signature] = _signature_spec(fn)
-            parity.update(causal_lm_parity(loaded, reference))
-            for signature in lm_signatures:
-                signatures[signature] = _signature_spec(loaded.signatures[signature])
-            del loaded
+            # Parity of the written files, loaded back as TF Serving would see
+            # them, in a child process: its copy of the weights is not added to
+            # the Keras model's in this one.
+            parity, signatures = verify_written(tmp, reference)
             progress(5, len(steps))
 
             # Under the artifact's lock: a concurrent export takes the next number.
