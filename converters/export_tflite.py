@@ -123,7 +123,11 @@ def signatures_converter(model, functions, module=None):
     module = module or tf.Module()
     module.weights = [variable.value for variable in model.variables]
     module.functions = dict(functions)
-    with tempfile.TemporaryDirectory(prefix="falcon-tf-tflite-") as tmp:
+    # Named after this process: one killed midway leaves a folder holding the
+    # weights, removed by the next conversion.
+    prefix = "falcon-tf-tflite-"
+    manifest.remove_stale(tempfile.gettempdir(), prefix)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as tmp:
         tf.saved_model.save(module, tmp, signatures={
             name: fn.get_concrete_function() for name, fn in functions.items()})
         yield tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(functions))

@@ -135,18 +135,29 @@ def _alive(pid):
     return True
 
 
-def remove_stale_staged(folder):
-    """Removes staged files (`staged_path`) of processes that no longer run:
-    what an export killed before publishing left behind."""
+def remove_stale(folder, prefix):
+    """Removes the files and folders in `folder` named `<prefix><pid>-…` whose
+    process no longer runs: what an export killed midway left behind."""
     if not os.path.isdir(folder):
         return
+    import shutil
+
     for name in os.listdir(folder):
-        if not name.startswith(STAGED_PREFIX):
+        if not name.startswith(prefix):
             continue
-        pid = name[len(STAGED_PREFIX):].split("-", 1)[0]
+        pid = name[len(prefix):].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            with contextlib.suppress(OSError):
-                os.remove(os.path.join(folder, name))
+            path = os.path.join(folder, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+
+
+def remove_stale_staged(folder):
+    """Staged files (`staged_path`) of exports that no longer run."""
+    remove_stale(folder, STAGED_PREFIX)
 
 
 def commit(artifact_dir, moves, edit):

@@ -111,3 +111,23 @@ def test_a_failed_export_removes_its_staged_files(tmp_path, monkeypatch):
             "falcon_tiny_random"), variants=("fp32",), cache_length=32, prefill_lengths=(8,))
     assert [p.name for p in (tmp_path / "tiny" / "tflite").iterdir()] == []
     assert not (tmp_path / "tiny" / "manifest.json").exists()
+
+
+def test_temporaries_of_dead_exports_are_removed(tmp_path, monkeypatch):
+    import tempfile
+
+    from converters import export_tflite
+    from falcon_tf import FalconBackbone
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    left = tmp_path / f"falcon-tf-tflite-{dead}-abc"
+    left.mkdir()
+    (left / "variables.data").write_bytes(b"weights")
+    alive = tmp_path / f"falcon-tf-tflite-{os.getppid()}-abc"  # a running process's
+    alive.mkdir()
+    export_tflite.convert_fp32(FalconBackbone.from_preset("falcon_tiny_random"), 1, 8)
+    assert not left.exists() and alive.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("falcon-tf-")) == [
+        alive.name]  # and the conversion removed its own
