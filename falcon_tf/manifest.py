@@ -68,11 +68,20 @@ def atomic_write(path, content):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content.encode("utf-8") if isinstance(content, str) else content)
+        publishable(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def publishable(path):
+    """Gives a temporary file (created 0600) the mode a plainly created file
+    would have under the process's umask, before it is renamed into place."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 _held = {}  # (lock path, thread) -> (open file, depth): re-entrant within a thread

@@ -131,3 +131,12 @@ def test_temporaries_of_dead_exports_are_removed(tmp_path, monkeypatch):
     assert not left.exists() and alive.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("falcon-tf-")) == [
         alive.name]  # and the conversion removed its own
+
+
+def test_published_files_take_the_umasks_mode(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        manifest.atomic_write(str(tmp_path / "a.json"), "{}")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
