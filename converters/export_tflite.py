@@ -123,7 +123,11 @@ def signatures_converter(model, functions, module=None):
     module = module or tf.Module()
     module.weights = [variable.value for variable in model.variables]
     module.functions = dict(functions)
-    with tempfile.TemporaryDirectory(prefix="falcon-tf-tflite-") as tmp:
+    # Named after this process: one killed midway leaves a folder holding the
+    # weights, removed by the next conversion.
+    prefix = "falcon-tf-tflite-"
+    manifest.remove_stale(tempfile.gettempdir(), prefix)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as tmp:
         tf.saved_model.save(module, tmp, signatures={
             name: fn.get_concrete_function() for name, fn in functions.items()})
         yield tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(functions))
@@ -521,53 +525,56 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
     folder = os.path.join(artifact_dir, "tflite")
     os.makedirs(folder, exist_ok=True)
     entries, float_models = {}, {}
-    with progress_bar(f"Exporting TFLite {name}", unit="variant") as progress:
-        for done, variant in enumerate(variants):
-            path = os.path.join(folder, f"{name}_{variant}.tflite")
-            if large:
-                pieces = export_tflite_large.backbone_pieces(model, batch, seq,
-                                                             variant in ("int8", "int4"))
-                export_tflite_large.write_pieces(*pieces, variant, path, rounding, calibration,
-                                                 model, f"{variant}: converting pieces")
-                del pieces
-                x, expected = parity_reference(model, batch, seq)
-                result = output_parity(export_tflite_large.run_file("backbone", path, x), x,
-                                       expected)
-                versions = export_tflite_large.op_versions_of_file(path)
-            else:
-                data = convert(model, variant, batch, seq, rounding, calibration, float_models)
-                manifest.atomic_write(path, data)
-                versions = op_versions(data)
-                result = parity(data, model, batch, seq)
-            relative = os.path.relpath(path, artifact_dir)
-            entries[variant] = {
-                "file": relative,
-                "bytes": os.path.getsize(path),
-                "route": "pieces" if large else "whole",
-                "sha256": manifest.sha256(path),
-                "weight_bytes_fp32": model.count_params() * 4,
-                "signature": {"serving_default": {
-                    "inputs": {"token_ids": {"dtype": "int32", "shape": [batch, seq]},
-                               "padding_mask": {"dtype": "int32", "shape": [batch, seq]}},
-                    "outputs": {"sequence_output": {"dtype": "float32",
-                                                    "shape": [batch, seq, model.hidden_dim]}}}},
-                "parity": result,
-                "op_versions": versions,
-                "oldest_runtime": oldest_runtime(versions),
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                    timespec="seconds"),
-                "tool_versions": {"falcon_tf": __version__, "tensorflow": tf.__version__},
-            }
-            progress(done + 1, len(variants))
+    # Every file is written to a staged sibling and published with the manifest
+    # at the end: an export that fails or is killed leaves the previous files
+    # and manifest as they were.
+    with manifest.Staging(artifact_dir) as staging:
+        with progress_bar(f"Exporting TFLite {name}", unit="variant") as progress:
+            for done, variant in enumerate(variants):
+                final = os.path.join(folder, f"{name}_{variant}.tflite")
+                path = staging.path(final)
+                if large:
+                    pieces = export_tflite_large.backbone_pieces(model, batch, seq,
+                                                                 variant in ("int8", "int4"))
+                    export_tflite_large.write_pieces(*pieces, variant, path, rounding,
+                                                     calibration, model,
+                                                     f"{variant}: converting pieces")
+                    del pieces
+                    x, expected = parity_reference(model, batch, seq)
+                    result = output_parity(export_tflite_large.run_file("backbone", path, x), x,
+                                           expected)
+                    versions = export_tflite_large.op_versions_of_file(path)
+                else:
+                    data = convert(model, variant, batch, seq, rounding, calibration,
+                                   float_models)
+                    manifest.atomic_write(path, data)
+                    versions = op_versions(data)
+                    result = parity(data, model, batch, seq)
+                entries[variant] = {
+                    "file": os.path.relpath(final, artifact_dir),
+                    "bytes": os.path.getsize(path),
+                    "route": "pieces" if large else "whole",
+                    "sha256": manifest.sha256(path),
+                    "weight_bytes_fp32": model.count_params() * 4,
+                    "signature": {"serving_default": {
+                        "inputs": {"token_ids": {"dtype": "int32", "shape": [batch, seq]},
+                                   "padding_mask": {"dtype": "int32", "shape": [batch, seq]}},
+                        "outputs": {"sequence_output": {
+                            "dtype": "float32", "shape": [batch, seq, model.hidden_dim]}}}},
+                    "parity": result,
+                    "op_versions": versions,
+                    "oldest_runtime": oldest_runtime(versions),
+                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                        timespec="seconds"),
+                    "tool_versions": {"falcon_tf": __version__, "tensorflow": tf.__version__},
+                    "gpu_fully_accelerated": gpu_fully_accelerated(path),
+                }
+                progress(done + 1, len(variants))
 
-    for entry in entries.values():
-        entry["gpu_fully_accelerated"] = gpu_fully_accelerated(
-            os.path.join(artifact_dir, entry["file"]))
+        def record(data):
+            data["preset"] = name
+            data["config"] = model.falcon_config.to_dict()
+            data.setdefault("tflite", {"variants": {}})["variants"].update(entries)
 
-    def record(data):
-        data["preset"] = name
-        data["config"] = model.falcon_config.to_dict()
-        data.setdefault("tflite", {"variants": {}})["variants"].update(entries)
-
-    manifest.update(artifact_dir, record)
+        staging.commit(record)
     return entries

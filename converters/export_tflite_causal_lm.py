@@ -252,112 +252,118 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
         with export_tflite.signatures_converter(model, functions, module) as conv:
             return conv.convert()
 
-    with progress_bar(f"Exporting TFLite causal LM {name}", unit="stage") as progress:
-        float_models = {}
-        reference = (export_tflite_large.keras_reference if large else keras_reference)(
-            lm, cache_length, prefill_lengths)
-        progress(1, len(variants) + 1)
-        entries = {}
-        for done, variant in enumerate(variants):
-            path = os.path.join(folder, f"{name}_causal_lm_{variant}.tflite")
-            integer = variant in ("int8", "int4")
-            if large:
-                pieces = export_tflite_large.causal_lm_pieces(
-                    lm, cache_length, prefill_lengths, decode_windows, integer)
-                export_tflite_large.write_pieces(*pieces, variant, path, rounding, calibration,
-                                                 model, f"{variant}: converting pieces", recipes)
-                del pieces
-                prompt_length, sequence, _ = reference
-                parity = logit_parity(export_tflite_large.run_file(
-                    "causal_lm", path, {"sequence": np.array(sequence, np.int32),
-                                        "prompt_length": np.array(prompt_length)}), reference)
-                versions = export_tflite_large.op_versions_of_file(path)
-            elif integer and rounding == "gptq":
-                from converters import gptq
+    # Every file is written to a staged sibling and published with the manifest
+    # at the end: an export that fails or is killed leaves the previous files
+    # and manifest as they were.
+    with manifest.Staging(artifact_dir) as staging:
+        with progress_bar(f"Exporting TFLite causal LM {name}", unit="stage") as progress:
+            float_models = {}
+            reference = (export_tflite_large.keras_reference if large else keras_reference)(
+                lm, cache_length, prefill_lengths)
+            progress(1, len(variants) + 1)
+            entries = {}
+            for done, variant in enumerate(variants):
+                final = os.path.join(folder, f"{name}_causal_lm_{variant}.tflite")
+                path = staging.path(final)
+                integer = variant in ("int8", "int4")
+                if large:
+                    pieces = export_tflite_large.causal_lm_pieces(
+                        lm, cache_length, prefill_lengths, decode_windows, integer)
+                    export_tflite_large.write_pieces(*pieces, variant, path, rounding, calibration,
+                                                     model, f"{variant}: converting pieces", recipes)
+                    del pieces
+                    prompt_length, sequence, _ = reference
+                    parity = logit_parity(export_tflite_large.run_file(
+                        "causal_lm", path, {"sequence": np.array(sequence, np.int32),
+                                            "prompt_length": np.array(prompt_length)}), reference)
+                    versions = export_tflite_large.op_versions_of_file(path)
+                elif integer and rounding == "gptq":
+                    from converters import gptq
 
-                calibration = (gptq.default_calibration(config.vocabulary_size)
-                               if calibration is None else calibration)
-                kernels = gptq.rounded_kernels(model, recipes[variant], calibration)
-                if integer not in float_models:
-                    float_models[integer] = float_file(integer)
-                data = export_tflite.quantize(export_tflite.with_kernels(
-                    float_models[integer], kernels, lambda: float_file(True)), variant, recipes)
+                    calibration = (gptq.default_calibration(config.vocabulary_size)
+                                   if calibration is None else calibration)
+                    kernels = gptq.rounded_kernels(model, recipes[variant], calibration)
+                    if integer not in float_models:
+                        float_models[integer] = float_file(integer)
+                    data = export_tflite.quantize(export_tflite.with_kernels(
+                        float_models[integer], kernels, lambda: float_file(True)), variant, recipes)
+                else:
+                    if integer not in float_models:
+                        float_models[integer] = float_file(integer)
+                    data = export_tflite.quantize(float_models[integer], variant, recipes)
+                if not large:
+                    manifest.atomic_write(path, data)
+                    versions = export_tflite.op_versions(data)
+                    parity = step_parity(data, reference)
+                entries[variant] = {
+                    "file": os.path.relpath(final, artifact_dir),
+                    "bytes": os.path.getsize(path),
+                    "sha256": manifest.sha256(path),
+                    "route": "pieces" if large else "whole",
+                    "parity": parity,
+                    "op_versions": versions,
+                    "oldest_runtime": export_tflite.oldest_runtime(versions),
+                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                        timespec="seconds"),
+                    "tool_versions": {"falcon_tf": __version__, "tensorflow": tf.__version__},
+                }
+                progress(done + 2, len(variants) + 1)
+        for entry in entries.values():
+            entry["gpu_fully_accelerated"] = export_tflite.gpu_fully_accelerated(
+                staging.moves[os.path.join(artifact_dir, entry["file"])])
+
+        def spec(shape, dtype):
+            return {"shape": list(shape), "dtype": dtype}
+
+        def signature(length):
+            cache = spec((1, cache_length, config.kv_heads, config.head_dim), "float32")
+            caches = {n: cache for n in contract.cache_names(config.num_layers)}
+            return {"inputs": {contract.TOKENS: spec((1, length), "int32"),
+                               contract.INPUT_POS: spec((length,), "int32"),
+                               contract.MASK: spec((1, 1, length, cache_length), "float32"),
+                               **caches},
+                    "outputs": {contract.LOGITS: spec((1, length, config.vocabulary_size),
+                                                      "float32"), **caches}}
+
+        tokenizer_entry = export_tokenizer(preset, artifact_dir, tokenizer)
+        causal_lm = {
+            "cache_len": cache_length,
+            "prefill_lengths": prefill_lengths,
+            "decode_windows": decode_windows,
+            "num_layers": config.num_layers,
+            "kv_heads": config.kv_heads,
+            "head_dim": config.head_dim,
+            "vocabulary_size": config.vocabulary_size,
+            "mask_value": contract.MASK_VALUE,
+            "start_token_id": tokenizer_entry["start_token_id"] if tokenizer_entry else None,
+            "stop_token_ids": [tokenizer_entry["end_token_id"]] if tokenizer_entry else [],
+            "signatures": {**{contract.prefill_signature(n): signature(n)
+                              for n in prefill_lengths},
+                           contract.DECODE_SIGNATURE: signature(1),
+                           **{contract.decode_window_signature(w): signature(1)
+                              for w in decode_windows}},
+        }
+
+        def record(data):
+            data["preset"] = name
+            data["config"] = config.to_dict()
+            section = data.setdefault("causal_lm", {})
+            variants_before = section.get("variants", {})
+            if section.get("cache_len") not in (None, cache_length) or section.get(
+                    "prefill_lengths") not in (None, prefill_lengths) or section.get(
+                    "decode_windows", decode_windows) != decode_windows:
+                variants_before = {}  # other shapes: those files no longer match this entry
+            bundles = section.get("litertlm") or {}
+            if not variants_before:
+                bundles = {}
+            for variant in entries:  # a bundle of a file written again is stale
+                bundles.pop(variant, None)
+            section.update(causal_lm)
+            section["variants"] = {**variants_before, **entries}
+            if bundles:
+                section["litertlm"] = bundles
             else:
-                if integer not in float_models:
-                    float_models[integer] = float_file(integer)
-                data = export_tflite.quantize(float_models[integer], variant, recipes)
-            if not large:
-                manifest.atomic_write(path, data)
-                versions = export_tflite.op_versions(data)
-                parity = step_parity(data, reference)
-            entries[variant] = {
-                "file": os.path.relpath(path, artifact_dir),
-                "bytes": os.path.getsize(path),
-                "sha256": manifest.sha256(path),
-                "route": "pieces" if large else "whole",
-                "parity": parity,
-                "op_versions": versions,
-                "oldest_runtime": export_tflite.oldest_runtime(versions),
-                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                    timespec="seconds"),
-                "tool_versions": {"falcon_tf": __version__, "tensorflow": tf.__version__},
-            }
-            progress(done + 2, len(variants) + 1)
-    for entry in entries.values():
-        entry["gpu_fully_accelerated"] = export_tflite.gpu_fully_accelerated(
-            os.path.join(artifact_dir, entry["file"]))
+                section.pop("litertlm", None)
 
-    def spec(shape, dtype):
-        return {"shape": list(shape), "dtype": dtype}
-
-    def signature(length):
-        cache = spec((1, cache_length, config.kv_heads, config.head_dim), "float32")
-        caches = {n: cache for n in contract.cache_names(config.num_layers)}
-        return {"inputs": {contract.TOKENS: spec((1, length), "int32"),
-                           contract.INPUT_POS: spec((length,), "int32"),
-                           contract.MASK: spec((1, 1, length, cache_length), "float32"),
-                           **caches},
-                "outputs": {contract.LOGITS: spec((1, length, config.vocabulary_size),
-                                                  "float32"), **caches}}
-
-    tokenizer_entry = export_tokenizer(preset, artifact_dir, tokenizer)
-    causal_lm = {
-        "cache_len": cache_length,
-        "prefill_lengths": prefill_lengths,
-        "decode_windows": decode_windows,
-        "num_layers": config.num_layers,
-        "kv_heads": config.kv_heads,
-        "head_dim": config.head_dim,
-        "vocabulary_size": config.vocabulary_size,
-        "mask_value": contract.MASK_VALUE,
-        "start_token_id": tokenizer_entry["start_token_id"] if tokenizer_entry else None,
-        "stop_token_ids": [tokenizer_entry["end_token_id"]] if tokenizer_entry else [],
-        "signatures": {**{contract.prefill_signature(n): signature(n) for n in prefill_lengths},
-                       contract.DECODE_SIGNATURE: signature(1),
-                       **{contract.decode_window_signature(w): signature(1)
-                          for w in decode_windows}},
-    }
-
-    def record(data):
-        data["preset"] = name
-        data["config"] = config.to_dict()
-        section = data.setdefault("causal_lm", {})
-        variants_before = section.get("variants", {})
-        if section.get("cache_len") not in (None, cache_length) or section.get(
-                "prefill_lengths") not in (None, prefill_lengths) or section.get(
-                "decode_windows", decode_windows) != decode_windows:
-            variants_before = {}  # other shapes: those files no longer match this entry
-        bundles = section.get("litertlm") or {}
-        if not variants_before:
-            bundles = {}
-        for variant in entries:  # a bundle of a file written again is stale
-            bundles.pop(variant, None)
-        section.update(causal_lm)
-        section["variants"] = {**variants_before, **entries}
-        if bundles:
-            section["litertlm"] = bundles
-        else:
-            section.pop("litertlm", None)
-
-    manifest.update(artifact_dir, record)
+        staging.commit(record)
     return entries

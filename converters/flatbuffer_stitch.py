@@ -21,6 +21,8 @@ import os
 import shutil
 import tempfile
 
+from falcon_tf import manifest
+
 ALIGNMENT = 64  # each buffer's bytes start on a multiple (XNNPACK reads aligned weights)
 
 
@@ -232,6 +234,7 @@ class Stitcher:
                 self._blob.seek(0)
                 shutil.copyfileobj(self._blob, out, 16 << 20)
                 out.write(b"\0" * (_align(self._blob_size) - self._blob_size))
+            manifest.publishable(tmp)
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

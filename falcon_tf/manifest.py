@@ -24,6 +24,8 @@ from falcon_tf.untrusted import path_inside
 
 MANIFEST_FILE = "manifest.json"
 LOCK_FILE = ".lock"
+JOURNAL_FILE = ".commit.json"  # files and manifest being published together
+STAGED_PREFIX = ".staged-"
 FORMAT_VERSION = 1
 
 
@@ -47,6 +49,9 @@ def describe_files(artifact_dir, root):
 
 
 def read(artifact_dir):
+    """The artifact's manifest, after finishing any publication an interrupted
+    export left half done (`recover`)."""
+    recover(artifact_dir)
     path = os.path.join(artifact_dir, MANIFEST_FILE)
     data = read_json(path, "Artifact manifest")
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
@@ -63,11 +68,20 @@ def atomic_write(path, content):
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content.encode("utf-8") if isinstance(content, str) else content)
+        publishable(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def publishable(path):
+    """Gives a temporary file (created 0600) the mode a plainly created file
+    would have under the process's umask, before it is renamed into place."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 _held = {}  # (lock path, thread) -> (open file, depth): re-entrant within a thread
@@ -110,12 +124,109 @@ def locked(artifact_dir):
 def update(artifact_dir, edit):
     """Reads the manifest (or starts one), applies `edit(data)` and writes it
     atomically, all under the artifact's lock, so concurrent exports lose no entry."""
+    return commit(artifact_dir, {}, edit)
+
+
+def staged_path(path):
+    """Where an exporter writes the file that will replace `path`: a hidden
+    sibling named after this process, published by `commit`."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(folder, f"{STAGED_PREFIX}{os.getpid()}-{name}")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale(folder, prefix):
+    """Removes the files and folders in `folder` named `<prefix><pid>-…` whose
+    process no longer runs: what an export killed midway left behind."""
+    if not os.path.isdir(folder):
+        return
+    import shutil
+
+    for name in os.listdir(folder):
+        if not name.startswith(prefix):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            path = os.path.join(folder, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+
+
+def remove_stale_staged(folder):
+    """Staged files (`staged_path`) of exports that no longer run."""
+    remove_stale(folder, STAGED_PREFIX)
+
+
+def commit(artifact_dir, moves, edit):
+    """Publishes staged files and a manifest edit as one step.
+
+    `moves`: {final path: staged path} inside `artifact_dir`; `edit(data)`
+    changes the manifest. Under the artifact's lock the new manifest is
+    computed and written, with the moves, to a journal (`.commit.json`,
+    atomically); then each staged file is renamed over its final name, the
+    manifest replaced and the journal removed. A process killed before the
+    journal exists leaves the previous files and manifest as they were; one
+    killed after it leaves a journal that the next reader of the manifest
+    (`recover`) finishes. Either way no reader sees a manifest whose files
+    are not the ones it lists. Returns the new manifest data."""
     path = os.path.join(artifact_dir, MANIFEST_FILE)
     with locked(artifact_dir):
         data = read(artifact_dir) if os.path.exists(path) else {"format_version": FORMAT_VERSION}
         edit(data)
-        atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+        journal = {"moves": [[os.path.relpath(staged, artifact_dir),
+                              os.path.relpath(final, artifact_dir)]
+                             for final, staged in moves.items()],
+                   "manifest": data}
+        if moves:
+            atomic_write(os.path.join(artifact_dir, JOURNAL_FILE), json.dumps(journal))
+        _replay(artifact_dir, journal)
     return data
+
+
+def _replay(artifact_dir, journal):
+    for staged, final in journal["moves"]:
+        staged = path_inside(artifact_dir, staged, JOURNAL_FILE)
+        final = path_inside(artifact_dir, final, JOURNAL_FILE)
+        if os.path.exists(staged):  # renamed already, if not
+            os.replace(staged, final)
+    atomic_write(os.path.join(artifact_dir, MANIFEST_FILE),
+                 json.dumps(journal["manifest"], indent=2, sort_keys=True) + "\n")
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(artifact_dir, JOURNAL_FILE))
+
+
+def recover(artifact_dir):
+    """Finishes a publication (`commit`) that an export killed midway left in
+    its journal: the staged files it had not yet renamed, then the manifest."""
+    journal_path = os.path.join(artifact_dir, JOURNAL_FILE)
+    if not os.path.exists(journal_path):
+        return
+    try:
+        with locked(artifact_dir):
+            if not os.path.exists(journal_path):
+                return  # finished by another process meanwhile
+            journal = read_json(journal_path, "Export journal")
+            if not (isinstance(journal, dict) and isinstance(journal.get("moves"), list)
+                    and isinstance(journal.get("manifest"), dict)):
+                raise ValueError(f"{journal_path}: an export journal must hold `moves` and "
+                                 f"`manifest`; export again.")
+            _replay(artifact_dir, journal)
+    except PermissionError as e:
+        raise PermissionError(
+            f"{journal_path}: an export to {artifact_dir} was interrupted while publishing its "
+            f"files; finishing it needs write access to that directory ({e}).") from None
 
 
 def verify(artifact_dir, files, where=None, missing_ok=False,
@@ -160,3 +271,46 @@ def resolve_artifact_dir(preset, export_format):
         f"No exported artifacts for {preset!r}: neither {preset} nor {candidate} holds "
         f"{MANIFEST_FILE}. Export first with `falcon-tf export --preset {preset} "
         f"--format {export_format}`, then pass the artifact directory (artifacts/<preset>).")
+
+
+class Staging:
+    """The files one export writes, published with its manifest edit by `commit`.
+
+        with manifest.Staging(artifact_dir) as staging:
+            write(staging.path(final))       # a hidden sibling of `final`
+            ...
+            staging.commit(edit)
+
+    Leaving the block by an exception removes the staged files; staged files
+    of processes that no longer run are removed from each folder first used.
+    """
+
+    def __init__(self, artifact_dir):
+        self.artifact_dir = artifact_dir
+        self.moves = {}  # final path -> staged path
+        self._swept = set()
+
+    def path(self, final):
+        """Where to write the file that will become `final`."""
+        final = os.path.abspath(final)
+        folder = os.path.dirname(final)
+        if folder not in self._swept:
+            os.makedirs(folder, exist_ok=True)
+            remove_stale_staged(folder)
+            self._swept.add(folder)
+        self.moves[final] = staged_path(final)
+        return self.moves[final]
+
+    def commit(self, edit):
+        data = commit(self.artifact_dir, self.moves, edit)
+        self.moves = {}
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for staged in self.moves.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(staged)
+        self.moves = {}
