@@ -102,6 +102,8 @@ def prepare(inputs, tokenizer, vocabulary_size, cache_length, max_length=None,
     """Checks a `generate` call and returns a `Request`; raises ValueError naming
     the argument at fault. See `FalconCausalLM.generate` for the arguments."""
     rows, fmt = _rows(inputs, tokenizer)
+    if not rows:
+        raise ValueError("`inputs` holds no prompt (a batch of 0 rows); pass at least one.")
     for i, row in enumerate(rows):
         if not row:
             raise ValueError(f"Prompt {i} is empty: a prompt needs at least one token.")
