@@ -59,6 +59,28 @@ def read(artifact_dir):
     return data
 
 
+_KINDS = {
+    "positive integer": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+    "string": lambda v: isinstance(v, str),
+    "object": lambda v: isinstance(v, dict),
+    "shape": lambda v: isinstance(v, list) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v),
+}
+
+
+def field(data, path, kind, artifact_dir):
+    """The manifest value at `path` ("config.vocabulary_size", keys joined by
+    dots) checked to be a `kind` (see _KINDS); ValueError naming the field
+    and the manifest otherwise (a manifest written by hand, or damaged)."""
+    value = data
+    for key in path.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+    if value is None or not _KINDS[kind](value):
+        raise ValueError(f"{os.path.join(artifact_dir, MANIFEST_FILE)}: field `{path}` must be "
+                         f"a {kind}; found {value!r}. Export again.")
+    return value
+
+
 def atomic_write(path, content):
     """Writes bytes or text to `path` through a temporary sibling and a rename:
     a reader sees the old file or the new one, whole."""

@@ -5,6 +5,7 @@ built. The Keras model refuses ids it would otherwise clamp or wrap."""
 
 import json
 import os
+import re
 import time
 
 import h5py
@@ -243,6 +244,31 @@ def test_manifest_entries_must_name_files_inside_the_artifact(tmp_path):
         manifest.verify(str(artifact), {"link.bin": good})
     with pytest.raises(ValueError, match="integer `bytes`"):
         manifest.verify(str(artifact), {"a.bin": {"sha256": good["sha256"]}})
+
+
+@pytest.mark.parametrize("loader, data, named", [
+    ("lite_backbone", {"tflite": {"variants": {"fp32": {"sha256": "0", "bytes": 1}}},
+                       "config": {"vocabulary_size": 10}}, "tflite.variants.fp32.file"),
+    ("lite_causal_lm", {"causal_lm": {"variants": {"fp32": {"file": "x.tflite"}}},
+                        "config": {}}, "config.vocabulary_size"),
+    ("lite_causal_lm", {"causal_lm": {"variants": {"fp32": {"file": 7}}}},
+     "causal_lm.variants.fp32.file"),
+    ("serving", {"saved_model": {"versions": {"1": {}}},
+                 "config": {"vocabulary_size": 10, "hidden_dim": 8}}, "saved_model.versions.1.files"),
+    ("serving", {"saved_model": {"versions": {"1": {"files": {}}}},
+                 "config": {"vocabulary_size": True}}, "config.vocabulary_size"),
+])
+def test_a_manifest_missing_a_field_is_refused_by_the_fields_name(tmp_path, loader, data, named):
+    from falcon_tf import lite, serving
+
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    (artifact / "manifest.json").write_text(json.dumps({"format_version": 1, **data}))
+    load = {"lite_backbone": lambda p: lite.FalconBackbone.from_preset(p, variant="fp32"),
+            "lite_causal_lm": lambda p: lite.FalconCausalLM.from_preset(p, variant="fp32"),
+            "serving": serving.FalconBackbone.from_preset}[loader]
+    with pytest.raises(ValueError, match=f"field `{re.escape(named)}` must be"):
+        load(str(artifact))
 
 
 # A checkpoint whose LM head is its own, not the embedding (Falcon-40B/180B's layout).

@@ -97,9 +97,12 @@ def exported_variant(preset, variant, section, what, export_hint, verify_checksu
         raise ValueError(f"`variant` {variant!r}{what} is not exported in {artifact_dir}; "
                          f"available: {sorted(variants)}.")
     entry = variants[variant]
+    file = manifest.field(data, f"{section}.variants.{variant}.file", "string", artifact_dir)
+    manifest.field(data, "config.vocabulary_size", "positive integer", artifact_dir)
     if verify_checksums:
-        manifest.verify(artifact_dir, {entry["file"]: entry})
-    return artifact_dir, data, entry, os.path.join(artifact_dir, entry["file"])
+        manifest.verify(artifact_dir, {file: entry})
+    return artifact_dir, data, entry, manifest.path_inside(
+        artifact_dir, file, os.path.join(artifact_dir, manifest.MANIFEST_FILE))
 
 
 class _GpuRunner:
@@ -144,12 +147,18 @@ class FalconBackbone:
         accelerator (no CPU fallback); `num_threads` sets the CPU interpreter's.
         """
         check_options(accelerator, num_threads)
-        _, data, entry, path = exported_variant(preset, variant, "tflite", "",
-                                                "tflite", verify_checksums)
-        batch, seq = entry["signature"]["serving_default"]["inputs"]["token_ids"]["shape"]
+        where, data, entry, path = exported_variant(preset, variant, "tflite", "",
+                                                    "tflite", verify_checksums)
+        shape = manifest.field(
+            data, f"tflite.variants.{variant}.signature.serving_default.inputs.token_ids.shape",
+            "shape", where)
+        if len(shape) != 2:
+            raise ValueError(f"{os.path.join(where, manifest.MANIFEST_FILE)}: the token_ids "
+                             f"shape of `{variant}` must be [batch, seq]; found {shape}.")
+        batch, seq = shape
+        hidden = manifest.field(data, "config.hidden_dim", "positive integer", where)
         runner = _GpuRunner(path) if accelerator == "gpu" else _CpuRunner(path, num_threads)
-        config = data["config"]
-        return cls(runner, batch, seq, config["vocabulary_size"], config["hidden_dim"], path)
+        return cls(runner, batch, seq, data["config"]["vocabulary_size"], hidden, path)
 
     def __call__(self, inputs):
         ids, mask = _inputs.validate(inputs, self.vocabulary_size, max_length=self.seq)

@@ -23,9 +23,11 @@ def load_version(preset, version=None, verify_checksums=True):
     if str(version) not in versions:
         raise ValueError(f"`version` {version} is not exported in {artifact_dir}; "
                          f"available: {sorted(int(v) for v in versions)}.")
-    entry = versions[str(version)]
+    files = manifest.field(data, f"saved_model.versions.{version}.files", "object", artifact_dir)
+    for name in ("vocabulary_size", "hidden_dim"):
+        manifest.field(data, f"config.{name}", "positive integer", artifact_dir)
     if verify_checksums:
-        manifest.verify(artifact_dir, entry["files"])
+        manifest.verify(artifact_dir, files)
     path = os.path.join(artifact_dir, "saved_model", str(version))
     import tensorflow as tf
 
