@@ -408,13 +408,14 @@ import numpy as np
 sys.path.insert(0, sys.argv[1])
 from ai_edge_litert.interpreter import Interpreter
 kind, path, reference, out = sys.argv[2:6]
-interpreter = Interpreter(model_path=path, num_threads=int(sys.argv[6]))
 data = dict(np.load(reference))
-if kind == "causal_lm":
+if kind == "causal_lm":  # as falcon_tf.lite runs it: one buffer per cache for every signature
+    from falcon_tf.lite.backbone import cpu_compiled_model
     from falcon_tf.lite.causal_lm import SignatureRunners, run_steps
-    got = run_steps(SignatureRunners(interpreter), [int(t) for t in data["sequence"]],
-                    int(data["prompt_length"]))
+    runners = SignatureRunners(compiled=cpu_compiled_model(path, int(sys.argv[6])))
+    got = run_steps(runners, [int(t) for t in data["sequence"]], int(data["prompt_length"]))
 else:
+    interpreter = Interpreter(model_path=path, num_threads=int(sys.argv[6]))
     runner = interpreter.get_signature_runner("serving_default")
     got = runner(token_ids=data["token_ids"], padding_mask=data["padding_mask"])
     got = got["sequence_output"]
@@ -424,10 +425,12 @@ print(json.dumps({"tensorflow_loaded": "tensorflow" in sys.modules}))
 
 
 def run_file(kind, path, reference, num_threads=2):
-    """Runs the file at `path` on ai-edge-litert's CPU interpreter in a child
-    process: `kind` "causal_lm" (prefill and decode steps over
-    reference["sequence"]) or "backbone" (serving_default on
-    reference["token_ids"], ["padding_mask"]). Returns the output array."""
+    """Runs the file at `path` on ai-edge-litert's CPU in a child process:
+    `kind` "causal_lm" (prefill and decode steps over reference["sequence"],
+    on the `CompiledModel` `falcon_tf.lite` uses, the caches in one buffer
+    each that every signature reads and updates) or "backbone"
+    (serving_default on reference["token_ids"], ["padding_mask"], on the
+    interpreter). Returns the output array."""
     import falcon_tf
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(falcon_tf.__file__)))
