@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import FAMILY, padded_batch, randomize, tiny_kwargs, unsign
-from falcon_tf import FalconBackbone, FalconCausalLM
+from falcon_tf import FalconBackbone, FalconCausalLM, FalconCausalLMPreprocessor
 
 
 @pytest.mark.parametrize("variant", sorted(FAMILY))
@@ -53,14 +53,16 @@ def test_causal_lm_keras_file_keeps_weights_tokenizer_and_generations(tmp_path):
 
 def test_causal_lm_takes_keras_hubs_preprocessor_form_and_refuses_unknown_arguments():
     lm = FalconCausalLM.from_preset("falcon_tiny_random", cache_length=32)
-    preprocessor = types.SimpleNamespace(tokenizer=lm.tokenizer)
+    preprocessor = FalconCausalLMPreprocessor(lm.tokenizer, sequence_length=12)
     again = FalconCausalLM(lm.backbone, preprocessor=preprocessor)
     assert again.tokenizer is lm.tokenizer and again.preprocessor is preprocessor
     assert isinstance(again.generate("the cat", max_length=12), str)
     with pytest.raises(ValueError, match="unknown argument.*foo"):
         FalconCausalLM(lm.backbone, foo=123)
-    with pytest.raises(ValueError, match="`preprocessor` must carry"):
-        FalconCausalLM(lm.backbone, preprocessor=object())
+    with pytest.raises(ValueError, match="`preprocessor` must be a falcon_tf.FalconCausalLMPre"):
+        FalconCausalLM(lm.backbone, preprocessor=types.SimpleNamespace(tokenizer=lm.tokenizer))
+    with pytest.raises(ValueError, match="`tokenizer` must be a falcon_tf.FalconTokenizer"):
+        FalconCausalLM(lm.backbone, tokenizer="gpt2")
 
 
 # Keras quantization: the config, a .keras file and a preset keep the quantized layers.
@@ -186,3 +188,18 @@ def test_exporters_refuse_a_keras_quantized_model_before_writing(tmp_path, expor
         export("tiny", str(out), model=model)
     assert not [p for p in out.rglob("*") if p.is_file()] if out.exists() else True
 
+
+@pytest.mark.slow
+def test_quantized_causal_lm_generates_and_round_trips(tmp_path):
+    lm = FalconCausalLM.from_preset("falcon_tiny_random", cache_length=32)
+    randomize(lm.backbone, scale=0.1)
+    lm.quantize("int8")
+    assert lm.backbone.quantization_modes == ["int8"]
+    text = lm.generate("the cat", max_length=16)
+    ids = lm.generate([[5, 6, 7]], max_length=12, stop_token_ids=None)
+    lm.save(str(tmp_path / "lm.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "lm.keras"))
+    assert loaded.generate("the cat", max_length=16) == text
+    lm.save_to_preset(str(tmp_path / "preset"))
+    again = FalconCausalLM.from_preset(str(tmp_path / "preset"), cache_length=32)
+    assert again.generate([[5, 6, 7]], max_length=12, stop_token_ids=None) == ids
