@@ -86,14 +86,14 @@ class FalconCausalLM(keras.Model):
 
     Args:
         backbone: a `falcon_tf.FalconBackbone`.
-        preprocessor: a `falcon_tf.FalconCausalLMPreprocessor`, or None. With
-            one, `fit`, `evaluate` and `predict` take text (it tokenizes and
-            packs it) and `generate` takes and returns text.
         tokenizer: a `falcon_tf.FalconTokenizer` without a preprocessor, or
             None (then `generate` takes token ids only). With a preprocessor,
             its tokenizer.
         cache_length: capacity of the key/value cache: the longest sequence,
             prompt included, that `generate` produces.
+        preprocessor: a `falcon_tf.FalconCausalLMPreprocessor`, or None. With
+            one, `fit`, `evaluate` and `predict` take text (it tokenizes and
+            packs it) and `generate` takes and returns text.
         compile: compile with the defaults of `compile()` now, so `fit` works
             without calling it.
 
@@ -306,7 +306,8 @@ class FalconCausalLM(keras.Model):
                                _slice(sample_weight, split, None))
             x, y, sample_weight = (_slice(x, 0, split), _slice(y, 0, split),
                                    _slice(sample_weight, 0, split))
-        shuffle = kwargs.pop("shuffle", True)  # done here, before batching; a dataset keeps its order
+        # Shuffled here, before batching; a dataset passed in keeps its order.
+        shuffle = kwargs.pop("shuffle", True)
         data = self._preprocessed(x, y, sample_weight, batch_size,
                                   shuffle=bool(shuffle) and not isinstance(x, tf.data.Dataset))
         if validation_data is not None:
