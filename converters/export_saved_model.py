@@ -351,6 +351,7 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
     with progress_bar("Exporting SavedModel") as progress:
         progress(0, len(steps))
         model = model if model is not None else FalconBackbone.from_preset(preset)
+        model.check_float_weights("export_saved_model")  # refused before anything is written
         config = model.falcon_config
         name = name or artifact_name(preset)
         artifact_dir = os.path.abspath(os.path.join(out_dir, name))

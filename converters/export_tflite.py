@@ -496,6 +496,7 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
 
     check_variants(variants)
     model = model if model is not None else FalconBackbone.from_preset(preset)
+    model.check_float_weights("export_tflite")  # refused before anything is written
     name = name or artifact_name(preset)
     large = export_tflite_large.takes_large_route(model.count_params())
     if large:  # piece by piece, any size: refused only for memory

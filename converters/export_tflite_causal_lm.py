@@ -221,6 +221,7 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
         raise ValueError(f"`decode_windows` must be integers in [1, cache_length="
                          f"{cache_length}); received {decode_windows}.")
     model = model if model is not None else FalconBackbone.from_preset(preset)
+    model.check_float_weights("export_tflite_causal_lm")  # refused before anything is written
     name = name or artifact_name(preset)
     large = export_tflite_large.takes_large_route(model.count_params())
     if large:  # piece by piece, any size: refused only for memory

@@ -14,7 +14,7 @@ def export_tokenizer(preset, artifact_dir, tokenizer=None):
     manifest. Returns the manifest entry, or None when the preset has no
     tokenizer files."""
     from falcon_tf import preset_io
-    from falcon_tf.tokenizer import FalconTokenizer
+    from falcon_tf.bpe import ByteLevelBPE
 
     if tokenizer is None:
         try:
@@ -22,7 +22,7 @@ def export_tokenizer(preset, artifact_dir, tokenizer=None):
         except ValueError:  # a name for a model passed in, not a preset to read files from
             return None
         try:
-            tokenizer = FalconTokenizer.from_preset(preset if kind == "random" else found)
+            tokenizer = ByteLevelBPE.from_preset(preset if kind == "random" else found)
         except FileNotFoundError:
             return None
     folder = os.path.join(artifact_dir, os.path.dirname(contract.TOKENIZER_FILE))

@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "FalconBackbone": "falcon_tf.backbone",
     "FalconCausalLM": "falcon_tf.causal_lm",
+    "FalconCausalLMPreprocessor": "falcon_tf.causal_lm_preprocessor",
     "FalconConfig": "falcon_tf.config",
     "FalconTokenizer": "falcon_tf.tokenizer",
 }

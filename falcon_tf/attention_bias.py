@@ -60,11 +60,14 @@ class FalconAttentionBias(keras.layers.Layer):
         sin of each token's rotation angles.
     A token's position counts only the real tokens before it, so a left-padded
     row sees the same positions as an unpadded one.
+
+    It takes the model's dtype policy like every layer, and computes in float32
+    whatever that policy is.
     """
 
     def __init__(self, num_heads, head_dim, position_embedding="alibi", rope_theta=10000.0,
                  **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(autocast=False, **kwargs)
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.position_embedding = position_embedding

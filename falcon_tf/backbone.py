@@ -15,24 +15,84 @@ from falcon_tf.untrusted import check_memory
 _MODEL_KWARGS = ("name", "trainable")
 
 
-def resolve_dtype(dtype):
-    """`dtype` argument -> keras.DTypePolicy, or ValueError naming the argument.
+# Keras's quantized policies a layer of ours may carry (see `quantize`).
+QUANTIZATION_MODES = ("int8", "int4", "float8")
+_POLICY_CLASSES = ("DTypePolicy", "FloatDTypePolicy", "QuantizedDTypePolicy",
+                   "QuantizedFloat8DTypePolicy", "Int4DTypePolicy")
 
-    Takes None (Keras's global policy), a name from DTYPE_NAMES, a DTypePolicy,
-    or the dict keras-hub writes into config.json for one.
-    """
-    if dtype is None:
-        return keras.config.dtype_policy()
+
+def _float_policy(dtype):
     if isinstance(dtype, keras.DTypePolicy):
         name = dtype.name
-    elif isinstance(dtype, dict) and dtype.get("class_name") == "DTypePolicy":
+    elif isinstance(dtype, dict) and dtype.get("class_name") in ("DTypePolicy",
+                                                                  "FloatDTypePolicy"):
         name = (dtype.get("config") or {}).get("name")
     else:
         name = dtype
     if name not in DTYPE_NAMES:
-        raise ValueError(f"`dtype` must be one of {', '.join(DTYPE_NAMES)} or a "
-                         f"keras.DTypePolicy with one of those names; received {dtype!r}.")
+        raise ValueError(f"`dtype` must be one of {', '.join(DTYPE_NAMES)}, a "
+                         f"keras.DTypePolicy with one of those names, or a DTypePolicyMap "
+                         f"over one; received {dtype!r}.")
     return keras.DTypePolicy(name)
+
+
+def _layer_policy(entry, path):
+    """One entry of a DTypePolicyMap -> a policy of ours or a Keras quantized one
+    over ours (int8, int4 or float8), or ValueError naming the entry."""
+    if isinstance(entry, dict) and entry.get("class_name") not in _POLICY_CLASSES:
+        raise ValueError(f"`dtype` map entry {path!r}: {entry.get('class_name')!r} is not a "
+                         f"dtype policy this model takes.")
+    try:
+        policy = keras.dtype_policies.get(entry) if isinstance(entry, (str, dict)) else entry
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"`dtype` map entry {path!r}: {err}") from None
+    if not isinstance(policy, keras.DTypePolicy) or isinstance(
+            policy, keras.dtype_policies.DTypePolicyMap):
+        raise ValueError(f"`dtype` map entry {path!r} must be a dtype policy; received {entry!r}.")
+    mode = policy.quantization_mode
+    if mode is None:
+        return _float_policy(policy)
+    source = policy.name.rsplit("_from_", 1)[-1]
+    if mode not in QUANTIZATION_MODES or source not in DTYPE_NAMES:
+        raise ValueError(f"`dtype` map entry {path!r}: {policy.name!r} is not one of "
+                         f"{', '.join(QUANTIZATION_MODES)} from {', '.join(DTYPE_NAMES)}.")
+    return policy
+
+
+def resolve_dtype(dtype):
+    """`dtype` argument -> keras.DTypePolicy (or DTypePolicyMap), or ValueError
+    naming the argument.
+
+    Takes None (Keras's global policy), a name from DTYPE_NAMES, a DTypePolicy,
+    the dict keras-hub writes into config.json for one, or a
+    `keras.dtype_policies.DTypePolicyMap` (or its config) mapping layer paths
+    to quantized policies, as a quantized model's config holds. A map is
+    copied: quantizing the model changes its own map, not the caller's.
+    """
+    if dtype is None:
+        return keras.config.dtype_policy()
+    DTypePolicyMap = keras.dtype_policies.DTypePolicyMap
+    if isinstance(dtype, dict) and dtype.get("class_name") == "DTypePolicyMap":
+        config = dtype.get("config")
+        if not isinstance(config, dict) or not isinstance(config.get("policy_map", {}), dict):
+            raise ValueError("`dtype` DTypePolicyMap config must hold `default_policy` and a "
+                             "`policy_map` object.")
+        default, entries = config.get("default_policy"), config.get("policy_map") or {}
+    elif isinstance(dtype, DTypePolicyMap):
+        default, entries = dtype.default_policy, {k: dtype[k] for k in dtype}
+    else:
+        return _float_policy(dtype)
+    default = _float_policy(default if default is not None else keras.config.dtype_policy())
+    return DTypePolicyMap(default, {path: _layer_policy(entry, path)
+                                    for path, entry in entries.items()})
+
+
+def _own_policy(layer):
+    """A layer's policy, looked up in its map when it has one."""
+    policy = layer.dtype_policy
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        return policy[layer.path]
+    return policy
 
 
 def _is_concrete(value):
@@ -64,8 +124,11 @@ class FalconBackbone(keras.Model):
         feedforward_dropout_rate: float in [0, 1). Dropout on each MLP output
             (on attention + MLP in parallel blocks); only when training.
         dtype: None, "float32", "bfloat16", "float16", "mixed_bfloat16",
-            "mixed_float16" or a `keras.DTypePolicy`. Softmax and LayerNorm
-            compute in float32 whatever it is.
+            "mixed_float16" or a `keras.DTypePolicy`; or a
+            `keras.dtype_policies.DTypePolicyMap` over one of those that maps
+            layer paths to Keras's quantized policies (int8, int4, float8), as
+            the config of a quantized model holds (see `quantize`). Softmax,
+            LayerNorm and the attention bias compute in float32 whatever it is.
         num_kv_heads: None (one key/value head per query head), 1 (multi-query,
             Falcon-7B) or a divisor of the heads (grouped-query, Falcon-40B/180B).
         position_embedding: "alibi" (Falcon-RW) or "rotary" (the others).
@@ -120,7 +183,7 @@ class FalconBackbone(keras.Model):
             position_embedding=position_embedding, rope_theta=rope_theta,
             parallel_attention=parallel_attention,
             separate_mlp_layer_norm=separate_mlp_layer_norm, use_bias=use_bias)
-        policy = resolve_dtype(dtype)
+        policy = resolve_dtype(dtype)  # a DTypePolicyMap reaches every layer, by path
         # Sizes from an untrusted config are bounded before any variable exists.
         check_memory(config.parameter_count(), np.dtype(policy.variable_dtype).itemsize
                      if policy.variable_dtype != "bfloat16" else 2, "FalconBackbone")
@@ -130,7 +193,7 @@ class FalconBackbone(keras.Model):
             config.vocabulary_size, config.hidden_dim, dtype=policy, name="token_embedding")
         attention_bias = FalconAttentionBias(
             config.num_attention_heads, config.head_dim, config.position_embedding,
-            config.rope_theta, dtype="float32", name="attention_bias")
+            config.rope_theta, dtype=policy, name="attention_bias")  # computes in float32
         block = block_class(config)  # sequential (RW) or parallel (7B/40B/180B), chosen once
         blocks = [block(config, dtype=policy, name=f"transformer_layer_{i}")
                   for i in range(config.num_layers)]
@@ -164,6 +227,64 @@ class FalconBackbone(keras.Model):
         self._compiled_forward = None
         # Set by from_preset when the checkpoint's LM head is not this embedding.
         self.untied_lm_head = None
+        if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+            self._check_policy_paths(policy)
+
+    def _check_policy_paths(self, policy_map):
+        import re
+
+        paths = [layer.path for layer in self._flatten_layers() if layer.path]
+        for key in policy_map:
+            try:
+                found = key in paths or any(re.fullmatch(key, p) for p in paths)
+            except re.error:
+                found = False
+            if not found:
+                raise ValueError(f"`dtype` maps {key!r}, which is no layer of this "
+                                 f"FalconBackbone; its layer paths are {', '.join(paths)}.")
+
+    @property
+    def quantization_modes(self):
+        """The Keras quantization modes its layers carry ("int8", ...); empty
+        when no layer is quantized."""
+        return sorted({layer.quantization_mode for layer in self._flatten_layers()
+                       if layer.path and layer.quantization_mode is not None})
+
+    def check_float_weights(self, what):
+        """ValueError unless no layer is quantized: `what` (an exporter) reads
+        float weights and makes its own quantized variants."""
+        if self.quantization_modes:
+            raise ValueError(
+                f"{what} takes a float model; this FalconBackbone was quantized with Keras "
+                f"({', '.join(self.quantization_modes)}). Export the float model and choose "
+                f"the exporter's quantized variants instead.")
+
+    def quantize(self, mode=None, **kwargs):
+        """Keras's `quantize` (`"int8"`, `"int4"` or `"float8"`): every Dense
+        projection, and for int8 and int4 the token embedding with its tied LM
+        head, hold quantized weights; LayerNorms stay float. `get_config()` then carries a
+        DTypePolicyMap of the quantized layers, so the config, a `.keras` file
+        and `save_to_preset` all round-trip."""
+        import warnings
+
+        if self.quantization_modes:
+            raise ValueError(
+                f"This FalconBackbone is already quantized ({', '.join(self.quantization_modes)}); "
+                f"Keras quantizes a float model, once.")
+        DTypePolicyMap = keras.dtype_policies.DTypePolicyMap
+        for layer in self._flatten_layers(include_self=False):
+            # Keras's quantize names a layer's new policy after its current one,
+            # which a shared map cannot give: each layer takes its own entry.
+            if isinstance(layer._dtype_policy, DTypePolicyMap) and layer.path:
+                layer._dtype_policy = layer._dtype_policy[layer.path]
+        with warnings.catch_warnings():
+            # Keras names every layer without a quantized form (LayerNorm,
+            # dropout, inputs, the attention bias): they stay as they are by design.
+            warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
+            # float8: Keras has no float8 embedding, so the embedding stays float.
+            warnings.filterwarnings("ignore", message="Invalid quantization mode")
+            super().quantize(mode, **kwargs)
+        self._compiled_forward = None
 
     def check_inputs(self, inputs):
         """Refuses concrete inputs the graph would silently clamp or wrap: token ids
@@ -204,9 +325,22 @@ class FalconBackbone(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+            "dtype": keras.saving.serialize_keras_object(self._config_policy()),
             **self.falcon_config.to_dict(),
         }
+
+    def _config_policy(self):
+        """The model's policy, or a DTypePolicyMap when any layer is quantized
+        (or it was built from one): what rebuilds the same layers."""
+        policy = self.dtype_policy
+        DTypePolicyMap = keras.dtype_policies.DTypePolicyMap
+        entries = {k: policy[k] for k in policy} if isinstance(policy, DTypePolicyMap) else {}
+        entries.update({layer.path: _own_policy(layer) for layer in self._flatten_layers()
+                        if layer.path and layer.quantization_mode is not None})
+        if not entries and not isinstance(policy, DTypePolicyMap):
+            return policy
+        default = policy.default_policy if isinstance(policy, DTypePolicyMap) else policy
+        return DTypePolicyMap(default, dict(sorted(entries.items())))
 
     @classmethod
     def from_config(cls, config):

@@ -40,8 +40,8 @@ class Request:
                 ids[i, :len(row)], mask[i, :len(row)] = row, True
             return {"token_ids": ids, "padding_mask": mask}
         if self.fmt in ("string", "strings"):
-            # As keras-hub's postprocessing: start and end tokens are dropped.
-            special = {self.tokenizer.start_token_id, self.tokenizer.end_token_id}
+            # As keras-hub's postprocessing: special tokens (start and end) are dropped.
+            special = set(self.tokenizer.special_token_ids) | {self.tokenizer.start_token_id}
             texts = [self.tokenizer.detokenize([t for t in row if t not in special])
                      for row in out]
             return texts[0] if self.fmt == "string" else texts
@@ -54,16 +54,35 @@ def check_cache_length(cache_length):
         raise ValueError(f"`cache_length` must be an integer >= 2; received {cache_length!r}.")
 
 
-def _rows(inputs, tokenizer):
-    if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs
-                                   and all(isinstance(x, str) for x in inputs)):
+def _texts(inputs):
+    """A string, or a list / 1-D array of strings (str or UTF-8 bytes) -> (list
+    of str, was one string); None for anything else."""
+    if isinstance(inputs, np.ndarray) and inputs.dtype.kind in "USO" and inputs.ndim <= 1 \
+            and inputs.size and all(isinstance(x, (str, bytes)) for x in inputs.reshape(-1)):
+        inputs = inputs.tolist()
+    if isinstance(inputs, (str, bytes)):
+        return [_decode(inputs)], True
+    if isinstance(inputs, (list, tuple)) and inputs and all(
+            isinstance(x, (str, bytes)) for x in inputs):
+        return [_decode(x) for x in inputs], False
+    return None
+
+
+def _decode(text):
+    return text.decode("utf-8") if isinstance(text, bytes) else text
+
+
+def _rows(inputs, tokenizer, add_start_token=True):
+    """-> (prompt rows, the caller's form, the width of a dict's token_ids or None)."""
+    texts = _texts(inputs)
+    if texts is not None:
         if tokenizer is None:
             raise ValueError("This model has no tokenizer: pass token ids, or load a preset "
                              "or artifact that has tokenizer files.")
-        texts = [inputs] if isinstance(inputs, str) else list(inputs)
-        start = tokenizer.start_token_id  # prepended, as keras-hub's preprocessor does
-        return [[start] + ids for ids in tokenizer.tokenize(texts)], (
-            "string" if isinstance(inputs, str) else "strings")
+        texts, one = texts
+        start = [tokenizer.start_token_id] if add_start_token else []  # as keras-hub's
+        return [start + ids for ids in tokenizer.tokenize(texts)], (
+            "string" if one else "strings"), None
     if isinstance(inputs, dict):
         missing = {"token_ids", "padding_mask"} - set(inputs)
         if missing:
@@ -84,24 +103,31 @@ def _rows(inputs, tokenizer):
         lengths = mask.sum(axis=1)
         if not (mask == (np.arange(ids.shape[1])[None] < lengths[:, None])).all():
             raise ValueError("`padding_mask` must be right-padded: ones, then zeros.")
-        return [row[:n].tolist() for row, n in zip(ids, lengths)], "dict"
+        return [row[:n].tolist() for row, n in zip(ids, lengths)], "dict", ids.shape[1]
     if isinstance(inputs, (list, tuple)) and inputs and all(
             isinstance(r, (list, tuple, np.ndarray)) for r in inputs):
-        return [np.asarray(r).tolist() for r in inputs], "ids"
+        return [np.asarray(r).tolist() for r in inputs], "ids", None
     if isinstance(inputs, np.ndarray) and inputs.ndim == 2:
-        return inputs.tolist(), "ids"
+        return inputs.tolist(), "ids", None
     if isinstance(inputs, (list, tuple, np.ndarray)) and len(inputs) and np.asarray(
             inputs).ndim == 1:
-        return [np.asarray(inputs).tolist()], "row"
+        return [np.asarray(inputs).tolist()], "row", None
     raise ValueError("`inputs` must be a string, a list of strings, a list of token id "
                      "lists, or a dict of token_ids and padding_mask.")
 
 
 def prepare(inputs, tokenizer, vocabulary_size, cache_length, max_length=None,
-            sampler="greedy", stop_token_ids="auto", seed=None):
+            sampler="greedy", stop_token_ids="auto", seed=None, add_start_token=True,
+            default_max_length=None):
     """Checks a `generate` call and returns a `Request`; raises ValueError naming
-    the argument at fault. See `FalconCausalLM.generate` for the arguments."""
-    rows, fmt = _rows(inputs, tokenizer)
+    the argument at fault. See `FalconCausalLM.generate` for the arguments.
+
+    Without `max_length`, a dict of token_ids is generated to its own width
+    (keras-hub's rule: generation fills the padding), anything else to
+    `default_max_length` (when given) or `cache_length`. `add_start_token`:
+    whether text prompts begin with the start token.
+    """
+    rows, fmt, width = _rows(inputs, tokenizer, add_start_token)
     if not rows:
         raise ValueError("`inputs` holds no prompt (a batch of 0 rows); pass at least one.")
     for i, row in enumerate(rows):
@@ -117,7 +143,7 @@ def prepare(inputs, tokenizer, vocabulary_size, cache_length, max_length=None,
                              f"(cache_length={cache_length}).")
     longest = max(len(r) for r in rows)
     if max_length is None:
-        max_length = cache_length
+        max_length = width if width is not None else (default_max_length or cache_length)
     if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)):
         raise ValueError(f"`max_length` must be an integer; received {max_length!r}.")
     if max_length > cache_length:
@@ -138,6 +164,8 @@ def prepare(inputs, tokenizer, vocabulary_size, cache_length, max_length=None,
         raise ValueError(f"`stop_token_ids` must be ids in [0, {vocabulary_size}); "
                          f"received {bad}.")
     sampler = _samplers.resolve(sampler)
+    if seed is None:
+        seed = sampler.seed
     if seed is None:
         seed = int(np.random.default_rng().integers(0, 2 ** 31 - 1))
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):

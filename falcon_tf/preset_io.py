@@ -8,7 +8,11 @@ A preset directory holds:
 
 The weights are read with h5py through one declarative map between keras-hub's
 dataset paths and this package's variables: every dataset is checked for
-presence and shape, and any dataset the map does not know is an error. No
+presence and shape, and any dataset the map does not know is an error. A
+model quantized with Keras's `quantize` is saved under falcon_tf's identity
+(keras-hub's layout has no fused, quantized projections): config.json holds
+its DTypePolicyMap, and each dataset of model.weights.h5 is named by the
+variable's Keras path, the map checked just as strictly. No
 code named by a config is ever imported: `module` and `registered_name` are
 checked as data. Hugging Face checkpoint directories and hf:// handles are
 recognised here and read through `falcon_tf.huggingface`.
@@ -413,6 +417,81 @@ def random_weights(model, seed):
 
 
 # --------------------------------------------------------------------------
+# Weights of a model quantized with Keras: named by each variable's Keras path
+# --------------------------------------------------------------------------
+
+def quantized_layout(model):
+    """Keras variable path -> variable, every variable of `model` once."""
+    layout = {}
+    for var in model.weights:
+        if var.path in layout:  # two variables, one name: the file could not tell them apart
+            raise ValueError(f"Two variables share the path {var.path}.")
+        layout[var.path] = var
+    return layout
+
+
+def write_quantized_weights(path, model):
+    """Every variable as a dataset named by its path, in its own dtype (int8
+    kernels stay int8; bfloat16 marked as Keras marks it)."""
+    with h5py.File(path, "w") as f:
+        for name, var in quantized_layout(model).items():
+            array = np.asarray(var.numpy())
+            dataset = f.create_dataset(name, data=array)
+            if array.dtype.name == "bfloat16":
+                dataset.attrs["dtype"] = "bfloat16"
+
+
+def load_quantized_weights(model, path):
+    """Sets every variable of a quantized `model` from `path`: the file must hold
+    exactly its variables (by path), each with the variable's shape and kind of
+    dtype (integer for integer variables), float values finite."""
+    from falcon_tf._keras import keras
+
+    layout = quantized_layout(model)
+    with _open_weights(path) as f:
+        found = _datasets(f, path)
+        unused = sorted(set(found) - set(layout))
+        if unused:
+            raise ValueError(f"{path}: dataset(s) not part of this quantized FalconBackbone: "
+                             f"{', '.join(unused[:5])}" + (" ..." if len(unused) > 5 else ""))
+        for name, var in layout.items():
+            if name not in found:
+                raise ValueError(f"{path}: dataset {name} is missing.")
+            dataset = found[name]
+            if tuple(dataset.shape) != tuple(var.shape):
+                raise ValueError(f"{path}: dataset {name} has shape {tuple(dataset.shape)}; the "
+                                 f"model needs {tuple(var.shape)}.")
+            integer = str(var.dtype).startswith(("int", "uint"))
+            kind = "f" if _is_bfloat16(dataset) else dataset.dtype.kind
+            if (kind in "iu") != integer or kind not in "iuf":
+                raise ValueError(f"{path}: dataset {name} has dtype {dataset.dtype}; the model "
+                                 f"needs {var.dtype}.")
+            try:
+                array = np.asarray(dataset[()])
+            except (OSError, TypeError, ValueError) as err:
+                raise ValueError(f"{path}: dataset {name} cannot be read: {err}") from None
+            if _is_bfloat16(dataset):
+                import ml_dtypes
+
+                array = array.view(ml_dtypes.bfloat16)
+            if not integer:
+                check_weight(array, path, f"dataset {name}")
+            var.assign(keras.ops.cast(array, var.dtype))
+
+
+def _quantized_config(config):
+    """True when a (validated) preset config's dtype maps a layer to a quantized policy."""
+    from falcon_tf._keras import keras
+    from falcon_tf.backbone import resolve_dtype
+
+    if not isinstance(config.get("dtype"), dict):
+        return False
+    policy = resolve_dtype(config["dtype"])
+    return isinstance(policy, keras.dtype_policies.DTypePolicyMap) and any(
+        policy[path].quantization_mode is not None for path in policy)
+
+
+# --------------------------------------------------------------------------
 # Entry points: FalconBackbone.from_preset / save_to_preset, and the converter
 # --------------------------------------------------------------------------
 
@@ -466,17 +545,23 @@ def load_backbone(cls, preset, load_weights=True, **overrides):
     elif kind == "hf":
         config, layout = huggingface.read_hf_config(found)
     inspected = None
+    quantized = False
     if kind == "dir":
         verify_preset_files(found, skip=() if load_weights else (WEIGHTS_FILE,))
         config = read_config(found)
-        if load_weights:  # the weights file must fit the config before anything is built
+        quantized = _quantized_config(config)
+        if quantized:
+            check_quantized_preset(found, overrides)
+        elif load_weights:  # the weights file must fit the config before anything is built
             fields = {k: config[k] for k in FalconConfig.field_names() if k in config}
             overridden = {k: v for k, v in overrides.items() if k in fields}
             inspected = inspect_weights(os.path.join(found, WEIGHTS_FILE),
                                         FalconConfig(**{**fields, **overridden}))
     # As keras-hub does: a saved float dtype is not restored; the model takes
-    # Keras's current default policy unless the caller passes `dtype`.
-    config["dtype"] = None
+    # Keras's current default policy unless the caller passes `dtype`. A
+    # quantized preset keeps the policies its weights were saved with.
+    if not quantized:
+        config["dtype"] = None
     config.update(overrides)
     try:
         model = cls(**config)
@@ -495,15 +580,31 @@ def load_backbone(cls, preset, load_weights=True, **overrides):
         with progress_bar(f"Loading {os.path.basename(os.path.normpath(found))}") as progress:
             weights = huggingface.iter_weights(found, model.falcon_config, layout, progress)
             assign_weights(model, weights, found)
+    elif quantized:
+        load_quantized_weights(model, os.path.join(found, WEIGHTS_FILE))
     else:
         path = os.path.join(found, WEIGHTS_FILE)
         assign_weights(model, iter_weights(path, model.falcon_config, inspected), path)
     return model
 
 
-def preset_config_json(config_dict, falcon_config):
+def check_quantized_preset(directory, overrides):
+    """A quantized preset must be one falcon_tf saved (its layout), and keeps its
+    dtype: ValueError otherwise."""
+    path = os.path.join(directory, CONFIG_FILE)
+    if read_json(path, "Preset file").get("registered_name") != FALCON_TF_REGISTERED_NAME:
+        raise ValueError(
+            f"{path}: a quantized preset in keras-hub's layout, which falcon_tf does not read "
+            f"(its query, key and value are fused). Load the float preset and call "
+            f"`quantize` on the model instead.")
+    if overrides.get("dtype") is not None:
+        raise ValueError(f"{path}: the preset is quantized; its dtype is the DTypePolicyMap "
+                         f"its weights were saved with, so `dtype` cannot be passed.")
+
+
+def preset_config_json(config_dict, falcon_config, keras_hub_layout=True):
     """The config.json document: keras-hub's identity whenever keras-hub can load it."""
-    if falcon_config.is_keras_hub_architecture:
+    if falcon_config.is_keras_hub_architecture and keras_hub_layout:
         module, registered = KERAS_HUB_MODULE, KERAS_HUB_REGISTERED_NAME
         config_dict = {k: v for k, v in config_dict.items() if k not in FAMILY_FIELDS}
     else:
@@ -513,11 +614,13 @@ def preset_config_json(config_dict, falcon_config):
 
 
 def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_files=None,
-                 metadata=None):
+                 metadata=None, weights_writer=None):
     """Writes a preset atomically: into a temporary sibling, then renamed in.
 
     `extra_files` maps a relative path inside the preset to a source file to copy;
-    `metadata` adds fields to metadata.json.
+    `metadata` adds fields to metadata.json. `weights_writer(path)`, when given,
+    writes model.weights.h5 in falcon_tf's own layout instead of `named_arrays`
+    in keras-hub's.
     """
     from importlib.metadata import version
 
@@ -530,8 +633,12 @@ def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_fil
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(preset_dir)}.tmp-", dir=parent)
     try:
-        _write_json(os.path.join(tmp, CONFIG_FILE), preset_config_json(config_dict, falcon_config))
-        write_weights(os.path.join(tmp, WEIGHTS_FILE), named_arrays, falcon_config)
+        _write_json(os.path.join(tmp, CONFIG_FILE), preset_config_json(
+            config_dict, falcon_config, keras_hub_layout=weights_writer is None))
+        if weights_writer is None:
+            write_weights(os.path.join(tmp, WEIGHTS_FILE), named_arrays, falcon_config)
+        else:
+            weights_writer(os.path.join(tmp, WEIGHTS_FILE))
         names = [WEIGHTS_FILE]
         for relative, source in (extra_files or {}).items():
             os.makedirs(os.path.dirname(os.path.join(tmp, relative)), exist_ok=True)
@@ -564,11 +671,16 @@ def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_fil
 
 
 def save_backbone(model, preset_dir):
-    weights = ((name, var.numpy()) for name, var in named_variables(model).items())
     metadata = ({"lm_head": huggingface.UNTIED_HEAD_NOTE}
-                if getattr(model, "untied_lm_head", None) else None)
+                if getattr(model, "untied_lm_head", None) else {})
+    if model.quantization_modes:
+        metadata["quantization"] = model.quantization_modes
+        return write_preset(preset_dir, model.get_config(), model.falcon_config, None,
+                            metadata=metadata,
+                            weights_writer=lambda path: write_quantized_weights(path, model))
+    weights = ((name, var.numpy()) for name, var in named_variables(model).items())
     return write_preset(preset_dir, model.get_config(), model.falcon_config, weights,
-                        metadata=metadata)
+                        metadata=metadata or None)
 
 
 class progress_bar:

@@ -12,6 +12,8 @@ graphs draw with stateless random ops from (seed, step); the numpy version
 identical everywhere; seeded draws repeat within one runtime.
 """
 
+from __future__ import annotations
+
 import dataclasses
 
 import numpy as np
@@ -19,18 +21,28 @@ import numpy as np
 NAMES = ("greedy", "top_k", "top_p", "temperature")
 
 
+# keras-hub's sampler names and classes -> ours ("random" is sampling at a temperature).
+_ALIASES = {"random": "temperature"}
+_KERAS_HUB_CLASSES = {"GreedySampler": "greedy", "TopKSampler": "top_k",
+                      "TopPSampler": "top_p", "RandomSampler": "temperature"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampler:
     """A sampler by name with its parameters (defaults are keras-hub's).
 
+    `seed` (an int, or None): the seed `generate` draws with when it is given
+    none; with a seed, the same prompt gives the same tokens.
+
     >>> Sampler("top_k", k=40, temperature=0.7)
-    Sampler(name='top_k', k=40, p=0.1, temperature=0.7)
+    Sampler(name='top_k', k=40, p=0.1, temperature=0.7, seed=None)
     """
 
     name: str = "greedy"
     k: int = 5
     p: float = 0.1
     temperature: float = 1.0
+    seed: int | None = None
 
     def __post_init__(self):
         if self.name not in NAMES:
@@ -38,11 +50,17 @@ class Sampler:
                              f"received {self.name!r}.")
         if isinstance(self.k, bool) or not isinstance(self.k, (int, np.integer)) or self.k < 1:
             raise ValueError(f"Sampler `k` must be a positive integer; received {self.k!r}.")
-        if not 0.0 < float(self.p) <= 1.0:
+        if isinstance(self.p, bool) or not isinstance(self.p, (int, float, np.floating)) or \
+                not 0.0 < float(self.p) <= 1.0:
             raise ValueError(f"Sampler `p` must be in (0, 1]; received {self.p!r}.")
-        if not float(self.temperature) > 0.0:
+        if isinstance(self.temperature, bool) or not isinstance(
+                self.temperature, (int, float, np.floating)) or not float(self.temperature) > 0.0:
             raise ValueError(f"Sampler `temperature` must be positive; received "
                              f"{self.temperature!r}.")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(
+                self.seed, (int, np.integer))):
+            raise ValueError(f"Sampler `seed` must be an integer or None; received "
+                             f"{self.seed!r}.")
 
     def parameters(self):
         """(k, p, temperature): k = 0 keeps every token, temperature 0 is greedy."""
@@ -54,13 +72,51 @@ class Sampler:
             return 0, float(self.p), float(self.temperature)
         return 0, 1.0, float(self.temperature)
 
+    def get_config(self):
+        """Plain JSON-able data; `Sampler.from_config` reads it back."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_config(cls, config):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(config, dict) or not set(config) <= fields:
+            found = sorted(set(config) - fields) if isinstance(config, dict) else config
+            raise ValueError(f"A sampler config holds {', '.join(sorted(fields))}; "
+                             f"received {found!r}.")
+        return cls(**config)
+
+
+def _from_keras_hub(sampler):
+    """A keras_hub.samplers object -> Sampler, or ValueError naming what does not map."""
+    kind = type(sampler).__name__
+    name = _KERAS_HUB_CLASSES.get(kind)
+    if name is None:
+        raise ValueError(f"`sampler` {kind} has no counterpart here; the samplers are "
+                         f"{', '.join(NAMES)} (keras-hub's GreedySampler, TopKSampler, "
+                         f"TopPSampler and RandomSampler).")
+    if name == "top_p" and getattr(sampler, "k", None) is not None:
+        raise ValueError("`sampler` TopPSampler with `k` set (top-p within the top k) has no "
+                         "counterpart here; use top_k or top_p alone.")
+    fields = {"name": name, "temperature": float(getattr(sampler, "temperature", 1.0)),
+              "seed": getattr(sampler, "seed", None)}
+    if name == "top_k":
+        fields["k"] = int(sampler.k)
+    if name == "top_p":
+        fields["p"] = float(sampler.p)
+    if not isinstance(fields["seed"], (int, np.integer, type(None))):
+        fields["seed"] = None  # a keras.random.SeedGenerator: its state is not a seed
+    return Sampler(**fields)
+
 
 def resolve(sampler):
-    """"greedy" | "top_k" | "top_p" | "temperature" | Sampler -> Sampler."""
+    """A name ("greedy", "top_k", "top_p", "temperature" or keras-hub's
+    "random"), a Sampler, or a keras_hub.samplers object -> Sampler."""
     if isinstance(sampler, Sampler):
         return sampler
     if isinstance(sampler, str):
-        return Sampler(sampler)
+        return Sampler(_ALIASES.get(sampler, sampler))
+    if type(sampler).__module__.startswith("keras_hub."):
+        return _from_keras_hub(sampler)
     raise ValueError(f"`sampler` must be one of {', '.join(NAMES)} or a Sampler; received "
                      f"{sampler!r}.")
 

@@ -22,3 +22,9 @@ class FalconTokenEmbedding(keras.layers.ReversibleEmbedding):
         rows = tf.gather(self.embeddings, flat)  # (b * s, hidden)
         batch, seq = ops.shape(inputs)[0], ops.shape(inputs)[1]
         return ops.cast(ops.reshape(rows, (batch, seq, self.output_dim)), self.compute_dtype)
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        # Keras quantizes only the exact classes it knows; this subclass changes
+        # nothing Keras's quantized lookup depends on (a quantized layer runs
+        # Keras's own lookup and head, not `call` above).
+        return super().quantize(mode, type_check=False, config=config)

@@ -1,96 +1,66 @@
-"""FalconTokenizer: Falcon's byte-level BPE, on Hugging Face `tokenizers`.
+"""FalconTokenizer: Falcon's byte-level BPE as a Keras layer (keras-hub's API).
 
-Reads keras-hub's tokenizer assets (vocabulary.json + merges.txt), Hugging
-Face's (tokenizer.json, or vocab.json + merges.txt) and an exported artifact's
-tokenizer/tokenizer.json. A tokenizer.json is used as written (Falcon's own
-adds digit and punctuation splitting to the byte-level pre-tokenizer); from a
-vocabulary and merges the tokenizer is GPT-2's byte-level BPE, as keras-hub's.
-`<|endoftext|>` is the start, end and stop token and is never split.
+Python strings (`str`, `bytes`, lists or numpy arrays of them) are tokenized
+in Python and give lists of ids. TensorFlow string tensors, eager or symbolic
+(inside `tf.data.Dataset.map` or a `tf.function`), are tokenized through
+`tf.numpy_function` with static output specs: one string gives a 1-D int32
+tensor, a 1-D batch a `tf.RaggedTensor` (batch, None). `detokenize` mirrors
+both. The work is done by `falcon_tf.bpe.ByteLevelBPE` (Hugging Face
+`tokenizers`), which the runtimes without Keras use directly.
+
+As in keras-hub, the vocabulary is not part of `get_config()`: it travels as
+an asset (tokenizer.json inside a `.keras` file; tokenizer files in a
+preset). A tokenizer revived from its config alone has no vocabulary until
+Keras loads its assets, and says so if used before.
 """
 
-import json
 import os
 
-from falcon_tf import contract
-from falcon_tf.json_file import json_or_none
+from falcon_tf._keras import keras, tf
+from falcon_tf.bpe import (  # noqa: F401  (re-exported: the module's public names)
+    END_TOKEN,
+    HF_TOKENIZER,
+    ByteLevelBPE,
+    from_artifact,
+    synthetic_vocabulary,
+)
 
-END_TOKEN = "<|endoftext|>"
-# keras-hub's Falcon files
-KERAS_HUB_ASSETS = os.path.join("assets", "tokenizer")
-KERAS_HUB_VOCABULARY = "vocabulary.json"
-KERAS_HUB_MERGES = "merges.txt"
-# Hugging Face's
-HF_TOKENIZER = "tokenizer.json"
-HF_VOCABULARY = "vocab.json"
-HF_MERGES = "merges.txt"
-
-
-def _is_keras_config(path):
-    """True for keras-hub's tokenizer.json (a layer config naming its class)."""
-    data = json_or_none(path)
-    return isinstance(data, dict) and "class_name" in data and "model" not in data
+# Keyword arguments keras.layers.Layer itself understands; anything else is a mistake.
+_LAYER_KWARGS = ("name", "trainable")
 
 
-def _read_merges(path):
-    merges = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line or (number == 1 and line.startswith("#version")):
-                continue
-            parts = line.split(" ")
-            if len(parts) != 2:
-                raise ValueError(f"{path}, line {number}: a merge rule is two symbols separated "
-                                 f"by one space; found {line!r}.")
-            merges.append((parts[0], parts[1]))
-    return merges
+def _check_dtype(dtype):
+    """`dtype` -> the int32 policy; the ids are int32 whatever is asked."""
+    try:
+        policy = keras.dtype_policies.get(dtype)
+    except (ValueError, TypeError):
+        policy = None
+    if policy is None or policy.name != "int32":
+        raise ValueError(f"FalconTokenizer's `dtype` must be 'int32' (the dtype of its ids); "
+                         f"received {dtype!r}.")
+    return policy
 
 
-def _as_merges(merges, source="`merges`"):
-    out = []
-    for i, rule in enumerate(merges):
-        parts = rule.split(" ") if isinstance(rule, str) else list(rule)
-        if len(parts) != 2 or not all(isinstance(p, str) and p for p in parts):
-            raise ValueError(f"{source}[{i}] must be two symbols ('a b' or a pair); "
-                             f"received {rule!r}.")
-        out.append(tuple(parts))
-    return out
+def _is_tensor(value):
+    return isinstance(value, (tf.Tensor, tf.RaggedTensor, tf.Variable)) or tf.is_tensor(value)
 
 
-def synthetic_vocabulary(size):
-    """A byte-level BPE vocabulary of exactly `size` tokens with no training data:
-    the 256 byte symbols, `<|endoftext|>`, then merges of space + letter, letter
-    pairs and digit pairs, in that order. For the random-weight preset only."""
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    symbols = sorted(ByteLevel.alphabet(), key=lambda s: ord(s))
-    vocabulary = {s: i for i, s in enumerate(symbols)}
-    vocabulary[END_TOKEN] = len(vocabulary)
-    letters = "etaoinshrdlcumwfgypbvkjxqz"
-    candidates = ([("Ġ", c) for c in letters] + [(a, b) for a in letters for b in letters]
-                  + [(a, b) for a in "0123456789" for b in "0123456789"])
-    merges = []
-    for a, b in candidates:
-        if len(vocabulary) >= size:
-            break
-        vocabulary[a + b] = len(vocabulary)
-        merges.append((a, b))
-    if len(vocabulary) != size:
-        raise ValueError(f"A synthetic vocabulary holds 257 to {257 + len(candidates)} tokens; "
-                         f"asked for {size}.")
-    return vocabulary, merges
-
-
-class FalconTokenizer:
+@keras.saving.register_keras_serializable(package="falcon_tf")
+class FalconTokenizer(keras.layers.Layer):
     """Falcon's byte-level BPE tokenizer (keras-hub's `FalconTokenizer` API).
 
     Args:
         vocabulary: dict token -> id, or the path of a JSON file holding one.
         merges: list of merge rules ("a b" strings or pairs), or the path of a
             merges.txt file.
+        dtype: "int32", the dtype of the ids (the only one).
+        name, trainable: as for any Keras layer.
 
     Or build from a tokenizer.json with `FalconTokenizer.from_file(path)`, or
     from any preset, checkpoint or artifact with `from_preset`.
+
+    `<|endoftext|>` is the start, end and stop token, is never split, and is
+    the one entry of `special_tokens`.
 
     Example:
 
@@ -104,101 +74,67 @@ class FalconTokenizer:
     [1, 2, 3]
     >>> tokenizer.detokenize([1, 2, 3])
     'a quick fox'
+    >>> import tensorflow as tf
+    >>> ds = tf.data.Dataset.from_tensor_slices(["a quick fox", "a fox"]).map(tokenizer)
+    >>> [ids.tolist() for ids in ds.as_numpy_iterator()]
+    [[1, 2, 3], [1, 3]]
     """
 
-    def __init__(self, vocabulary=None, merges=None, *, _tokenizer=None):
-        if _tokenizer is None:
-            _tokenizer = self._build(vocabulary, merges)
-        self._tokenizer = _tokenizer
-        for token in (END_TOKEN,):
-            if _tokenizer.token_to_id(token) is None:
-                raise ValueError(f"The vocabulary has no {token!r} token, which Falcon uses as "
-                                 f"its start and end token.")
-        self.end_token = self.start_token = END_TOKEN
-        self.end_token_id = self.start_token_id = _tokenizer.token_to_id(END_TOKEN)
-        self.pad_token_id = 0  # as keras-hub's; padding is masked, so its id never matters
-
-    @staticmethod
-    def _build(vocabulary, merges):
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-        if isinstance(vocabulary, (str, os.PathLike)):
-            path = os.fspath(vocabulary)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"Vocabulary file not found: {path}")
-            with open(path, encoding="utf-8") as f:
-                try:
-                    vocabulary = json.load(f)
-                except ValueError as err:
-                    raise ValueError(f"{path} is not valid JSON: {err}") from None
-        if not isinstance(vocabulary, dict) or not vocabulary or not all(
-                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
-                for k, v in vocabulary.items()):
-            raise ValueError("`vocabulary` must be a non-empty dict of token (str) -> id (int), "
-                             "or the path of a JSON file holding one.")
-        if sorted(vocabulary.values()) != list(range(len(vocabulary))):
-            raise ValueError("`vocabulary` ids must be 0 .. size - 1, each once.")
-        if isinstance(merges, (str, os.PathLike)):
-            if not os.path.isfile(merges):
-                raise FileNotFoundError(f"Merges file not found: {os.fspath(merges)}")
-            merges = _read_merges(os.fspath(merges))
-        elif merges is None:
-            raise ValueError("`merges` is required with `vocabulary`: a list of merge rules or "
-                             "the path of a merges.txt file.")
+    def __init__(self, vocabulary=None, merges=None, *, dtype="int32", _tokenizer=None,
+                 **kwargs):
+        unknown = sorted(set(kwargs) - set(_LAYER_KWARGS))
+        if unknown:
+            raise ValueError(f"FalconTokenizer got unknown argument(s) {', '.join(unknown)}; it "
+                             f"takes vocabulary, merges, dtype, name and trainable.")
+        super().__init__(dtype=_check_dtype(dtype), **kwargs)
+        if isinstance(_tokenizer, ByteLevelBPE):
+            bpe = _tokenizer
+        elif _tokenizer is not None:  # a Hugging Face `tokenizers.Tokenizer`
+            bpe = ByteLevelBPE(_tokenizer=_tokenizer)
+        elif vocabulary is not None or merges is not None:
+            bpe = ByteLevelBPE(vocabulary, merges)
         else:
-            merges = _as_merges(merges)
-        for i, (a, b) in enumerate(merges):
-            if a not in vocabulary or b not in vocabulary or a + b not in vocabulary:
-                raise ValueError(f"Merge rule {i} ({a!r} {b!r}) uses or makes a token that is "
-                                 f"not in the vocabulary.")
-        tokenizer = Tokenizer(models.BPE(vocab=vocabulary, merges=merges))
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        if END_TOKEN in vocabulary:
-            tokenizer.add_special_tokens([END_TOKEN])
-        return tokenizer
+            bpe = None  # revived from a config: Keras's load_assets brings the vocabulary
+        self._bpe = bpe
+        self.built = True  # no weights
+
+    # A tokenizer has no weights; strings, bytes and lists are not tensors Keras's
+    # layer call could convert. Calling it is calling `tokenize`.
+    def __call__(self, inputs, *args, **kwargs):
+        return self.call(inputs, *args, **kwargs)
+
+    def call(self, inputs):
+        return self.tokenize(inputs)
+
+    @property
+    def bpe(self):
+        """The `ByteLevelBPE` doing the work (no TensorFlow needed to use it)."""
+        return self._loaded()
+
+    @property
+    def has_vocabulary(self):
+        """False for a tokenizer revived from its config until its assets load."""
+        return self._bpe is not None
+
+    def _loaded(self):
+        if self._bpe is None:
+            raise ValueError(
+                "This FalconTokenizer has no vocabulary: it was built from a config, which "
+                "does not carry one. Build it with `vocabulary` and `merges` or from_preset, "
+                "or load it with keras.models.load_model (its vocabulary is an asset).")
+        return self._bpe
+
+    # --- constructors ---
 
     @classmethod
     def from_file(cls, path):
         """From a Hugging Face tokenizer.json (as written by `save_assets`)."""
-        from tokenizers import Tokenizer
-
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"Tokenizer file not found: {path}")
-        try:
-            tokenizer = Tokenizer.from_file(path)
-        except Exception as err:  # tokenizers raises its own Exception type
-            raise ValueError(f"{path} is not a readable tokenizer.json: "
-                             f"{str(err).splitlines()[0]}") from None
-        return cls(_tokenizer=tokenizer)
+        return cls(_tokenizer=ByteLevelBPE.from_file(path))
 
     @classmethod
     def from_directory(cls, directory):
-        """From whichever tokenizer files `directory` holds (see the module docstring)."""
-        directory = os.fspath(directory)
-        exported = os.path.join(directory, contract.TOKENIZER_FILE)
-        if os.path.isfile(exported):
-            return cls.from_file(exported)
-        keras_hub = (os.path.join(directory, KERAS_HUB_ASSETS, KERAS_HUB_VOCABULARY),
-                     os.path.join(directory, KERAS_HUB_ASSETS, KERAS_HUB_MERGES))
-        if all(os.path.isfile(p) for p in keras_hub):
-            # A keras-hub preset; its top-level tokenizer.json is keras-hub's
-            # layer config, not a Hugging Face tokenizer.
-            return cls(*keras_hub)
-        hf = os.path.join(directory, HF_TOKENIZER)
-        if os.path.isfile(hf) and not _is_keras_config(hf):
-            return cls.from_file(hf)
-        pairs = [(os.path.join(directory, "tokenizer", HF_VOCABULARY),
-                  os.path.join(directory, "tokenizer", HF_MERGES)),
-                 (os.path.join(directory, HF_VOCABULARY), os.path.join(directory, HF_MERGES))]
-        for vocabulary, merges in pairs:
-            if os.path.isfile(vocabulary) and os.path.isfile(merges):
-                return cls(vocabulary, merges)
-        raise FileNotFoundError(
-            f"No tokenizer files in {directory}: looked for {contract.TOKENIZER_FILE}, "
-            f"{HF_TOKENIZER}, {KERAS_HUB_ASSETS}/{KERAS_HUB_VOCABULARY} + {KERAS_HUB_MERGES}, "
-            f"and {HF_VOCABULARY} + {HF_MERGES}.")
+        """From whichever tokenizer files `directory` holds (see `falcon_tf.bpe`)."""
+        return cls(_tokenizer=ByteLevelBPE.from_directory(directory))
 
     @classmethod
     def from_preset(cls, preset):
@@ -210,80 +146,121 @@ class FalconTokenizer:
         >>> tokenizer.vocabulary_size()
         1024
         """
-        from falcon_tf import preset_io
+        return cls(_tokenizer=ByteLevelBPE.from_preset(preset))
 
-        kind, found = preset_io.resolve(preset)
-        if kind == "random":
-            return cls(*synthetic_vocabulary(found["config"]["vocabulary_size"]))
-        return cls.from_directory(found)
+    # --- tokens ---
 
-    # --- the keras-hub API ---
+    @property
+    def start_token(self):
+        return self.bpe.start_token
 
-    def tokenize(self, inputs):
-        """A string -> list of ids; a list of strings -> list of lists (ragged)."""
-        if isinstance(inputs, str):
-            return self._tokenizer.encode(inputs, add_special_tokens=False).ids
-        if isinstance(inputs, (list, tuple)) and all(isinstance(s, str) for s in inputs):
-            return [e.ids for e in self._tokenizer.encode_batch(list(inputs),
-                                                                add_special_tokens=False)]
-        raise ValueError(f"`inputs` must be a string or a list of strings; received "
-                         f"{type(inputs).__name__}.")
+    @property
+    def end_token(self):
+        return self.bpe.end_token
 
-    __call__ = tokenize
+    @property
+    def start_token_id(self):
+        return self.bpe.start_token_id
 
-    def detokenize(self, ids):
-        """A list of ids -> string; a list of lists (or a 2-D array) -> list of strings."""
-        import numpy as np
+    @property
+    def end_token_id(self):
+        return self.bpe.end_token_id
 
-        if not isinstance(ids, list):  # an array, a tuple or one id
-            ids = np.asarray(ids).tolist()
-            ids = ids if isinstance(ids, list) else [ids]
-        if ids and isinstance(ids[0], list):
-            return [self.detokenize(row) for row in ids]
-        size = self.vocabulary_size()
-        bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < size]
-        if bad:
-            raise ValueError(f"Token ids must be integers in [0, {size}); received {bad[:5]}.")
-        return self._tokenizer.decode(ids, skip_special_tokens=False)
+    @property
+    def pad_token_id(self):
+        return self.bpe.pad_token_id
+
+    @property
+    def special_tokens(self):
+        """Tokens that mark text rather than spell it (stripped by the
+        preprocessor's `generate_postprocess`)."""
+        return self.bpe.special_tokens
+
+    @property
+    def special_token_ids(self):
+        return self.bpe.special_token_ids
 
     def vocabulary_size(self):
-        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+        return self.bpe.vocabulary_size()
 
     def get_vocabulary(self):
-        vocab = self._tokenizer.get_vocab(with_added_tokens=True)
-        return [token for token, _ in sorted(vocab.items(), key=lambda item: item[1])]
+        return self.bpe.get_vocabulary()
 
     def id_to_token(self, id):
-        token = self._tokenizer.id_to_token(int(id))
-        if token is None:
-            raise ValueError(f"`id` must be in [0, {self.vocabulary_size()}); received {id}.")
-        return token
+        return self.bpe.id_to_token(id)
 
     def token_to_id(self, token):
-        id = self._tokenizer.token_to_id(token)
-        if id is None:
-            raise ValueError(f"{token!r} is not in the vocabulary.")
-        return id
+        return self.bpe.token_to_id(token)
+
+    # --- tokenizing ---
+
+    def tokenize(self, inputs):
+        """Strings -> ids.
+
+        A string -> list of ids; a list (or 1-D numpy array) of strings ->
+        list of lists. A scalar string tensor -> (n,) int32 tensor; a 1-D
+        string tensor -> int32 `tf.RaggedTensor` (batch, None).
+        """
+        if not _is_tensor(inputs):
+            return self.bpe.tokenize(inputs)
+        self._loaded()  # fails here, naming the cause, rather than inside the graph
+        if isinstance(inputs, tf.RaggedTensor) or inputs.dtype != tf.string:
+            raise ValueError(f"`inputs` must be a string tensor (a scalar or a 1-D batch); "
+                             f"received {type(inputs).__name__} of dtype {inputs.dtype.name}.")
+        rank = inputs.shape.rank
+        if rank not in (0, 1):
+            raise ValueError(f"`inputs` must be a scalar string or a 1-D batch of strings; "
+                             f"received a tensor of shape {inputs.shape}.")
+        flat, lengths = tf.numpy_function(
+            self._tokenize_numpy, [tf.reshape(inputs, [-1])], [tf.int32, tf.int64],
+            stateful=False, name="falcon_tokenize")
+        flat.set_shape([None])
+        lengths.set_shape([None] if rank else [1])
+        if rank == 0:
+            return flat
+        return tf.RaggedTensor.from_row_lengths(flat, lengths, validate=False)
+
+    def detokenize(self, ids):
+        """Ids -> strings: the inverse of `tokenize`, form for form (a tensor
+        gives a tf.string tensor: a scalar for one row, (batch,) for many)."""
+        if not _is_tensor(ids):
+            return self.bpe.detokenize(ids)
+        self._loaded()
+        if isinstance(ids, tf.RaggedTensor):
+            if ids.ragged_rank != 1 or ids.shape.rank != 2:
+                raise ValueError(f"`ids` must be (batch, None); received a RaggedTensor of "
+                                 f"shape {ids.shape}.")
+            flat, lengths, rank = ids.values, ids.row_lengths(), 2
+        else:
+            ids = tf.convert_to_tensor(ids)
+            rank = ids.shape.rank
+            if rank not in (1, 2) or not ids.dtype.is_integer:
+                raise ValueError(f"`ids` must be integers of shape (n,) or (batch, n); "
+                                 f"received {ids.dtype.name} of shape {ids.shape}.")
+            rows = ids[None] if rank == 1 else ids
+            flat = tf.reshape(rows, [-1])
+            lengths = tf.fill([tf.shape(rows)[0]], tf.cast(tf.shape(rows)[1], tf.int64))
+        text = tf.numpy_function(
+            self._detokenize_numpy, [tf.cast(flat, tf.int32), tf.cast(lengths, tf.int64)],
+            tf.string, stateful=False, name="falcon_detokenize")
+        text.set_shape([None])
+        return text[0] if rank == 1 else text
+
+    def _tokenize_numpy(self, strings):
+        return self.bpe.tokenize_flat(strings)
+
+    def _detokenize_numpy(self, flat, lengths):
+        return self.bpe.detokenize_flat(flat, lengths)
+
+    # --- Keras saving: the vocabulary is an asset ---
+
+    def get_config(self):
+        return super().get_config()  # name, trainable, dtype: no vocabulary
 
     def save_assets(self, directory):
         """Writes `directory`/tokenizer.json (Hugging Face's format), what the
         device side and `from_file` read; atomically. Returns the path."""
-        from falcon_tf import manifest
+        return self.bpe.save_assets(directory)
 
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, HF_TOKENIZER)
-        manifest.atomic_write(path, self._tokenizer.to_str(pretty=False).encode("utf-8"))
-        return path
-
-
-def from_artifact(artifact_dir, data, verify_checksums=True):
-    """The exported artifact's tokenizer, checked against its manifest `data`;
-    None when the artifact has none."""
-    from falcon_tf import manifest
-
-    entry = data.get("tokenizer")
-    if not entry:
-        return None
-    if verify_checksums:
-        manifest.verify(artifact_dir, entry["files"])
-    return FalconTokenizer.from_file(os.path.join(artifact_dir, contract.TOKENIZER_FILE))
+    def load_assets(self, directory):
+        self._bpe = ByteLevelBPE.from_file(os.path.join(directory, HF_TOKENIZER))

@@ -127,13 +127,13 @@ def main(argv=None):
     inputs = {"token_ids": x, "padding_mask": np.ones_like(x)}
     total_steps = rows // args.batch * args.epochs
     backbone = FalconBackbone(**CONFIG)
-    lm = FalconCausalLM(backbone, tokenizer=tokenizer, cache_length=args.seq)
+    lm = FalconCausalLM(backbone, tokenizer=tokenizer, cache_length=args.seq, compile=False)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, decay_steps=total_steps - total_steps // 20, warmup_target=args.learning_rate,
         warmup_steps=total_steps // 20, alpha=0.02)
     lm.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01, global_clipnorm=1.0),
                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-               jit_compile=True)
+               weighted_metrics=None, jit_compile=True)  # the loss alone, as trained
     train_start = time.perf_counter()
     epochs = args.epochs
     history = lm.fit(inputs, y, batch_size=args.batch, epochs=epochs, shuffle=True, verbose=2)

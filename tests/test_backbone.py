@@ -174,6 +174,11 @@ def test_dtypes_run_close_to_float32(dtype):
     x = padded_batch(13)
     out = model(x)
     assert str(out.dtype.name) == model.dtype_policy.compute_dtype
+    # Every layer takes the model's policy; the attention bias still computes in float32.
+    for layer in model._flatten_layers():
+        if not isinstance(layer, keras.layers.InputLayer):
+            assert layer.compute_dtype == model.dtype_policy.compute_dtype, layer.name
+    assert [b.dtype.name for b in model.attention_bias(x["padding_mask"])] == ["float32"] * 3
     out = out.numpy().astype("float32")
     assert np.isfinite(out).all()
     # 16-bit matmuls; softmax and layer norm in float32 keep the error small.

@@ -247,3 +247,99 @@ def test_save_to_preset_round_trips_weights_and_tokenizer(tmp_path):
     again = FalconCausalLM.from_preset(str(tmp_path / "saved"), cache_length=32)
     assert again.tokenizer("the cat sat") == lm.tokenizer("the cat sat")
     assert again.generate("the cat", max_length=20) == lm.generate("the cat", max_length=20)
+
+
+# keras-hub's task API: compile's sampler, text through the preprocessor, generate's width.
+
+def test_a_dict_generates_to_its_own_width_as_keras_hub(lm):
+    ids = np.zeros((1, 8), "int32")
+    ids[0, :3] = PROMPTS[0][:3]
+    mask = np.arange(8)[None] < 3
+    out = lm.generate({"token_ids": ids, "padding_mask": mask}, stop_token_ids=None)
+    assert out["token_ids"].shape == out["padding_mask"].shape == (1, 8)  # not cache_length
+    assert out["padding_mask"].all()
+    assert out["token_ids"][0].tolist() == lm.generate([PROMPTS[0][:3]], max_length=8,
+                                                       stop_token_ids=None)[0]
+    function = lm.make_generate_function()
+    assert function is lm.generate_function is lm.make_generate_function()
+    np.testing.assert_array_equal(function({"token_ids": ids, "padding_mask": mask})["token_ids"],
+                                  out["token_ids"])
+
+
+def test_compile_sets_the_sampler_generate_uses(lm, keras_hub):
+    greedy = lm.generate(PROMPTS, max_length=20, stop_token_ids=None)
+    try:
+        lm.compile(sampler=Sampler("top_k", k=5, seed=11))
+        sampled = lm.generate(PROMPTS, max_length=20, stop_token_ids=None)
+        assert sampled != greedy  # the compiled sampler, with its seed
+        assert lm.generate(PROMPTS, max_length=20, stop_token_ids=None) == sampled
+        assert lm.generate(PROMPTS, max_length=20, stop_token_ids=None, sampler="greedy") == \
+            greedy
+        lm.compile(sampler=keras_hub.samplers.TopKSampler(k=1, seed=2))  # keras-hub's own
+        assert lm.sampler == Sampler("top_k", k=1, seed=2)
+        assert lm.generate(PROMPTS, max_length=20, stop_token_ids=None) == greedy
+        lm.compile(sampler="random")
+        assert lm.sampler.name == "temperature"
+        for sampler, message in [("beam", "`sampler` must be one of"),
+                                 (keras_hub.samplers.BeamSampler(), "BeamSampler has no"),
+                                 (keras_hub.samplers.TopPSampler(p=0.5, k=3), "with `k` set")]:
+            with pytest.raises(ValueError, match=message):
+                lm.compile(sampler=sampler)
+        assert lm.sampler.name == "temperature"  # a refused compile changes nothing
+    finally:
+        lm.compile()
+    assert lm.sampler == Sampler("greedy")
+
+
+@pytest.mark.slow
+def test_fit_predict_and_evaluate_take_text(tmp_path):
+    import keras
+
+    from falcon_tf import FalconCausalLMPreprocessor
+
+    tokenizer = FalconTokenizer.from_preset("falcon_tiny_random")
+    backbone = randomize(FalconBackbone(**tiny_kwargs(vocabulary_size=1024)), scale=0.1)
+    preprocessor = FalconCausalLMPreprocessor(tokenizer, sequence_length=8)
+    lm = FalconCausalLM(backbone, preprocessor=preprocessor, cache_length=32)
+    texts = ["the cat sat on the mat", "a dog ran", "birds fly south", "one two three"]
+    logits = lm.predict(texts, batch_size=2, verbose=0)
+    assert logits.shape == (4, 8, 1024)
+    x = preprocessor(texts)[0]
+    np.testing.assert_allclose(logits, lm(x).numpy(), atol=1e-5)
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices(texts).batch(2)
+    np.testing.assert_allclose(lm.predict(dataset, verbose=0), logits, atol=1e-5)
+    before = [w.copy() for w in lm.get_weights()]
+    history = lm.fit(texts, batch_size=2, epochs=1, validation_split=0.5, verbose=0)  # no compile
+    assert {"loss", "val_loss", "sparse_categorical_accuracy"} <= set(history.history)
+    assert any((a != b).any() for a, b in zip(before, lm.get_weights()))
+    assert np.isfinite(lm.evaluate(texts, verbose=0, return_dict=True)["loss"])
+    assert np.isfinite(lm.train_on_batch(texts[:2])).all()
+    with pytest.raises(ValueError, match="`y` must be None"):
+        lm.fit(texts, np.zeros((4, 8)), verbose=0)
+    with pytest.raises(ValueError, match="called on text"):
+        lm(texts)
+    with pytest.raises(ValueError, match="a batch of texts"):
+        lm.predict("one text", verbose=0)
+    uncompiled = FalconCausalLM(backbone, preprocessor=preprocessor, compile=False)
+    with pytest.raises(ValueError, match="You must call `compile"):
+        uncompiled.fit(texts, verbose=0)
+    # The compiled sampler, optimizer and loss come back from a .keras file.
+    lm.compile(optimizer=keras.optimizers.SGD(0.01), sampler=Sampler("top_p", p=0.5, seed=4))
+    lm.save(str(tmp_path / "lm.keras"))
+    loaded = keras.models.load_model(str(tmp_path / "lm.keras"))
+    assert loaded.sampler == lm.sampler and isinstance(loaded.optimizer, keras.optimizers.SGD)
+    assert loaded.preprocessor.sequence_length == 8
+    assert loaded.generate(texts[:2], max_length=16) == lm.generate(texts[:2], max_length=16)
+
+
+def test_from_preset_attaches_a_preprocessor(tmp_path):
+    lm = FalconCausalLM.from_preset("falcon_tiny_random", cache_length=32, sequence_length=12)
+    assert lm.preprocessor.sequence_length == 12 and lm.tokenizer is lm.preprocessor.tokenizer
+    # Without max_length: the preprocessor's sequence_length, bounded by the cache.
+    assert len(lm.generate([[5, 6, 7]], stop_token_ids=None)[0]) == 12
+    lm.preprocessor.sequence_length = 100
+    assert len(lm.generate([[5, 6, 7]], stop_token_ids=None)[0]) == 32
+    lm.save_to_preset(str(tmp_path))
+    assert FalconCausalLM.from_preset(str(tmp_path)).preprocessor.sequence_length == 100

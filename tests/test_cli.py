@@ -6,7 +6,9 @@ import os
 import pytest
 
 import falcon_tf.backbone
+import falcon_tf.bpe
 import falcon_tf.causal_lm
+import falcon_tf.causal_lm_preprocessor
 import falcon_tf.evaluation
 import falcon_tf.samplers
 import falcon_tf.tokenizer
@@ -68,8 +70,8 @@ def test_presets_lists_every_builtin(capsys):
 def test_docstring_examples_run():
     result = doctest.testmod(falcon_tf.backbone, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 4 and result.failed == 0
-    for module in (falcon_tf.causal_lm, falcon_tf.tokenizer, falcon_tf.samplers,
-                   falcon_tf.evaluation):
+    for module in (falcon_tf.causal_lm, falcon_tf.tokenizer, falcon_tf.bpe,
+                   falcon_tf.causal_lm_preprocessor, falcon_tf.samplers, falcon_tf.evaluation):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted >= 1 and result.failed == 0, module.__name__
 

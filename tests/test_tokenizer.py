@@ -142,3 +142,74 @@ def test_bad_input_is_named(trained, tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a readable tokenizer.json"):
         FalconTokenizer.from_file(tmp_path / "tokenizer.json")
+
+
+def test_a_keras_layer_whose_vocabulary_is_an_asset(trained, tmp_path):
+    keras = pytest.importorskip("keras")
+    _, folder = trained
+    ours = FalconTokenizer.from_directory(folder)
+    assert isinstance(ours, keras.layers.Layer)
+    config = ours.get_config()
+    assert set(config) == {"name", "trainable", "dtype"}  # no vocabulary in the config
+    revived = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(ours))
+    assert isinstance(revived, FalconTokenizer) and revived.get_config() == config
+    assert not revived.has_vocabulary
+    with pytest.raises(ValueError, match="has no vocabulary: it was built from a config"):
+        revived("text")
+    ours.save_assets(str(tmp_path))
+    revived.load_assets(str(tmp_path))
+    assert revived(CORPUS[4]) == ours(CORPUS[4])
+    with pytest.raises(ValueError, match="`dtype` must be 'int32'"):
+        FalconTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), dtype="float32")
+    with pytest.raises(ValueError, match="unknown argument.*sequence_length"):
+        FalconTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                        sequence_length=8)
+
+
+def test_special_tokens_are_the_end_token(trained):
+    _, folder = trained
+    ours = FalconTokenizer.from_directory(folder)
+    assert ours.special_tokens == [END_TOKEN]
+    assert ours.special_token_ids == [ours.end_token_id] == [ours.token_to_id(END_TOKEN)]
+
+
+def test_string_tensors_in_tf_data_and_tf_function_match_python(trained):
+    tf = pytest.importorskip("tensorflow")
+    _, folder = trained
+    ours = FalconTokenizer.from_directory(folder)
+    texts = [t for t in CORPUS if t]
+    expected = ours.tokenize(texts)
+    dataset = tf.data.Dataset.from_tensor_slices(texts)
+    one_by_one = [ids.tolist() for ids in dataset.map(ours).as_numpy_iterator()]
+    assert one_by_one == expected
+    batched = dataset.batch(len(texts)).map(ours).get_single_element()
+    assert isinstance(batched, tf.RaggedTensor) and batched.dtype == tf.int32
+    assert batched.to_list() == expected
+    eager = ours(tf.constant(texts))
+    assert eager.to_list() == expected and ours(tf.constant(texts[0])).numpy().tolist() == \
+        expected[0]
+
+    @tf.function
+    def round_trip(strings):
+        return ours.detokenize(ours.tokenize(strings))
+
+    assert [t.decode("utf-8") for t in round_trip(tf.constant(texts)).numpy()] == texts
+    dense = tf.constant([expected[1][:3], expected[2][:3]])
+    assert [t.decode() for t in ours.detokenize(dense).numpy()] == ours.detokenize(
+        [expected[1][:3], expected[2][:3]])
+    assert ours.detokenize(tf.constant(expected[1])).numpy().decode() == texts[1]
+    # Python bytes and numpy string arrays are text too.
+    assert ours.tokenize(np.array(texts[:2])) == expected[:2]
+    assert ours.tokenize(texts[1].encode("utf-8")) == expected[1]
+
+
+def test_bad_tensors_are_named(trained):
+    tf = pytest.importorskip("tensorflow")
+    _, folder = trained
+    ours = FalconTokenizer.from_directory(folder)
+    with pytest.raises(ValueError, match="`inputs` must be a string tensor"):
+        ours.tokenize(tf.constant([1, 2]))
+    with pytest.raises(ValueError, match="scalar string or a 1-D batch"):
+        ours.tokenize(tf.constant([["a", "b"]]))
+    with pytest.raises(ValueError, match="`ids` must be integers of shape"):
+        ours.detokenize(tf.constant([[[1]]]))

@@ -10,7 +10,7 @@ from falcon_tf import contract, generation
 from falcon_tf import samplers as _samplers
 from falcon_tf.lite.backbone import (_cpu_interpreter, check_options, cpu_compiled_model,
                                      exported_variant, gpu_compiled_model)
-from falcon_tf.tokenizer import from_artifact
+from falcon_tf.bpe import from_artifact
 
 
 class SignatureRunners:

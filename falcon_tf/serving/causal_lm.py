@@ -4,7 +4,7 @@ import numpy as np
 
 from falcon_tf import contract, generation
 from falcon_tf.serving.backbone import load_version
-from falcon_tf.tokenizer import from_artifact as load_tokenizer
+from falcon_tf.bpe import from_artifact as load_tokenizer
 
 DEFAULT_CACHE_LENGTH = 2048
 
