@@ -354,26 +354,30 @@ def _same_layout(first, other):
 
 
 def write_pieces(pieces, inputs, outputs, variant, path, rounding="gptq", calibration=None,
-                 backbone=None, description=None, recipes=None):
+                 backbone=None, description=None, recipes=None, converted=None):
     """Converts, quantizes and stitches `pieces` into `path` (atomically).
 
     int8 and int4 with `rounding="gptq"` round each block's projections just
     before that block converts, calibrated on `calibration` token ids (None:
     `gptq.default_calibration`) carried through `backbone`'s blocks.
     `recipes`: ai-edge-quantizer's rules per variant (`export_tflite.RECIPES`
-    by default). Returns the file's size in bytes.
+    by default). `converted`: a dict the caller keeps across the variants of
+    one model: the float pieces that no variant rounds (embedding, head; kept
+    in unnamed temporary files, not in memory) and the block template are
+    converted once for all of them. Returns the file's size in bytes.
     """
     from converters import gptq
 
     recipes = export_tflite.RECIPES if recipes is None else recipes
     recipe = recipes.get(variant)
+    converted = {} if converted is None else converted
     carried = None
     if rounding == "gptq" and variant in ("int8", "int4"):
         if calibration is None:
             calibration = gptq.default_calibration(backbone.vocabulary_size)
         carried = Calibration(backbone, calibration)
     folder = os.path.dirname(os.path.abspath(path))
-    first = template = None
+    first, template = converted.get("template", (None, None))
     with Stitcher(folder) as stitcher, progress_bar(
             description or f"{variant}: converting pieces", unit="piece") as progress:
         for done, piece in enumerate(pieces):
@@ -386,17 +390,30 @@ def write_pieces(pieces, inputs, outputs, variant, path, rounding="gptq", calibr
                 del hessians
             with gptq.assigned(kernels):
                 if piece.block is None:
-                    data = _convert(piece)
+                    data = _converted_once(converted, piece)
                 elif template is not None and _same_layout(first, piece):
                     data = template.piece(piece)
                 else:
                     data = _convert(piece)
                     if first is None:
                         first, template = piece, BlockTemplate.make(piece, data)
+                        converted["template"] = first, template
             stitcher.add(export_tflite.quantize(data, variant, recipes))
             del data, kernels
             progress(done + 1, len(pieces))
         return stitcher.write(path, inputs, outputs)
+
+
+def _converted_once(converted, piece):
+    """`_convert(piece)` of a piece no variant rounds, through `converted`."""
+    key = ("piece", piece.name, piece.module is not None)
+    if key not in converted:
+        store = tempfile.TemporaryFile(prefix=".tmp-piece-")
+        store.write(_convert(piece))
+        converted[key] = store
+    store = converted[key]
+    store.seek(0)
+    return store.read()
 
 
 # Run in a child that imports only numpy, ai-edge-litert and falcon_tf's loaders:
