@@ -15,8 +15,9 @@ its parity against Keras from the manifest.
     python benchmarks/export_large.py --task backbone --variants int8
     python benchmarks/export_large.py --variants int8 --out /tmp/big   # keep the files
 
-Needs about 16 GiB of memory (the export process and the verifying one together;
-an estimate, see export_tflite_large.memory_bytes) and, for fp32, 11 GB of disk.
+Needs about 17.5 to 20 GiB of memory (the export process and the verifying one
+together, measured for int4 and int8; see export_tflite_large.memory_bytes) and,
+for fp32, 11 GB of disk.
 """
 
 import argparse

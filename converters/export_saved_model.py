@@ -296,6 +296,11 @@ def written_parity(path, reference):
     return parity, signatures
 
 
+# Models whose float32 weights reach this size are checked in a child process
+# (`verify_written`); smaller ones, where a second copy costs less than a
+# TensorFlow process, in this one.
+CHILD_CHECK_BYTES = 256 * 2 ** 20
+
 # Run in a child that imports TensorFlow and numpy, not the Keras model.
 _VERIFY = """
 import json, pickle, sys
@@ -373,9 +378,12 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
             progress(4, len(steps))
 
             # Parity of the written files, loaded back as TF Serving would see
-            # them, in a child process: its copy of the weights is not added to
-            # the Keras model's in this one.
-            parity, signatures = verify_written(tmp, reference)
+            # them; for a model of some size in a child process, so that its
+            # copy of the weights is not added to the Keras model's in this one.
+            if model.count_params() * 4 >= CHILD_CHECK_BYTES:
+                parity, signatures = verify_written(tmp, reference)
+            else:
+                parity, signatures = written_parity(tmp, reference)
             progress(5, len(steps))
 
             # Under the artifact's lock: a concurrent export takes the next number.

@@ -525,7 +525,7 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
     artifact_dir = os.path.abspath(os.path.join(out_dir, name))
     folder = os.path.join(artifact_dir, "tflite")
     os.makedirs(folder, exist_ok=True)
-    entries, float_models = {}, {}
+    entries, float_models, converted = {}, {}, {}
     # Every file is written to a staged sibling and published with the manifest
     # at the end: an export that fails or is killed leaves the previous files
     # and manifest as they were.
@@ -539,7 +539,8 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
                                                                  variant in ("int8", "int4"))
                     export_tflite_large.write_pieces(*pieces, variant, path, rounding,
                                                      calibration, model,
-                                                     f"{variant}: converting pieces")
+                                                     f"{variant}: converting pieces",
+                                                     converted=converted)
                     del pieces
                     x, expected = parity_reference(model, batch, seq)
                     result = output_parity(export_tflite_large.run_file("backbone", path, x), x,

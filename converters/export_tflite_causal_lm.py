@@ -258,7 +258,7 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
     # and manifest as they were.
     with manifest.Staging(artifact_dir) as staging:
         with progress_bar(f"Exporting TFLite causal LM {name}", unit="stage") as progress:
-            float_models = {}
+            float_models, converted = {}, {}  # float files / pieces kept for every variant
             reference = (export_tflite_large.keras_reference if large else keras_reference)(
                 lm, cache_length, prefill_lengths)
             progress(1, len(variants) + 1)
@@ -270,8 +270,9 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                 if large:
                     pieces = export_tflite_large.causal_lm_pieces(
                         lm, cache_length, prefill_lengths, decode_windows, integer)
-                    export_tflite_large.write_pieces(*pieces, variant, path, rounding, calibration,
-                                                     model, f"{variant}: converting pieces", recipes)
+                    export_tflite_large.write_pieces(
+                        *pieces, variant, path, rounding, calibration, model,
+                        f"{variant}: converting pieces", recipes, converted)
                     del pieces
                     prompt_length, sequence, _ = reference
                     parity = logit_parity(export_tflite_large.run_file(

@@ -354,26 +354,30 @@ def _same_layout(first, other):
 
 
 def write_pieces(pieces, inputs, outputs, variant, path, rounding="gptq", calibration=None,
-                 backbone=None, description=None, recipes=None):
+                 backbone=None, description=None, recipes=None, converted=None):
     """Converts, quantizes and stitches `pieces` into `path` (atomically).
 
     int8 and int4 with `rounding="gptq"` round each block's projections just
     before that block converts, calibrated on `calibration` token ids (None:
     `gptq.default_calibration`) carried through `backbone`'s blocks.
     `recipes`: ai-edge-quantizer's rules per variant (`export_tflite.RECIPES`
-    by default). Returns the file's size in bytes.
+    by default). `converted`: a dict the caller keeps across the variants of
+    one model: the float pieces that no variant rounds (embedding, head; kept
+    in unnamed temporary files, not in memory) and the block template are
+    converted once for all of them. Returns the file's size in bytes.
     """
     from converters import gptq
 
     recipes = export_tflite.RECIPES if recipes is None else recipes
     recipe = recipes.get(variant)
+    converted = {} if converted is None else converted
     carried = None
     if rounding == "gptq" and variant in ("int8", "int4"):
         if calibration is None:
             calibration = gptq.default_calibration(backbone.vocabulary_size)
         carried = Calibration(backbone, calibration)
     folder = os.path.dirname(os.path.abspath(path))
-    first = template = None
+    first, template = converted.get("template", (None, None))
     with Stitcher(folder) as stitcher, progress_bar(
             description or f"{variant}: converting pieces", unit="piece") as progress:
         for done, piece in enumerate(pieces):
@@ -386,17 +390,30 @@ def write_pieces(pieces, inputs, outputs, variant, path, rounding="gptq", calibr
                 del hessians
             with gptq.assigned(kernels):
                 if piece.block is None:
-                    data = _convert(piece)
+                    data = _converted_once(converted, piece)
                 elif template is not None and _same_layout(first, piece):
                     data = template.piece(piece)
                 else:
                     data = _convert(piece)
                     if first is None:
                         first, template = piece, BlockTemplate.make(piece, data)
+                        converted["template"] = first, template
             stitcher.add(export_tflite.quantize(data, variant, recipes))
             del data, kernels
             progress(done + 1, len(pieces))
         return stitcher.write(path, inputs, outputs)
+
+
+def _converted_once(converted, piece):
+    """`_convert(piece)` of a piece no variant rounds, through `converted`."""
+    key = ("piece", piece.name, piece.module is not None)
+    if key not in converted:
+        store = tempfile.TemporaryFile(prefix=".tmp-piece-")
+        store.write(_convert(piece))
+        converted[key] = store
+    store = converted[key]
+    store.seek(0)
+    return store.read()
 
 
 # Run in a child that imports only numpy, ai-edge-litert and falcon_tf's loaders:
@@ -450,25 +467,24 @@ def run_file(kind, path, reference, num_threads=2):
 
 
 # The exporting process beyond the float32 weights: TensorFlow, the Keras
-# reference forwards and one piece in conversion. At falcon-rw-1b's shape its
-# peak was 8.58 GiB for 4.89 GiB of weights (benchmarks/export_large.py, fp16,
-# through the first 6 of 26 pieces).
-PROCESS_OVERHEAD = 3.7 * 2 ** 30
+# reference forwards, one piece in conversion and one block's GPTQ Hessians.
+# At falcon-rw-1b's shape it was 7.1 GiB (int8) and 6.2 GiB (int4) on top of
+# 4.9 GiB of weights (benchmarks/export_large.py).
+PROCESS_OVERHEAD = 7.2 * 2 ** 30
 
 
 def memory_bytes(model, variants, rounding="gptq"):
     """About the peak memory of exporting `variants` of `model` this way:
     the exporting process and the verifying child together."""
-    from converters import gptq
-
     params = model.count_params()
-    hessians = 0
-    if rounding == "gptq" and {"int8", "int4"} & set(variants) and model.transformer_layers:
-        hessians = gptq.memory_bytes(model.transformer_layers[0])
-    parent = params * 4 + PROCESS_OVERHEAD + hessians
-    # The verifying child (an estimate): the file's pages, and float32 weights
-    # where the file dequantizes them at load (every variant today).
-    child = max(params * 4 + params * export_tflite._BYTES_PER_WEIGHT[v] for v in variants)
+    parent = params * 4 + PROCESS_OVERHEAD
+    # The verifying child: the file's pages, and the weights XNNPACK packs
+    # from them: float32 for fp32 and fp16 (fp16 is dequantized at load), the
+    # stored integers for int8 and int4. (The int8 causal LM of falcon-rw-1b's
+    # shape ran at 2.9 GiB for a 1.35 GB file.)
+    child = max(params * export_tflite._BYTES_PER_WEIGHT[v]
+                + params * (4 if v in ("fp32", "fp16") else export_tflite._BYTES_PER_WEIGHT[v])
+                for v in variants)
     return int(parent + child)
 
 

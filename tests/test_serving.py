@@ -21,11 +21,14 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A random-weight backbone exported once as version 1; returns (model, artifact dir)."""
+    """A random-weight backbone exported once as version 1, its written files
+    checked in a child process as a large model's are; returns (model, artifact dir)."""
     out = tmp_path_factory.mktemp("artifacts")
     model = randomize(FalconBackbone.from_preset("falcon_tiny_random", load_weights=False),
                       scale=0.1)
-    export_saved_model("falcon_tiny_random", out, model=model)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("converters.export_saved_model.CHILD_CHECK_BYTES", 0)
+        export_saved_model("falcon_tiny_random", out, model=model)
     return model, out / "falcon_tiny_random"
 
 
@@ -205,6 +208,10 @@ def test_second_export_adds_version_2_and_leaves_version_1_untouched(exported, t
     data = json.loads((artifact / "manifest.json").read_text())
     assert sorted(data["saved_model"]["versions"]) == ["1", "2"]
     assert ServingBackbone.from_preset(str(artifact)).path.endswith(os.path.join("saved_model", "2"))
+    # Version 1 was checked in a child process, version 2 in this one: the same findings.
+    first, second = (data["saved_model"]["versions"][v] for v in ("1", "2"))
+    assert first["parity"] == second["parity"]
+    assert first["signatures"] == second["signatures"]
 
 
 def test_export_killed_midway_leaves_no_visible_version(tmp_path):
