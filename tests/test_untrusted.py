@@ -414,3 +414,85 @@ def test_damaged_presets_load_the_same_or_are_refused(tmp_path):
         shutil.rmtree(damaged)
     assert outcomes["refused"] > 100 and outcomes["same"] > 0, outcomes
     assert time.perf_counter() - start < 600
+
+
+def fuzz(original, load, cases, seed, tmp_path, flippable=None):
+    """Seeded byte flips and truncations of the files of directory `original`
+    (one file a case, subfolders included): `load(copy)` must return what it
+    returns on the original or raise ValueError / FileNotFoundError.
+    `flippable(name, data)`: how many leading bytes of a file flips may touch
+    (all by default). Returns the outcome counts."""
+    import shutil
+
+    expected = load(original)
+    files = sorted(p.relative_to(original) for p in original.rglob("*") if p.is_file()
+                   and not p.name.startswith("."))
+    rng = np.random.default_rng(seed)
+    outcomes = {"same": 0, "refused": 0}
+    for case in range(cases):
+        damaged = tmp_path / f"case{case}"
+        shutil.copytree(original, damaged)
+        target = damaged / files[case % len(files)]
+        data = bytearray(target.read_bytes())
+        if rng.random() < 0.3 or not data:
+            data = data[:int(rng.integers(0, len(data) + 1))]
+        else:
+            limit = len(data) if flippable is None else flippable(target.name, data)
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(0, limit))] ^= 1 << int(rng.integers(0, 8))
+        target.write_bytes(bytes(data))
+        try:
+            got = load(damaged)
+        except (ValueError, FileNotFoundError):
+            outcomes["refused"] += 1
+        else:
+            assert got == expected, f"case {case}: {target.relative_to(damaged)}"
+            outcomes["same"] += 1
+        shutil.rmtree(damaged)
+    return outcomes
+
+
+def test_damaged_hugging_face_checkpoints_load_the_same_or_are_refused(tmp_path):
+    pytest.importorskip("transformers")
+    from test_huggingface import hf_model
+
+    original = tmp_path / "hf"
+    hf_model("7b").save_pretrained(original)
+    x = {"token_ids": np.array([[1, 2, 3, 4]], "int32"),
+         "padding_mask": np.ones((1, 4), "int32")}
+
+    def load(directory):
+        out = FalconBackbone.from_preset(str(directory))(x).numpy()
+        assert np.isfinite(out).all()
+        return out.tobytes()
+
+    def flippable(name, data):
+        # A safetensors file carries no checksum: a flipped bit in a tensor's
+        # data is a different weight (a non-finite one is refused by the weight
+        # check). Its 8-byte length and JSON header are structure, and flipped.
+        if name.endswith(".safetensors"):
+            return 8 + int.from_bytes(data[:8], "little")
+        return len(data)
+
+    start = time.perf_counter()
+    outcomes = fuzz(original, load, 120, 1, tmp_path, flippable)
+    assert outcomes["refused"] > 40 and outcomes["same"] > 0, outcomes
+    assert time.perf_counter() - start < 300
+
+
+def test_damaged_exported_artifacts_load_the_same_or_are_refused(tmp_path):
+    from converters.export_tflite_causal_lm import export_tflite_causal_lm
+    from falcon_tf.lite import FalconCausalLM as LiteLM
+
+    model = randomize(FalconBackbone.from_preset("falcon_tiny_random"), seed=3, scale=0.1)
+    export_tflite_causal_lm("tiny", tmp_path / "out", model=model, variants=("fp32",),
+                            cache_length=32, prefill_lengths=(8,), decode_windows=())
+
+    def load(directory):
+        lite = LiteLM.from_preset(str(directory), variant="fp32")
+        return lite.generate([[1, 2, 3, 4, 5]], max_length=10, stop_token_ids=None)
+
+    start = time.perf_counter()
+    outcomes = fuzz(tmp_path / "out" / "tiny", load, 100, 2, tmp_path)
+    assert outcomes["refused"] > 40 and outcomes["same"] > 0, outcomes
+    assert time.perf_counter() - start < 300
