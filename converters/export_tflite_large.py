@@ -85,19 +85,8 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths, decode_windows=(),
                                        decode_windows=decode_windows).items()}
     windows = {contract.decode_window_signature(w): w for w in decode_windows}
     dtype = backbone.compute_dtype
-    module, lookup = None, None
-    if int8_embedding:
-        module = tf.Module()
-        rows, scales = export_tflite.embedding_rows_int8(
-            backbone.token_embedding.embeddings.numpy())
-        module.embedding = [tf.Variable(rows, trainable=False, name="token_embedding_int8"),
-                            tf.Variable(scales, trainable=False, name="token_embedding_scale")]
-
-        def lookup(token_ids):  # (1, L) -> (1, L, hidden)
-            table, scale = module.embedding
-            flat = tf.reshape(token_ids, (-1,))
-            x = tf.cast(tf.gather(table, flat), tf.float32) * tf.gather(scale, flat)
-            return tf.cast(tf.reshape(x, (1, -1, backbone.hidden_dim)), dtype)
+    module = tf.Module() if int8_embedding else None
+    lookup = export_tflite.int8_embedding_lookup(backbone, module) if int8_embedding else None
 
     def length(signature):
         return specs[signature][contract.TOKENS].shape[1]
