@@ -36,12 +36,17 @@ def _float_policy(dtype):
     return keras.DTypePolicy(name)
 
 
-def _layer_policy(entry, path):
+def _layer_policy(entry, path, default):
     """One entry of a DTypePolicyMap -> a policy of ours or a Keras quantized one
-    over ours (int8, int4 or float8), or ValueError naming the entry."""
+    over ours (int8, int4 or float8), or ValueError naming the entry. A
+    serialized quantized entry without a source (keras-hub writes
+    `source_name: null`) quantizes from the map's `default` policy."""
     if isinstance(entry, dict) and entry.get("class_name") not in _POLICY_CLASSES:
         raise ValueError(f"`dtype` map entry {path!r}: {entry.get('class_name')!r} is not a "
                          f"dtype policy this model takes.")
+    if isinstance(entry, dict) and isinstance(entry.get("config"), dict) \
+            and "source_name" in entry["config"] and entry["config"]["source_name"] is None:
+        entry = {**entry, "config": {**entry["config"], "source_name": default.name}}
     try:
         policy = keras.dtype_policies.get(entry) if isinstance(entry, (str, dict)) else entry
     except (ValueError, TypeError) as err:
@@ -83,7 +88,7 @@ def resolve_dtype(dtype):
     else:
         return _float_policy(dtype)
     default = _float_policy(default if default is not None else keras.config.dtype_policy())
-    return DTypePolicyMap(default, {path: _layer_policy(entry, path)
+    return DTypePolicyMap(default, {path: _layer_policy(entry, path, default)
                                     for path, entry in entries.items()})
 
 

@@ -291,6 +291,14 @@ class ByteLevelBPE:
             raise ValueError(f"{token!r} is not in the vocabulary.")
         return id
 
+    def vocabulary_and_merges(self):
+        """(token -> id, [(a, b) merge rules]) of the BPE model, special tokens
+        included: what keras-hub's vocabulary.json and merges.txt hold."""
+        model = json.loads(self._tokenizer.to_str())["model"]
+        merges = [tuple(rule.split(" ")) if isinstance(rule, str) else tuple(rule)
+                  for rule in model.get("merges") or []]
+        return self._tokenizer.get_vocab(with_added_tokens=True), merges
+
     def save_assets(self, directory):
         """Writes `directory`/tokenizer.json (Hugging Face's format), what the
         device side and `from_file` read; atomically. Returns the path."""

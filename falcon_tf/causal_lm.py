@@ -18,11 +18,13 @@ from falcon_tf import generation as _generation
 from falcon_tf import samplers as _samplers
 from falcon_tf._keras import keras, tf
 from falcon_tf.attention_bias import causal_cache_mask
+from falcon_tf.json_file import read_json
 
 ops = keras.ops
 
 # Falcon's context length; the default cache capacity.
 DEFAULT_CACHE_LENGTH = 2048
+TASK_FILE = "task.json"  # keras-hub's whole-task config in a preset
 _MIN_BUCKET = 16
 
 
@@ -612,16 +614,35 @@ class FalconCausalLM(keras.Model):
 
     def save_to_preset(self, preset_dir):
         """The backbone in keras-hub's preset format (`FalconBackbone.save_to_preset`),
-        the tokenizer as tokenizer/tokenizer.json and the preprocessor's
-        settings as preprocessor.json; `from_preset(preset_dir)` loads them back."""
-        from falcon_tf import contract
+        the tokenizer and the preprocessor's settings
+        (`FalconCausalLMPreprocessor.save_to_preset`), and for keras-hub's
+        architecture keras-hub's task.json, so that keras-hub's
+        `FalconCausalLM.from_preset` loads the preset (a quantized one included)
+        as `from_preset(preset_dir)` does."""
+        import json
 
+        from falcon_tf import causal_lm_preprocessor as preprocessing
+        from falcon_tf import manifest, preset_io
+
+        preset_dir = os.fspath(preset_dir)
         self.backbone.save_to_preset(preset_dir)
+        preprocessor = None
         if self.preprocessor is not None:
             self.preprocessor.save_to_preset(preset_dir)
+            preprocessor = self.preprocessor.keras_hub_document(
+                read_json(os.path.join(preset_dir, preprocessing.KERAS_HUB_TOKENIZER_FILE),
+                          "Preset file"))
         elif self.tokenizer is not None:
-            self.tokenizer.save_assets(
-                os.path.join(os.fspath(preset_dir), os.path.dirname(contract.TOKENIZER_FILE)))
+            preprocessing.save_tokenizer_to_preset(self.tokenizer, preset_dir)
+        backbone = read_json(os.path.join(preset_dir, preset_io.CONFIG_FILE), "Preset file")
+        if backbone.get("registered_name") == preset_io.KERAS_HUB_REGISTERED_NAME:
+            task = {**preprocessing.keras_hub_identity("FalconCausalLM", "falcon_causal_lm"),
+                    "config": {"backbone": backbone, "preprocessor": preprocessor,
+                               "name": "falcon_causal_lm"}}
+            manifest.atomic_write(os.path.join(preset_dir, TASK_FILE),
+                                  json.dumps(task, indent=4) + "\n")
+        elif os.path.exists(os.path.join(preset_dir, TASK_FILE)):  # an earlier save's
+            os.remove(os.path.join(preset_dir, TASK_FILE))
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, cache_length=DEFAULT_CACHE_LENGTH,

@@ -27,6 +27,16 @@ PREPROCESSOR_FILE = "preprocessor.json"  # keras-hub's name for it in a preset
 _PRESET_FIELDS = {"sequence_length": int, "add_start_token": bool, "add_end_token": bool}
 _LAYER_KWARGS = ("name", "trainable", "dtype")
 _REGISTERED_NAME = "falcon_tf>FalconCausalLMPreprocessor"
+# The identities keras-hub's loaders look for in a preset's JSON files. A preset
+# names keras-hub's classes so that keras-hub's from_preset reads it too; ours
+# reads those files as data.
+_KERAS_HUB_MODULE = "keras_hub.src.models.falcon."
+KERAS_HUB_TOKENIZER_FILE = "tokenizer.json"  # keras-hub's tokenizer layer config
+
+
+def keras_hub_identity(class_name, module):
+    return {"module": _KERAS_HUB_MODULE + module, "class_name": class_name,
+            "registered_name": f"keras_hub>{class_name}"}
 
 
 def _check_length(value, name="sequence_length"):
@@ -253,16 +263,52 @@ class FalconCausalLMPreprocessor(keras.layers.Layer):
         return cls(tokenizer, **{**settings, **kwargs})
 
     def save_to_preset(self, preset_dir):
-        """Writes the tokenizer (tokenizer/tokenizer.json) and preprocessor.json."""
-        from falcon_tf import contract, manifest
+        """Writes the tokenizer (tokenizer/tokenizer.json, and keras-hub's
+        tokenizer.json + assets/tokenizer) and preprocessor.json, in keras-hub's
+        identity: keras-hub's `FalconCausalLMPreprocessor.from_preset` and
+        `FalconTokenizer.from_preset` read the preset as ours do."""
+        from falcon_tf import manifest
 
         preset_dir = os.fspath(preset_dir)
-        self.tokenizer.save_assets(
-            os.path.join(preset_dir, os.path.dirname(contract.TOKENIZER_FILE)))
-        document = {"module": __name__, "class_name": type(self).__name__,
-                    "config": self.get_config(), "registered_name": _REGISTERED_NAME}
+        tokenizer = save_tokenizer_to_preset(self.tokenizer, preset_dir)
         manifest.atomic_write(os.path.join(preset_dir, PREPROCESSOR_FILE),
-                              json.dumps(document, indent=4) + "\n")
+                              json.dumps(self.keras_hub_document(tokenizer), indent=4) + "\n")
+
+    def keras_hub_document(self, tokenizer_document):
+        """preprocessor.json as keras-hub writes it (its tokenizer's config inside)."""
+        return {**keras_hub_identity(type(self).__name__, "falcon_causal_lm_preprocessor"),
+                "config": {"name": "falcon_causal_lm_preprocessor", "trainable": True,
+                           "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
+                           "tokenizer": tokenizer_document, "config_file": PREPROCESSOR_FILE,
+                           "sequence_length": self.sequence_length,
+                           "add_start_token": self.add_start_token,
+                           "add_end_token": self.add_end_token}}
+
+
+def save_tokenizer_to_preset(tokenizer, preset_dir):
+    """Writes `tokenizer` into a preset: tokenizer/tokenizer.json (ours, what
+    falcon_tf and the artifacts read), keras-hub's assets/tokenizer vocabulary
+    and merges, and keras-hub's tokenizer.json layer config. Returns that config."""
+    from falcon_tf import bpe, contract, manifest
+
+    tokenizer.save_assets(os.path.join(preset_dir, os.path.dirname(contract.TOKENIZER_FILE)))
+    vocabulary, merges = tokenizer.bpe.vocabulary_and_merges()
+    assets = os.path.join(preset_dir, bpe.KERAS_HUB_ASSETS)
+    os.makedirs(assets, exist_ok=True)
+    manifest.atomic_write(os.path.join(assets, bpe.KERAS_HUB_VOCABULARY),
+                          json.dumps(vocabulary, ensure_ascii=False).encode("utf-8"))
+    manifest.atomic_write(os.path.join(assets, bpe.KERAS_HUB_MERGES),
+                          ("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+                          .encode("utf-8"))
+    document = {**keras_hub_identity("FalconTokenizer", "falcon_tokenizer"),
+                "config": {"name": "falcon_tokenizer", "trainable": True,
+                           "dtype": keras.saving.serialize_keras_object(tokenizer.dtype_policy),
+                           "config_file": KERAS_HUB_TOKENIZER_FILE, "sequence_length": None,
+                           "add_prefix_space": False,
+                           "unsplittable_tokens": [tokenizer.end_token]}}
+    manifest.atomic_write(os.path.join(preset_dir, KERAS_HUB_TOKENIZER_FILE),
+                          json.dumps(document, indent=4) + "\n")
+    return document
 
 
 def preset_settings(directory):

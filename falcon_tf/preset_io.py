@@ -9,10 +9,11 @@ A preset directory holds:
 The weights are read with h5py through one declarative map between keras-hub's
 dataset paths and this package's variables: every dataset is checked for
 presence and shape, and any dataset the map does not know is an error. A
-model quantized with Keras's `quantize` is saved under falcon_tf's identity
-(keras-hub's layout has no fused, quantized projections): config.json holds
-its DTypePolicyMap, and each dataset of model.weights.h5 is named by the
-variable's Keras path, the map checked just as strictly. No
+model quantized with Keras's `quantize` keeps its DTypePolicyMap in
+config.json; its weights are keras-hub's layout for keras-hub's architecture
+(each layer's variables in Keras's saving order, our fused q/k/v split into
+keras-hub's three layers), and for the other family members falcon_tf's own
+(datasets named by Keras variable path), both checked just as strictly. No
 code named by a config is ever imported: `module` and `registered_name` are
 checked as data. Hugging Face checkpoint directories and hf:// handles are
 recognised here and read through `falcon_tf.huggingface`.
@@ -187,6 +188,27 @@ def _block_group(i):
     return "layers/falcon_transformer_decoder" + (f"_{i}" if i else "")
 
 
+_QKV = "attention/query_key_value"
+_QKV_PARTS = ("query", "key", "value")
+
+
+def keras_hub_groups(config: FalconConfig):
+    """Our layer path -> keras-hub's weights-file group(s) for it: one, or for
+    our fused q/k/v projection three (keras-hub's query, key and value layers)."""
+    groups = {"token_embedding": ["layers/reversible_embedding"],
+              "final_layernorm": ["layers/layer_normalization"]}
+    for i in range(config.num_layers):
+        block, ours = _block_group(i), f"transformer_layer_{i}"
+        for norm in config.layer_norm_names:
+            groups[f"{ours}/{norm}"] = [f"{block}/{norm}"]
+        groups[f"{ours}/attention/output_dense"] = [f"{block}/attention_layer/output_dense"]
+        for dense in ("dense_h_to_4h", "dense_4h_to_h"):
+            groups[f"{ours}/{dense}"] = [f"{block}/{dense}"]
+        groups[f"{ours}/{_QKV}"] = [f"{block}/attention_layer/{part}_dense"
+                                    for part in _QKV_PARTS]
+    return groups
+
+
 def keras_hub_layout(config: FalconConfig):
     """keras-hub dataset path -> (shape, our variable name, q/k/v slot or None).
 
@@ -197,33 +219,27 @@ def keras_hub_layout(config: FalconConfig):
     """
     h, d, inter = config.hidden_dim, config.head_dim, config.intermediate_dim
     heads = (config.num_attention_heads, config.kv_heads, config.kv_heads)  # q, k, v
-    layout = {
-        "layers/reversible_embedding/vars/0": ((config.vocabulary_size, h),
-                                               "token_embedding/embeddings", None),
-        "layers/layer_normalization/vars/0": ((h,), "final_layernorm/gamma", None),
-        "layers/layer_normalization/vars/1": ((h,), "final_layernorm/beta", None),
-    }
-    direct = []  # (keras-hub sub-path, our sub-path, shape)
-    for norm in config.layer_norm_names:
-        direct += [(f"{norm}/vars/0", f"{norm}/gamma", (h,)),
-                   (f"{norm}/vars/1", f"{norm}/beta", (h,))]
-    dense = [("attention_layer/output_dense", "attention/output_dense", (h, h)),
-             ("dense_h_to_4h", "dense_h_to_4h", (h, inter)),
-             ("dense_4h_to_h", "dense_4h_to_h", (inter, h))]
-    for theirs, mine, shape in dense:
-        direct.append((f"{theirs}/vars/0", f"{mine}/kernel", shape))
-        if config.use_bias:
-            direct.append((f"{theirs}/vars/1", f"{mine}/bias", shape[-1:]))
-    for i in range(config.num_layers):
-        group, ours = _block_group(i), f"transformer_layer_{i}"
-        for theirs, mine, shape in direct:
-            layout[f"{group}/{theirs}"] = (shape, f"{ours}/{mine}", None)
-        for slot, (part, count) in enumerate(zip(("query", "key", "value"), heads)):
-            layout[f"{group}/attention_layer/{part}_dense/vars/0"] = (
-                (h, count, d), f"{ours}/attention/query_key_value/kernel", slot)
-            if config.use_bias:
-                layout[f"{group}/attention_layer/{part}_dense/vars/1"] = (
-                    (count, d), f"{ours}/attention/query_key_value/bias", slot)
+
+    def dense(kernel, bias):
+        return [("kernel", kernel)] + ([("bias", bias)] if config.use_bias else [])
+
+    kernels = {"attention/output_dense": (h, h), "dense_h_to_4h": (h, inter),
+               "dense_4h_to_h": (inter, h)}
+    layout = {}
+    for layer, groups in keras_hub_groups(config).items():
+        leaf = layer.split("/", 1)[-1]
+        if layer == "token_embedding":
+            variables = [[("embeddings", (config.vocabulary_size, h))]]
+        elif leaf == _QKV:
+            variables = [dense((h, count, d), (count, d)) for count in heads]
+        elif leaf in kernels:
+            variables = [dense(kernels[leaf], kernels[leaf][-1:])]
+        else:  # a LayerNorm
+            variables = [[("gamma", (h,)), ("beta", (h,))]]
+        for slot, (group, names) in enumerate(zip(groups, variables)):
+            for index, (name, shape) in enumerate(names):
+                layout[f"{group}/vars/{index}"] = (shape, f"{layer}/{name}",
+                                                   slot if len(groups) > 1 else None)
     return layout
 
 
@@ -441,42 +457,207 @@ def write_quantized_weights(path, model):
                 dataset.attrs["dtype"] = "bfloat16"
 
 
-def load_quantized_weights(model, path):
-    """Sets every variable of a quantized `model` from `path`: the file must hold
-    exactly its variables (by path), each with the variable's shape and kind of
-    dtype (integer for integer variables), float values finite."""
+def _read_like(found, name, like, path):
+    """Dataset `name` of `path` as an array for variable `like`: present, of its
+    shape and kind of dtype (integer for integer variables), floats finite."""
     from falcon_tf._keras import keras
 
+    if name not in found:
+        raise ValueError(f"{path}: dataset {name} is missing.")
+    dataset = found[name]
+    if tuple(dataset.shape) != tuple(like.shape):
+        raise ValueError(f"{path}: dataset {name} has shape {tuple(dataset.shape)}; the "
+                         f"model needs {tuple(like.shape)}.")
+    integer = str(like.dtype).startswith(("int", "uint"))
+    kind = "f" if _is_bfloat16(dataset) else dataset.dtype.kind
+    if (kind in "iu") != integer or kind not in "iuf":
+        raise ValueError(f"{path}: dataset {name} has dtype {dataset.dtype}; the model "
+                         f"needs {like.dtype}.")
+    try:
+        array = np.asarray(dataset[()])
+    except (OSError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: dataset {name} cannot be read: {err}") from None
+    if _is_bfloat16(dataset):
+        import ml_dtypes
+
+        array = array.view(ml_dtypes.bfloat16)
+    if not integer:
+        check_weight(array, path, f"dataset {name}")
+    return keras.ops.convert_to_numpy(keras.ops.cast(array, like.dtype))
+
+
+def _refuse_unused(found, expected, path):
+    unused = sorted(set(found) - set(expected))
+    if unused:
+        raise ValueError(f"{path}: dataset(s) not part of this quantized FalconBackbone: "
+                         f"{', '.join(unused[:5])}" + (" ..." if len(unused) > 5 else ""))
+
+
+def load_quantized_weights(model, path):
+    """Sets every variable of a quantized `model` from `path` (falcon_tf's own
+    layout): the file must hold exactly its variables (by path), each read by
+    `_read_like`."""
     layout = quantized_layout(model)
     with _open_weights(path) as f:
         found = _datasets(f, path)
-        unused = sorted(set(found) - set(layout))
-        if unused:
-            raise ValueError(f"{path}: dataset(s) not part of this quantized FalconBackbone: "
-                             f"{', '.join(unused[:5])}" + (" ..." if len(unused) > 5 else ""))
+        _refuse_unused(found, layout, path)
         for name, var in layout.items():
-            if name not in found:
-                raise ValueError(f"{path}: dataset {name} is missing.")
-            dataset = found[name]
-            if tuple(dataset.shape) != tuple(var.shape):
-                raise ValueError(f"{path}: dataset {name} has shape {tuple(dataset.shape)}; the "
-                                 f"model needs {tuple(var.shape)}.")
-            integer = str(var.dtype).startswith(("int", "uint"))
-            kind = "f" if _is_bfloat16(dataset) else dataset.dtype.kind
-            if (kind in "iu") != integer or kind not in "iuf":
-                raise ValueError(f"{path}: dataset {name} has dtype {dataset.dtype}; the model "
-                                 f"needs {var.dtype}.")
-            try:
-                array = np.asarray(dataset[()])
-            except (OSError, TypeError, ValueError) as err:
-                raise ValueError(f"{path}: dataset {name} cannot be read: {err}") from None
-            if _is_bfloat16(dataset):
-                import ml_dtypes
+            var.assign(_read_like(found, name, var, path))
 
-                array = array.view(ml_dtypes.bfloat16)
-            if not integer:
-                check_weight(array, path, f"dataset {name}")
-            var.assign(keras.ops.cast(array, var.dtype))
+
+# --------------------------------------------------------------------------
+# Weights of a model quantized with Keras, in keras-hub's layout: each layer's
+# variables in Keras's own saving order; our fused q/k/v projection split into
+# keras-hub's query, key and value EinsumDense layers (every quantized weight
+# of a column stays with its column, so the split is exact both ways)
+# --------------------------------------------------------------------------
+
+def _saved(layer):
+    """A layer's variables in the order Keras saves them: the names its
+    `variable_serialization_spec` gives for its quantization mode that it holds
+    (a layer without one: its own order)."""
+    spec = getattr(layer, "variable_serialization_spec", None)
+    if spec is None:
+        return list(layer.weights)
+    if getattr(layer, "lora_enabled", False):
+        raise ValueError(f"Layer {layer.path} has LoRA enabled; a quantized preset holds "
+                         f"merged weights only.")
+    by_name = {var.path.rsplit("/", 1)[-1]: var for var in layer.weights}
+    return [by_name[name] for name in spec[layer.quantization_mode] if name in by_name]
+
+
+def _qkv_templates(config, layer):
+    """keras-hub's query, key and value layers (EinsumDense over heads), built
+    with the policy of our fused `layer`: their variables' shapes and order."""
+    from falcon_tf._keras import keras
+    from falcon_tf.backbone import _own_policy
+
+    templates = []
+    for count in (config.num_attention_heads, config.kv_heads, config.kv_heads):
+        template = keras.layers.EinsumDense(
+            "bqm,muh->bquh", output_shape=(None, count, config.head_dim),
+            bias_axes="uh" if config.use_bias else None, dtype=_own_policy(layer))
+        template.build((None, None, config.hidden_dim))
+        templates.append(_saved(template))
+    if any(len(t) != len(_saved(layer)) for t in templates):
+        raise ValueError(f"Keras saves {layer.path} and an EinsumDense of the same "
+                         f"quantization with different variables; keras-hub's layout cannot be "
+                         f"written with this Keras version.")
+    return templates
+
+
+def _columns(array, shape):
+    """`array` as (rows, columns), where a variable of `shape` has its output
+    columns last: a kernel (inputs, outputs), a bias or scale (outputs,)."""
+    rows = int(np.prod(shape[:-1])) if len(shape) else 1
+    return np.reshape(array, (rows, -1))
+
+
+def _split_qkv(fused, templates):
+    """Our fused layer's saved arrays -> keras-hub's three layers' arrays: a
+    variable per output column is cut into q, k and v; one shared by all
+    columns (a float8 scale, int4 group indices) is copied to each."""
+    parts = [[], [], []]
+    for index, value in enumerate(fused):
+        value = np.asarray(value)
+        likes = [t[index] for t in templates]
+        if all(np.size(like) == value.size for like in likes):
+            for slot, like in enumerate(likes):
+                parts[slot].append(value.reshape(like.shape))
+            continue
+        columns = _columns(value, value.shape)
+        widths = [np.size(like) // columns.shape[0] for like in likes]
+        cuts = np.split(columns, np.cumsum(widths)[:-1], axis=-1)
+        for slot, (cut, like) in enumerate(zip(cuts, likes)):
+            parts[slot].append(cut.reshape(like.shape))
+    return parts
+
+
+def _fuse_qkv(parts, fused, names, path):
+    """keras-hub's three layers' arrays -> our fused layer's (the inverse of
+    `_split_qkv`); a shared variable must hold one value in all three."""
+    out = []
+    for index, like in enumerate(fused):
+        values = [p[index] for p in parts]
+        if all(v.size == np.size(like) for v in values):
+            if any(not np.array_equal(v, values[0]) for v in values[1:]):
+                raise ValueError(f"{path}: datasets {', '.join(n[index] for n in names)} "
+                                 f"differ; falcon_tf fuses query, key and value into one "
+                                 f"projection, which holds one value for them.")
+            out.append(values[0].reshape(like.shape))
+            continue
+        columns = [_columns(v, like.shape) for v in values]
+        out.append(np.concatenate(columns, axis=-1).reshape(like.shape))
+    return out
+
+
+def _keras_hub_plan(model):
+    """(our layer, keras-hub groups, each group's expected variables) for every layer."""
+    config = model.falcon_config
+    layers = {layer.path: layer for layer in model._flatten_layers() if layer.path}
+    plan = []
+    for layer_path, groups in keras_hub_groups(config).items():
+        layer = layers[layer_path]
+        likes = _qkv_templates(config, layer) if len(groups) > 1 else [_saved(layer)]
+        plan.append((layer, groups, likes))
+    return plan
+
+
+def write_keras_hub_quantized(path, model):
+    """model.weights.h5 of a Keras-quantized model, in keras-hub's layout."""
+    with h5py.File(path, "w") as f:
+        for layer, groups, likes in _keras_hub_plan(model):
+            saved = [np.asarray(var.numpy()) for var in _saved(layer)]
+            parts = _split_qkv(saved, likes) if len(groups) > 1 else [saved]
+            for group, values in zip(groups, parts):
+                for index, value in enumerate(values):
+                    dataset = f.create_dataset(f"{group}/vars/{index}", data=value)
+                    if value.dtype.name == "bfloat16":
+                        dataset.attrs["dtype"] = "bfloat16"
+
+
+def load_keras_hub_quantized(model, path):
+    """Sets every variable of a quantized `model` from a keras-hub-layout file
+    (keras-hub's own quantized presets included): exactly the datasets the
+    layout names, each checked by `_read_like`."""
+    plan = _keras_hub_plan(model)
+    names = {id(layer): [[f"{g}/vars/{i}" for i in range(len(like))]
+                         for g, like in zip(groups, likes)] for layer, groups, likes in plan}
+    with _open_weights(path) as f:
+        found = _datasets(f, path)
+        _refuse_unused(found, [n for group in names.values() for g in group for n in g], path)
+        for layer, groups, likes in plan:
+            parts = [[_read_like(found, name, like, path) for name, like in zip(group, group_likes)]
+                     for group, group_likes in zip(names[id(layer)], likes)]
+            variables = _saved(layer)
+            values = (_fuse_qkv(parts, variables, names[id(layer)], path)
+                      if len(groups) > 1 else parts[0])
+            for var, value in zip(variables, values):
+                var.assign(value)
+
+
+def keras_hub_policy_map(dtype, fuse):
+    """A serialized DTypePolicyMap between keras-hub's layer paths (separate
+    query/key/value layers) and ours (`fuse=True`: one q/k/v entry; False: the
+    reverse). Entries of q, k and v must agree to be fused."""
+    if not isinstance(dtype, dict) or dtype.get("class_name") != "DTypePolicyMap":
+        return dtype
+    config = dict(dtype.get("config") or {})
+    entries = dict(config.get("policy_map") or {})
+    for key in list(entries):
+        if fuse and key.endswith("/attention/query_dense"):
+            prefix = key[:-len("query_dense")]
+            policies = [entries.pop(f"{prefix}{part}_dense", None) for part in _QKV_PARTS]
+            if any(p != policies[0] for p in policies):
+                raise ValueError(f"`dtype` maps {prefix}query_dense, key_dense and value_dense to "
+                                 f"different policies; falcon_tf fuses them into one "
+                                 f"projection, which takes one.")
+            entries[f"{prefix}query_key_value"] = policies[0]
+        elif not fuse and key.endswith("/" + _QKV):
+            policy = entries.pop(key)
+            prefix = key[:-len("query_key_value")]
+            entries.update({f"{prefix}{part}_dense": policy for part in _QKV_PARTS})
+    return {**dtype, "config": {**config, "policy_map": entries}}
 
 
 def _quantized_config(config):
@@ -551,7 +732,13 @@ def load_backbone(cls, preset, load_weights=True, **overrides):
         config = read_config(found)
         quantized = _quantized_config(config)
         if quantized:
-            check_quantized_preset(found, overrides)
+            quantized = check_quantized_preset(found, overrides)
+            if quantized == "keras_hub":  # keras-hub's q/k/v entries -> our fused one
+                try:
+                    config["dtype"] = keras_hub_policy_map(config["dtype"], fuse=True)
+                except ValueError as err:
+                    raise ValueError(f"{os.path.join(found, CONFIG_FILE)}: field "
+                                     f"`config.dtype`: {err}") from None
         elif load_weights:  # the weights file must fit the config before anything is built
             fields = {k: config[k] for k in FalconConfig.field_names() if k in config}
             overridden = {k: v for k, v in overrides.items() if k in fields}
@@ -580,6 +767,8 @@ def load_backbone(cls, preset, load_weights=True, **overrides):
         with progress_bar(f"Loading {os.path.basename(os.path.normpath(found))}") as progress:
             weights = huggingface.iter_weights(found, model.falcon_config, layout, progress)
             assign_weights(model, weights, found)
+    elif quantized == "keras_hub":
+        load_keras_hub_quantized(model, os.path.join(found, WEIGHTS_FILE))
     elif quantized:
         load_quantized_weights(model, os.path.join(found, WEIGHTS_FILE))
     else:
@@ -589,17 +778,15 @@ def load_backbone(cls, preset, load_weights=True, **overrides):
 
 
 def check_quantized_preset(directory, overrides):
-    """A quantized preset must be one falcon_tf saved (its layout), and keeps its
-    dtype: ValueError otherwise."""
+    """A quantized preset keeps its dtype (ValueError otherwise). Returns its
+    weights' layout: "keras_hub" (keras-hub's identity: keras-hub's own quantized
+    presets, and ours of keras-hub's architecture) or "falcon_tf"."""
     path = os.path.join(directory, CONFIG_FILE)
-    if read_json(path, "Preset file").get("registered_name") != FALCON_TF_REGISTERED_NAME:
-        raise ValueError(
-            f"{path}: a quantized preset in keras-hub's layout, which falcon_tf does not read "
-            f"(its query, key and value are fused). Load the float preset and call "
-            f"`quantize` on the model instead.")
     if overrides.get("dtype") is not None:
         raise ValueError(f"{path}: the preset is quantized; its dtype is the DTypePolicyMap "
                          f"its weights were saved with, so `dtype` cannot be passed.")
+    registered = read_json(path, "Preset file").get("registered_name")
+    return "falcon_tf" if registered == FALCON_TF_REGISTERED_NAME else "keras_hub"
 
 
 def preset_config_json(config_dict, falcon_config, keras_hub_layout=True):
@@ -614,13 +801,13 @@ def preset_config_json(config_dict, falcon_config, keras_hub_layout=True):
 
 
 def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_files=None,
-                 metadata=None, weights_writer=None):
+                 metadata=None, weights_writer=None, keras_hub_layout=True):
     """Writes a preset atomically: into a temporary sibling, then renamed in.
 
     `extra_files` maps a relative path inside the preset to a source file to copy;
     `metadata` adds fields to metadata.json. `weights_writer(path)`, when given,
-    writes model.weights.h5 in falcon_tf's own layout instead of `named_arrays`
-    in keras-hub's.
+    writes model.weights.h5 instead of `named_arrays` (float, keras-hub's
+    layout); `keras_hub_layout` says whether what it writes is keras-hub's layout.
     """
     from importlib.metadata import version
 
@@ -634,7 +821,7 @@ def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_fil
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(preset_dir)}.tmp-", dir=parent)
     try:
         _write_json(os.path.join(tmp, CONFIG_FILE), preset_config_json(
-            config_dict, falcon_config, keras_hub_layout=weights_writer is None))
+            config_dict, falcon_config, keras_hub_layout=keras_hub_layout))
         if weights_writer is None:
             write_weights(os.path.join(tmp, WEIGHTS_FILE), named_arrays, falcon_config)
         else:
@@ -674,10 +861,18 @@ def save_backbone(model, preset_dir):
     metadata = ({"lm_head": huggingface.UNTIED_HEAD_NOTE}
                 if getattr(model, "untied_lm_head", None) else {})
     if model.quantization_modes:
+        # keras-hub's layout wherever keras-hub has the architecture, so that its
+        # from_preset loads the quantized model too; falcon_tf's own otherwise.
         metadata["quantization"] = model.quantization_modes
-        return write_preset(preset_dir, model.get_config(), model.falcon_config, None,
-                            metadata=metadata,
-                            weights_writer=lambda path: write_quantized_weights(path, model))
+        config = model.get_config()
+        if model.falcon_config.is_keras_hub_architecture:
+            config["dtype"] = keras_hub_policy_map(config["dtype"], fuse=False)
+            writer = write_keras_hub_quantized
+        else:
+            writer = write_quantized_weights
+        return write_preset(preset_dir, config, model.falcon_config, None, metadata=metadata,
+                            weights_writer=lambda path: writer(path, model),
+                            keras_hub_layout=writer is write_keras_hub_quantized)
     weights = ((name, var.numpy()) for name, var in named_variables(model).items())
     return write_preset(preset_dir, model.get_config(), model.falcon_config, weights,
                         metadata=metadata or None)

@@ -141,15 +141,29 @@ def test_dtype_policy_map_is_accepted_and_checked():
             FalconBackbone(**tiny_kwargs(), dtype=config)
 
 
-def test_quantized_presets_are_read_strictly(tmp_path):
+# A quantized preset is written in keras-hub's layout for keras-hub's architecture
+# (the q/k/v kernel split in three), in falcon_tf's own (Keras variable paths)
+# for the other family members; both are read as strictly.
+STRICT_CASES = [("rw", "layers/falcon_transformer_decoder/dense_h_to_4h/vars/0",
+                 "keras_hub>FalconBackbone"),
+                ("7b", "transformer_layer_0/dense_h_to_4h/kernel", "falcon_tf>FalconBackbone")]
+
+
+@pytest.mark.parametrize("variant,kernel,registered", STRICT_CASES)
+def test_quantized_presets_are_read_strictly(tmp_path, variant, kernel, registered):
     import json
 
     import h5py
 
-    model = FalconBackbone(**tiny_kwargs())
+    model = FalconBackbone(**tiny_kwargs(), **FAMILY[variant])
     model.quantize("int8")
     model.save_to_preset(str(tmp_path / "p"))
     unsign(str(tmp_path / "p"))
+    config_path = tmp_path / "p" / "config.json"
+    assert json.loads(config_path.read_text())["registered_name"] == registered
+    x = padded_batch(model.vocabulary_size)
+    np.testing.assert_array_equal(FalconBackbone.from_preset(str(tmp_path / "p"))(x).numpy(),
+                                  model(x).numpy())
     with pytest.raises(ValueError, match="its dtype is the DTypePolicyMap"):
         FalconBackbone.from_preset(str(tmp_path / "p"), dtype="bfloat16")
     weights = tmp_path / "p" / "model.weights.h5"
@@ -159,17 +173,22 @@ def test_quantized_presets_are_read_strictly(tmp_path):
         FalconBackbone.from_preset(str(tmp_path / "p"))
     with h5py.File(weights, "a") as f:
         del f["extra"]
-        kernel = "transformer_layer_0/dense_h_to_4h/kernel"
         data = f[kernel][()]
         del f[kernel]
         f[kernel] = data.astype("float32")  # an int8 kernel stored as floats
-    with pytest.raises(ValueError, match="dense_h_to_4h/kernel has dtype float32; the model"):
+    with pytest.raises(ValueError, match=f"{kernel} has dtype float32; the model needs int8"):
         FalconBackbone.from_preset(str(tmp_path / "p"))
-    config_path = tmp_path / "p" / "config.json"
+    with h5py.File(weights, "a") as f:
+        del f[kernel]
+    with pytest.raises(ValueError, match=f"dataset {kernel} is missing"):
+        FalconBackbone.from_preset(str(tmp_path / "p"))
+    # The other layout's name on this file: its datasets are not where it says.
     config = json.loads(config_path.read_text())
-    config["registered_name"] = "keras_hub>FalconBackbone"
+    config["registered_name"] = {"keras_hub>FalconBackbone": "falcon_tf>FalconBackbone",
+                                 "falcon_tf>FalconBackbone": "keras_hub>FalconBackbone"}[registered]
     config_path.write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="quantized preset in keras-hub's layout"):
+    with pytest.raises(ValueError, match="not part of this quantized FalconBackbone|"
+                                         "maps '.*query_dense', which is no layer"):
         FalconBackbone.from_preset(str(tmp_path / "p"))
 
 
