@@ -206,7 +206,7 @@ def runtime_check(bundle_path, artifact_dir, variant, prompt=CHECK_PROMPT,
             "text_equal_falcon_tf_lite": engine["text"] == ours_text}
 
 
-def export_litertlm(artifact_dir, variant="fp32", max_tokens=None, check=True):
+def export_litertlm(artifact_dir, variant=contract.DEFAULT_VARIANT, max_tokens=None, check=True):
     """Bundles the causal LM `variant` exported in `artifact_dir` (by
     `export_tflite_causal_lm`) with its tokenizer and LLM metadata as a
     .litertlm, runs the runtime check (unless `check=False`), and records both

@@ -65,16 +65,6 @@ def _versions(base):
     return sorted(int(d) for d in os.listdir(base) if d.isdigit()) if os.path.isdir(base) else []
 
 
-def _remove_stale_temporaries(base):
-    """Temporaries of exports whose process is gone (killed midway) are removed."""
-    for name in os.listdir(base):
-        if name.startswith(".tmp-"):
-            pid = name.split("-")[1]
-            alive = pid.isdigit() and os.path.exists(f"/proc/{pid}")
-            if not alive or int(pid) == os.getpid():
-                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-
-
 def _signature_spec(concrete):
     def spec(tensor_spec):
         return {"dtype": tensor_spec.dtype.name, "shape": [d for d in tensor_spec.shape.as_list()]}
@@ -362,7 +352,7 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
         artifact_dir = os.path.abspath(os.path.join(out_dir, name))
         base = os.path.join(artifact_dir, "saved_model")
         os.makedirs(base, exist_ok=True)
-        _remove_stale_temporaries(base)
+        manifest.remove_stale(base, ".tmp-")  # temporaries of exports killed midway
         progress(1, len(steps))
 
         module, concrete = serving_module(model)

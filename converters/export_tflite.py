@@ -38,10 +38,10 @@ import tempfile
 
 import numpy as np
 
-from falcon_tf import manifest
+from falcon_tf import contract, manifest
 from falcon_tf.preset_io import artifact_name, progress_bar
 
-VARIANTS = ("fp32", "fp16", "int8", "int4")
+VARIANTS = contract.VARIANTS
 FLATBUFFER_LIMIT = 2 ** 31  # a FlatBuffer file is capped at 2 GiB
 _BYTES_PER_WEIGHT = {"fp32": 4, "fp16": 2, "int8": 1, "int4": 0.5}
 

@@ -41,7 +41,7 @@ from converters.export_tokenizer import export_tokenizer
 from falcon_tf import contract, generation, manifest
 from falcon_tf.preset_io import artifact_name, progress_bar
 
-DEFAULT_CACHE_LENGTH = 256
+DEFAULT_CACHE_LENGTH = contract.DEVICE_CACHE_LENGTH
 DEFAULT_PREFILL_LENGTHS = (8, 32)
 
 
@@ -103,14 +103,14 @@ def cache_writer(input_pos, cache_length):
     return slot_write(input_pos, cache_length)
 
 
-def signature_functions(lm, cache_length, prefill_lengths, embedding=None, decode_windows=()):
+def signature_functions(lm, cache_length, prefill_lengths, embed=None, decode_windows=()):
     """{signature name: tf.function} for prefill_<L>, decode and decode_<W>
     for W in `decode_windows`.
 
-    `embedding`: None (the backbone's float table), or (int8 table, float32
-    scale per row) variables (`export_tflite.embedding_rows_int8`): rows are
-    GATHERed as int8, CAST and scaled, so the lookup reads a quarter of the
-    bytes and the float table is left to the LM head alone.
+    `embed`: None (the backbone's float table), or a lookup token_ids ->
+    embedded rows (`export_tflite.int8_embedding_lookup`: rows GATHERed as
+    int8, CAST and scaled, so the lookup reads a quarter of the bytes and the
+    float table is left to the LM head alone).
     """
     import tensorflow as tf
 
@@ -118,15 +118,6 @@ def signature_functions(lm, cache_length, prefill_lengths, embedding=None, decod
     names = contract.cache_names(config.num_layers)
     cache_spec = [tf.TensorSpec((1, cache_length, config.kv_heads, config.head_dim),
                                 tf.float32, n) for n in names]
-    embed = None
-    if embedding is not None:
-        table, scale = embedding
-
-        def embed(token_ids):  # (1, L) -> (1, L, hidden)
-            flat = tf.reshape(token_ids, (-1,))
-            x = tf.cast(tf.gather(table, flat), tf.float32) * tf.gather(scale, flat)
-            return tf.reshape(x, (1, -1, config.hidden_dim))
-
     def make(length, window=None):
         spec = [tf.TensorSpec((1, length), tf.int32, contract.TOKENS),
                 tf.TensorSpec((length,), tf.int32, contract.INPUT_POS),
@@ -241,14 +232,8 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
     def float_file(integer):
         """The float32 file; `integer`: with the int8/int4 variants' int8 lookup table."""
         module = tf.Module()
-        embedding = None
-        if integer:
-            rows, scales = export_tflite.embedding_rows_int8(
-                model.token_embedding.embeddings.numpy())
-            module.embedding = embedding = [
-                tf.Variable(rows, trainable=False, name="token_embedding_int8"),
-                tf.Variable(scales, trainable=False, name="token_embedding_scale")]
-        functions = signature_functions(lm, cache_length, prefill_lengths, embedding,
+        embed = export_tflite.int8_embedding_lookup(model, module) if integer else None
+        functions = signature_functions(lm, cache_length, prefill_lengths, embed,
                                         decode_windows)
         with export_tflite.signatures_converter(model, functions, module) as conv:
             return conv.convert()

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from falcon_tf import generation as _generation
+from falcon_tf import contract
 from falcon_tf import samplers as _samplers
 from falcon_tf._keras import keras, tf
 from falcon_tf.attention_bias import causal_cache_mask
@@ -23,7 +24,7 @@ from falcon_tf.json_file import read_json
 ops = keras.ops
 
 # Falcon's context length; the default cache capacity.
-DEFAULT_CACHE_LENGTH = 2048
+DEFAULT_CACHE_LENGTH = contract.CACHE_LENGTH
 TASK_FILE = "task.json"  # keras-hub's whole-task config in a preset
 _MIN_BUCKET = 16
 

@@ -8,6 +8,8 @@ import sys
 import tempfile
 import time
 
+from falcon_tf import contract
+
 DEFAULT_PRESET = "falcon_tiny_trained"
 DEMO_PROMPT = "The falcon flew over"
 # Commands (and runtimes) that run TensorFlow.
@@ -289,7 +291,7 @@ def tflite_table(entries, latencies=None):
 
 
 def generate(preset, prompt, runtime="keras", max_length=64, sampler="greedy", seed=None,
-             variant="fp32", accelerator="cpu", out=None):
+             variant=contract.DEFAULT_VARIANT, accelerator="cpu", out=None):
     """Generates from `prompt` with the chosen runtime, writing text to `out`
     (stdout by default) as it comes. Returns the whole text."""
     out = out or sys.stdout
@@ -342,7 +344,8 @@ def generate(preset, prompt, runtime="keras", max_length=64, sampler="greedy", s
     return prompt + text
 
 
-def evaluate(preset, runtime="keras", variant="fp32", ids=None, window=128, prompts=10):
+def evaluate(preset, runtime="keras", variant=contract.DEFAULT_VARIANT, ids=None, window=128,
+             prompts=10):
     """`falcon-tf eval`: one runtime's perplexity on held-out ids against Keras's,
     and its greedy continuations of held-out prompts. Returns the line to print."""
     import numpy as np
@@ -383,7 +386,7 @@ def main(argv=None):
     quiet_third_party_logs()
     parser = argparse.ArgumentParser(prog="falcon-tf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_default_variants = "fp32,fp16,int8,int4"
+    p_default_variants = ",".join(contract.VARIANTS)
     p = sub.add_parser("demo", help="build a preset, run it with XLA, export it for TF Serving "
                                     "and TFLite, generate on every runtime, print parity and "
                                     "speed")
@@ -409,8 +412,9 @@ def main(argv=None):
     p.add_argument("--task", choices=["backbone", "causal_lm"], default="backbone",
                    help="tflite: the backbone (serving_default) or the causal LM "
                         "(prefill_<L> and decode signatures); a SavedModel holds both")
-    p.add_argument("--cache-length", type=int, default=256,
-                   help="tflite causal_lm: KV cache capacity (default 256)")
+    p.add_argument("--cache-length", type=int, default=contract.DEVICE_CACHE_LENGTH,
+                   help=f"tflite causal_lm: KV cache capacity "
+                        f"(default {contract.DEVICE_CACHE_LENGTH})")
     p.add_argument("--prefill-lengths", default="8,32",
                    help="tflite causal_lm: comma-separated prefill lengths (default 8,32)")
     p = sub.add_parser("generate", help="generate text, streaming tokens as they come")
@@ -424,7 +428,8 @@ def main(argv=None):
     p.add_argument("--sampler", choices=["greedy", "top_k", "top_p", "temperature"],
                    default="greedy")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--variant", default="fp32", help="tflite: which exported variant")
+    p.add_argument("--variant", default=contract.DEFAULT_VARIANT,
+                   help="tflite: which exported variant")
     p.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu", help="tflite")
     p = sub.add_parser("eval", help="perplexity on held-out token ids and greedy "
                                     "continuations, one runtime against Keras")
@@ -432,7 +437,8 @@ def main(argv=None):
                    help="keras: any preset or handle; saved_model and tflite: an artifact "
                         "directory or an exported preset name")
     p.add_argument("--runtime", choices=["keras", "saved_model", "tflite"], default="keras")
-    p.add_argument("--variant", default="fp32", help="tflite: which exported causal LM variant")
+    p.add_argument("--variant", default=contract.DEFAULT_VARIANT,
+                   help="tflite: which exported causal LM variant")
     p.add_argument("--ids", default=None,
                    help="a .npy file of 1-D token ids (default: the preset's held-out ids)")
     p.add_argument("--window", type=int, default=128,

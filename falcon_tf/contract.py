@@ -44,6 +44,18 @@ CACHE_V_PREFIX = "kv_cache_v_"
 # GPU delegate computes in float16, where -1e9 becomes -inf and then NaN).
 MASK_VALUE = -30000.0
 
+# Defaults every exporter, loader and command takes from here.
+# KV cache capacity (tokens) of the Keras causal LM and of the SavedModel it
+# exports: Falcon-RW's context.
+CACHE_LENGTH = 2048
+# KV cache capacity of the TFLite causal LM: a phone's memory budget (at
+# falcon-rw-1b's shape a float32 cache of 2048 slots is 805 MB, of 256 slots 101 MB).
+DEVICE_CACHE_LENGTH = 256
+# TFLite variants, and the one a loader opens when none is named: float32,
+# the one whose numbers equal Keras's.
+VARIANTS = ("fp32", "fp16", "int8", "int4")
+DEFAULT_VARIANT = "fp32"
+
 # Files the device side reads, relative to the artifact directory.
 TOKENIZER_FILE = "tokenizer/tokenizer.json"
 MANIFEST_FILE = "manifest.json"

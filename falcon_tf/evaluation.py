@@ -17,6 +17,8 @@ A scorer maps windows (rows, L) int32 to logits (rows, L, vocabulary):
 Example:
 
 >>> import numpy as np
+
+from falcon_tf import contract
 >>> from falcon_tf import FalconCausalLM
 >>> from falcon_tf.evaluation import keras_scorer, perplexity
 >>> lm = FalconCausalLM.from_preset("falcon_tiny_random")
@@ -30,6 +32,8 @@ import math
 import os
 
 import numpy as np
+
+from falcon_tf import contract
 
 DEFAULT_WINDOW = 128
 HELDOUT_FILE = "heldout_token_ids.npy"
@@ -232,7 +236,7 @@ def preset_token_ids(preset, filename=HELDOUT_FILE):
 RUNTIMES = ("keras", "saved_model", "tflite")
 
 
-def load_runtime(preset, runtime, variant="fp32", cache_length=DEFAULT_WINDOW, num_threads=2):
+def load_runtime(preset, runtime, variant=contract.DEFAULT_VARIANT, cache_length=DEFAULT_WINDOW, num_threads=2):
     """(the causal LM of `runtime`, its scorer). keras: any preset; saved_model
     and tflite: an artifact directory or an exported preset's name."""
     if runtime == "keras":
@@ -274,7 +278,7 @@ def keras_reference(preset):
     return preset
 
 
-def evaluate(preset, runtime="keras", variant="fp32", token_ids=None, window=DEFAULT_WINDOW,
+def evaluate(preset, runtime="keras", variant=contract.DEFAULT_VARIANT, token_ids=None, window=DEFAULT_WINDOW,
              prompts=10, new_tokens=32, compare=True):
     """Perplexity of one runtime on held-out ids and, with `compare`, Keras's
     on the same ids and the greedy continuations of `prompts` held-out prompts

@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 from falcon_tf import inputs as _inputs
-from falcon_tf import manifest
+from falcon_tf import contract, manifest
 
 ACCELERATORS = ("cpu", "gpu")
 XNNPACK_IN_MEMORY_CACHE = ":memory:"  # the XNNPACK delegate's path for a weight cache in memory
@@ -139,7 +139,7 @@ class FalconBackbone:
         self.path = path
 
     @classmethod
-    def from_preset(cls, preset, variant="int8", accelerator="cpu", num_threads=None,
+    def from_preset(cls, preset, variant=contract.DEFAULT_VARIANT, accelerator="cpu", num_threads=None,
                     verify_checksums=True):
         """Loads `artifacts/<preset>/tflite/<preset>_<variant>.tflite`.
 

@@ -163,7 +163,7 @@ class FalconCausalLM:
         self.path = path
 
     @classmethod
-    def from_preset(cls, preset, variant="fp32", accelerator="cpu", num_threads=None,
+    def from_preset(cls, preset, variant=contract.DEFAULT_VARIANT, accelerator="cpu", num_threads=None,
                     verify_checksums=True):
         """Loads `artifacts/<preset>/tflite/<preset>_causal_lm_<variant>.tflite`
         and the artifact's tokenizer (when `tokenizers` is installed), checked

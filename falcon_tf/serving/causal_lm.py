@@ -6,7 +6,7 @@ from falcon_tf import contract, generation
 from falcon_tf.serving.backbone import load_version
 from falcon_tf.bpe import from_artifact as load_tokenizer
 
-DEFAULT_CACHE_LENGTH = 2048
+DEFAULT_CACHE_LENGTH = contract.CACHE_LENGTH
 
 
 class FalconCausalLM:
