@@ -43,10 +43,10 @@ import tempfile
 import numpy as np
 
 from converters.export_tokenizer import export_tokenizer
-from falcon_tf import manifest
+from falcon_tf import contract, manifest
 from falcon_tf.preset_io import artifact_name, progress_bar
 
-SIGNATURES = {"serving_default": False, "serving_xla": True}  # name -> jit_compile
+SIGNATURES = {contract.BACKBONE_SIGNATURE: False, "serving_xla": True}  # name -> jit_compile
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 WARMUP_SHAPES = ((1, 16), (4, 128))  # (batch, seq) of the recorded warmup requests
 BATCHING_PARAMETERS = """\
@@ -96,7 +96,7 @@ def write_warmup(path, model_name, vocabulary_size):
     requests = []
     for batch, seq in WARMUP_SHAPES:
         ids = rng.integers(0, vocabulary_size, size=(batch, seq)).astype("int32")
-        requests.append(("serving_default", {"token_ids": ids,
+        requests.append((contract.BACKBONE_SIGNATURE, {"token_ids": ids,
                                              "padding_mask": np.ones((batch, seq), "int32")}))
     prompt = rng.integers(0, vocabulary_size, size=(1, 4)).astype("int32")
     requests.append(("generate", {
@@ -140,8 +140,8 @@ def causal_lm_functions(backbone):
     config = backbone.falcon_config
     functions = {}
     names = contract.cache_names(config.num_layers)
-    cache_spec = [tf.TensorSpec([None, None, config.kv_heads, config.head_dim], tf.float32, n)
-                  for n in names]
+    shape = contract.cache_shape(config.kv_heads, config.head_dim, None, batch=None)
+    cache_spec = [tf.TensorSpec(shape, tf.float32, n) for n in names]
 
     def step(tokens, input_pos, *caches):
         mask = causal_cache_mask(input_pos, tf.shape(caches[0])[1])
@@ -191,7 +191,7 @@ def serving_module(model):
     for signature, jit in SIGNATURES.items():
         def forward(token_ids, padding_mask):
             out = model({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
-            return {"sequence_output": out}
+            return {contract.SEQUENCE_OUTPUT: out}
 
         forward.__name__ = signature
         functions[signature] = tf.function(
@@ -223,7 +223,7 @@ def keras_reference(backbone, new_tokens=8):
                "padding_mask": np.ones((1, len(sequence)), "int32")}).numpy()[0]
     x = check_batch(backbone.vocabulary_size)
     config = backbone.falcon_config
-    return {"x": x, "sequence_output": backbone(x).numpy(), "prompts": prompts,
+    return {"x": x, contract.SEQUENCE_OUTPUT: backbone(x).numpy(), "prompts": prompts,
             "max_length": max_length, "tokens": tokens, "logits": full,
             "num_layers": config.num_layers, "kv_heads": config.kv_heads,
             "head_dim": config.head_dim}
@@ -272,12 +272,12 @@ def written_parity(path, reference):
     import tensorflow as tf
 
     loaded = tf.saved_model.load(path)
-    x, expected = reference["x"], reference["sequence_output"]
+    x, expected = reference["x"], reference[contract.SEQUENCE_OUTPUT]
     parity, signatures = {}, {}
     for signature in SIGNATURES:
         fn = loaded.signatures[signature]
         got = fn(token_ids=tf.constant(x["token_ids"]),
-                 padding_mask=tf.constant(x["padding_mask"]))["sequence_output"].numpy()
+                 padding_mask=tf.constant(x["padding_mask"]))[contract.SEQUENCE_OUTPUT].numpy()
         parity[signature] = {"max_abs_diff_vs_keras": float(np.abs(got - expected).max()),
                              "finite": bool(np.isfinite(got).all())}
     parity.update(causal_lm_parity(loaded, reference))

@@ -83,9 +83,10 @@ def converter(model, batch=1, seq=128, int8_embedding=False):
 
     @tf.function(input_signature=spec)
     def serving_default(token_ids, padding_mask):
-        return {"sequence_output": forward(token_ids, padding_mask)}
+        return {contract.SEQUENCE_OUTPUT: forward(token_ids, padding_mask)}
 
-    with signatures_converter(model, {"serving_default": serving_default}, module) as conv:
+    functions = {contract.BACKBONE_SIGNATURE: serving_default}
+    with signatures_converter(model, functions, module) as conv:
         yield conv
 
 
@@ -421,8 +422,8 @@ def parity(data, model, batch, seq, seed=0):
     from ai_edge_litert.interpreter import Interpreter
 
     x, expected = parity_reference(model, batch, seq, seed)
-    got = Interpreter(model_content=data).get_signature_runner("serving_default")(
-        **x)["sequence_output"]
+    got = Interpreter(model_content=data).get_signature_runner(contract.BACKBONE_SIGNATURE)(
+        **x)[contract.SEQUENCE_OUTPUT]
     return output_parity(got, x, expected)
 
 
@@ -500,7 +501,7 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
     name = name or artifact_name(preset)
     large = export_tflite_large.takes_large_route(model.count_params())
     if large:  # piece by piece, any size: refused only for memory
-        export_tflite_large.check_memory(model, name, variants, rounding)
+        export_tflite_large.check_export_memory(model, name, variants)
     too_big = [v for v in variants if v not in variants_that_fit(model.count_params(), [v])]
     if too_big and not large:
         raise ValueError(
@@ -558,10 +559,10 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
                     "route": "pieces" if large else "whole",
                     "sha256": manifest.sha256(path),
                     "weight_bytes_fp32": model.count_params() * 4,
-                    "signature": {"serving_default": {
+                    "signature": {contract.BACKBONE_SIGNATURE: {
                         "inputs": {"token_ids": {"dtype": "int32", "shape": [batch, seq]},
                                    "padding_mask": {"dtype": "int32", "shape": [batch, seq]}},
-                        "outputs": {"sequence_output": {
+                        "outputs": {contract.SEQUENCE_OUTPUT: {
                             "dtype": "float32", "shape": [batch, seq, model.hidden_dim]}}}},
                     "parity": result,
                     "op_versions": versions,

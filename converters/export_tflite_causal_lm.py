@@ -116,8 +116,8 @@ def signature_functions(lm, cache_length, prefill_lengths, embed=None, decode_wi
 
     config = lm.backbone.falcon_config
     names = contract.cache_names(config.num_layers)
-    cache_spec = [tf.TensorSpec((1, cache_length, config.kv_heads, config.head_dim),
-                                tf.float32, n) for n in names]
+    shape = contract.cache_shape(config.kv_heads, config.head_dim, cache_length)
+    cache_spec = [tf.TensorSpec(shape, tf.float32, n) for n in names]
     def make(length, window=None):
         spec = [tf.TensorSpec((1, length), tf.int32, contract.TOKENS),
                 tf.TensorSpec((length,), tf.int32, contract.INPUT_POS),
@@ -216,7 +216,7 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
     name = name or artifact_name(preset)
     large = export_tflite_large.takes_large_route(model.count_params())
     if large:  # piece by piece, any size: refused only for memory
-        export_tflite_large.check_memory(model, name, variants, rounding)
+        export_tflite_large.check_export_memory(model, name, variants)
     too_big = [v for v in variants
                if v not in export_tflite.variants_that_fit(model.count_params(), [v])]
     if too_big and not large:
@@ -303,7 +303,8 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
             return {"shape": list(shape), "dtype": dtype}
 
         def signature(length):
-            cache = spec((1, cache_length, config.kv_heads, config.head_dim), "float32")
+            cache = spec(contract.cache_shape(config.kv_heads, config.head_dim, cache_length),
+                         "float32")
             caches = {n: cache for n in contract.cache_names(config.num_layers)}
             return {"inputs": {contract.TOKENS: spec((1, length), "int32"),
                                contract.INPUT_POS: spec((length,), "int32"),

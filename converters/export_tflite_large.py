@@ -413,6 +413,7 @@ import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from ai_edge_litert.interpreter import Interpreter
+from falcon_tf import contract
 kind, path, reference, out = sys.argv[2:6]
 data = dict(np.load(reference))
 if kind == "causal_lm":  # as falcon_tf.lite runs it: one buffer per cache for every signature
@@ -422,9 +423,9 @@ if kind == "causal_lm":  # as falcon_tf.lite runs it: one buffer per cache for e
     got = run_steps(runners, [int(t) for t in data["sequence"]], int(data["prompt_length"]))
 else:
     interpreter = Interpreter(model_path=path, num_threads=int(sys.argv[6]))
-    runner = interpreter.get_signature_runner("serving_default")
+    runner = interpreter.get_signature_runner(contract.BACKBONE_SIGNATURE)
     got = runner(token_ids=data["token_ids"], padding_mask=data["padding_mask"])
-    got = got["sequence_output"]
+    got = got[contract.SEQUENCE_OUTPUT]
 np.save(out, got)
 print(json.dumps({"tensorflow_loaded": "tensorflow" in sys.modules}))
 """
@@ -462,7 +463,7 @@ def run_file(kind, path, reference, num_threads=2):
 PROCESS_OVERHEAD = 7.2 * 2 ** 30
 
 
-def memory_bytes(model, variants, rounding="gptq"):
+def memory_bytes(model, variants):
     """About the peak memory of exporting `variants` of `model` this way:
     the exporting process and the verifying child together."""
     params = model.count_params()
@@ -477,9 +478,11 @@ def memory_bytes(model, variants, rounding="gptq"):
     return int(parent + child)
 
 
-def check_memory(model, name, variants, rounding="gptq"):
-    """ValueError, before any work, when this machine has too little memory."""
-    needed = memory_bytes(model, variants, rounding)
+def check_export_memory(model, name, variants):
+    """ValueError, before any work, when this machine has too little memory to
+    export `variants` piece by piece (`untrusted.check_memory` is the one for
+    building a model)."""
+    needed = memory_bytes(model, variants)
     total = export_tflite._total_memory()
     if needed > total:
         raise ValueError(

@@ -386,7 +386,7 @@ class FalconCausalLM(keras.Model):
 
     def cache_shape(self, batch, cache_length):
         c = self.backbone.falcon_config
-        return (batch, cache_length, c.kv_heads, c.head_dim)
+        return contract.cache_shape(c.kv_heads, c.head_dim, cache_length, batch)
 
     def empty_cache(self, batch, cache_length):
         """Zeros for every layer's keys and values: [k_0, v_0, k_1, v_1, …]."""

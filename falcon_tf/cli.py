@@ -167,7 +167,7 @@ def demo(preset=DEFAULT_PRESET, out_dir="artifacts", batch=1, seq=128, runs=20,
     version_dir, _ = export_saved_model(name, out_dir, name=name, model=model,
                                         tokenizer=lm.tokenizer)
     diffs = []
-    for signature in ("serving_default", "serving_xla"):
+    for signature in (contract.BACKBONE_SIGNATURE, "serving_xla"):
         served = ServingBackbone.from_preset(os.path.join(out_dir, name), signature=signature)
         diffs.append(f"{signature} {np.abs(served(x) - eager).max():.2e}")
     export_line = (f"exports vs Keras, max|diff|: reloaded {preset_dir} {reload_diff:.2e}; "

@@ -79,6 +79,12 @@ def decode_window(name):
     return None
 
 
+def cache_shape(kv_heads, head_dim, cache_length, batch=1):
+    """The shape of one layer's key or value cache: (batch, cache_length,
+    kv_heads, head_dim); None for a size a signature leaves open."""
+    return (batch, cache_length, kv_heads, head_dim)
+
+
 def cache_names(num_layers):
     """The cache tensor names in layer order: k_0, v_0, k_1, v_1, …"""
     names = []

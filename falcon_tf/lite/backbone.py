@@ -34,10 +34,11 @@ def _cpu_interpreter(path, num_threads):
 
 class _CpuRunner:
     def __init__(self, path, num_threads):
-        self._runner = _cpu_interpreter(path, num_threads).get_signature_runner("serving_default")
+        self._runner = _cpu_interpreter(path, num_threads).get_signature_runner(
+            contract.BACKBONE_SIGNATURE)
 
     def __call__(self, ids, mask):
-        return self._runner(token_ids=ids, padding_mask=mask)["sequence_output"]
+        return self._runner(token_ids=ids, padding_mask=mask)[contract.SEQUENCE_OUTPUT]
 
 
 def check_options(accelerator, num_threads):
@@ -110,16 +111,17 @@ class _GpuRunner:
 
     def __init__(self, path):
         self._model = gpu_compiled_model(path)
-        self._inputs = {name: self._model.create_input_buffer_by_name("serving_default", name)
+        signature = contract.BACKBONE_SIGNATURE
+        self._inputs = {name: self._model.create_input_buffer_by_name(signature, name)
                         for name in ("token_ids", "padding_mask")}
-        self._output = self._model.create_output_buffer_by_name("serving_default",
-                                                                "sequence_output")
+        self._output = self._model.create_output_buffer_by_name(contract.BACKBONE_SIGNATURE,
+                                                                contract.SEQUENCE_OUTPUT)
 
     def __call__(self, ids, mask):
         self._inputs["token_ids"].write(ids)
         self._inputs["padding_mask"].write(mask)
-        self._model.run_by_name("serving_default", self._inputs,
-                                {"sequence_output": self._output})
+        self._model.run_by_name(contract.BACKBONE_SIGNATURE, self._inputs,
+                                {contract.SEQUENCE_OUTPUT: self._output})
         return self._output
 
 
@@ -139,8 +141,8 @@ class FalconBackbone:
         self.path = path
 
     @classmethod
-    def from_preset(cls, preset, variant=contract.DEFAULT_VARIANT, accelerator="cpu", num_threads=None,
-                    verify_checksums=True):
+    def from_preset(cls, preset, variant=contract.DEFAULT_VARIANT, accelerator="cpu",
+                    num_threads=None, verify_checksums=True):
         """Loads `artifacts/<preset>/tflite/<preset>_<variant>.tflite`.
 
         `accelerator="gpu"` compiles the whole graph for ai-edge-litert's GPU

@@ -5,9 +5,9 @@ import os
 import numpy as np
 
 from falcon_tf import inputs as _inputs
-from falcon_tf import manifest
+from falcon_tf import contract, manifest
 
-SIGNATURES = ("serving_default", "serving_xla")
+SIGNATURES = (contract.BACKBONE_SIGNATURE, "serving_xla")
 
 
 def load_version(preset, version=None, verify_checksums=True):
@@ -55,7 +55,7 @@ class FalconBackbone:
         self.path = path
 
     @classmethod
-    def from_preset(cls, preset, version=None, signature="serving_default",
+    def from_preset(cls, preset, version=None, signature=contract.BACKBONE_SIGNATURE,
                     verify_checksums=True):
         """Loads `artifacts/<preset>/saved_model/<version>` (the latest by default).
 
@@ -76,4 +76,4 @@ class FalconBackbone:
 
         ids, mask = _inputs.validate(inputs, self.vocabulary_size)
         out = self._fn(token_ids=tf.constant(ids), padding_mask=tf.constant(mask))
-        return np.asarray(out["sequence_output"])
+        return np.asarray(out[contract.SEQUENCE_OUTPUT])
