@@ -329,8 +329,9 @@ def test_quantized_presets_are_keras_hubs_layout_both_ways(tmp_path, mode):
 
     from conftest import padded_batch, randomize
 
-    # head_dim 72: a hidden width of 288 gives int4's 128-wide groups three rows.
-    kwargs = tiny_kwargs(num_attention_heads=4, head_dim=72, vocabulary_size=40)
+    # int4: a hidden width of 288 (head_dim 72) gives its 128-wide groups three rows.
+    kwargs = tiny_kwargs(num_attention_heads=4, head_dim=72 if mode == "int4" else 8,
+                         vocabulary_size=40)
     ours = randomize(FalconBackbone(**kwargs), scale=0.05)
     ours.save_to_preset(str(tmp_path / "float"))
     theirs = keras_hub.models.FalconBackbone.from_preset(str(tmp_path / "float"))
