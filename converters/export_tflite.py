@@ -90,6 +90,55 @@ def converter(model, batch=1, seq=128, int8_embedding=False):
         yield conv
 
 
+# The largest buffer ai-edge-litert's GPU accelerator creates on Mesa's lavapipe
+# (its maxStorageBufferRange; phones' GPUs report limits of this order): it holds
+# each weight in one buffer, in float16.
+GPU_BUFFER_BYTES = 128 * 2 ** 20
+
+
+def table_blocks(model):
+    """Into how many column blocks the tied vocabulary table is cut so that each
+    fits one GPU buffer in float16 (1: it fits whole). falcon-rw-1b's 50,304 x
+    2,048 table (206 MB in float16) takes 2 (benchmarks/gpu_table_split.py)."""
+    vocabulary, hidden = (int(d) for d in model.token_embedding.embeddings.shape)
+    return min(hidden, max(1, -(-vocabulary * hidden * 2 // GPU_BUFFER_BYTES)))
+
+
+def split_table(model, module, blocks):
+    """The tied table cut along the hidden axis into `blocks` column blocks,
+    whose variables `module` keeps -> (lookup, project). `lookup`: token_ids
+    (b, s) -> (b, s, hidden), every block's rows GATHERed and CONCATENATEd;
+    `project`: hidden (..., hidden) -> logits (..., vocabulary) float32, the sum
+    of each block's FULLY_CONNECTED over its slice of the hidden state. The same
+    numbers as the whole table, each weight buffer a `blocks`-th of its size;
+    the hidden axis is cut rather than the vocabulary so that the lookup needs
+    no index arithmetic."""
+    import tensorflow as tf
+
+    from falcon_tf._keras import keras
+
+    table = model.token_embedding.embeddings.numpy()
+    cuts = np.linspace(0, table.shape[1], blocks + 1).astype(int)
+    bounds = list(zip(cuts[:-1].tolist(), cuts[1:].tolist()))
+    module.table_blocks = [tf.Variable(table[:, a:b], trainable=False,
+                                       name=f"token_embedding_block_{i}")
+                           for i, (a, b) in enumerate(bounds)]
+
+    def lookup(token_ids):
+        batch, seq = token_ids.shape
+        flat = tf.reshape(token_ids, (-1,))
+        x = tf.concat([tf.gather(block, flat) for block in module.table_blocks], axis=-1)
+        return tf.cast(tf.reshape(x, (batch, seq, table.shape[1])), model.compute_dtype)
+
+    def project(x):
+        ops = keras.ops
+        parts = [ops.matmul(x[..., a:b], ops.transpose(ops.cast(block, x.dtype)))
+                 for (a, b), block in zip(bounds, module.table_blocks)]
+        return ops.cast(sum(parts[1:], parts[0]), "float32")
+
+    return lookup, project
+
+
 def int8_embedding_lookup(model, module):
     """The embedding lookup with the table stored as int8 rows
     (`embedding_rows_int8`), whose variables `module` keeps: token_ids

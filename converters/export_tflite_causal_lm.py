@@ -103,14 +103,16 @@ def cache_writer(input_pos, cache_length):
     return slot_write(input_pos, cache_length)
 
 
-def signature_functions(lm, cache_length, prefill_lengths, embed=None, decode_windows=()):
+def signature_functions(lm, cache_length, prefill_lengths, embed=None, decode_windows=(),
+                        project=None):
     """{signature name: tf.function} for prefill_<L>, decode and decode_<W>
     for W in `decode_windows`.
 
     `embed`: None (the backbone's float table), or a lookup token_ids ->
     embedded rows (`export_tflite.int8_embedding_lookup`: rows GATHERed as
     int8, CAST and scaled, so the lookup reads a quarter of the bytes and the
-    float table is left to the LM head alone).
+    float table is left to the LM head alone). `project`: the LM head's
+    projection (`export_tflite.split_table`), None for the tied embedding's.
     """
     import tensorflow as tf
 
@@ -127,7 +129,8 @@ def signature_functions(lm, cache_length, prefill_lengths, embed=None, decode_wi
         def step(tokens, input_pos, mask, *caches):
             logits, caches = lm.call_with_cache(
                 tokens, input_pos[None, :], mask, list(caches),
-                write=cache_writer(input_pos, cache_length), embed=embed, window=window)
+                write=cache_writer(input_pos, cache_length), embed=embed, window=window,
+                project=project)
             out = {contract.LOGITS: logits}
             out.update({n: tf.cast(c, tf.float32) for n, c in zip(names, caches)})
             return out
@@ -232,9 +235,14 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
     def float_file(integer):
         """The float32 file; `integer`: with the int8/int4 variants' int8 lookup table."""
         module = tf.Module()
-        embed = export_tflite.int8_embedding_lookup(model, module) if integer else None
+        embed = project = None
+        if integer:
+            embed = export_tflite.int8_embedding_lookup(model, module)
+        elif export_tflite.table_blocks(model) > 1:  # the float table, in GPU-sized blocks
+            embed, project = export_tflite.split_table(model, module,
+                                                       export_tflite.table_blocks(model))
         functions = signature_functions(lm, cache_length, prefill_lengths, embed,
-                                        decode_windows)
+                                        decode_windows, project)
         with export_tflite.signatures_converter(model, functions, module) as conv:
             return conv.convert()
 

@@ -73,7 +73,10 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths, decode_windows=(),
     stages of `FalconCausalLM.call_with_cache` with the same cache writer and
     windows. `int8_embedding`: the lookup GATHERs rows of an int8 copy of the
     table (`export_tflite.embedding_rows_int8`), as the small route's int8 and
-    int4 files do; the head keeps the table as the LM head's weight.
+    int4 files do; the head keeps the table as the LM head's weight. Without
+    it, a table too big for one GPU buffer is cut into column blocks for the
+    lookup and the head (`export_tflite.split_table`), as the small route's
+    float files do.
     """
     import tensorflow as tf
 
@@ -85,8 +88,19 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths, decode_windows=(),
                                        decode_windows=decode_windows).items()}
     windows = {contract.decode_window_signature(w): w for w in decode_windows}
     dtype = backbone.compute_dtype
-    module = tf.Module() if int8_embedding else None
-    lookup = export_tflite.int8_embedding_lookup(backbone, module) if int8_embedding else None
+    blocks = 1 if int8_embedding else export_tflite.table_blocks(backbone)
+    module = tf.Module() if int8_embedding or blocks > 1 else None
+    lookup = project = head_module = None
+    if int8_embedding:
+        lookup = export_tflite.int8_embedding_lookup(backbone, module)
+    elif blocks > 1:
+        lookup, project = export_tflite.split_table(backbone, module, blocks)
+        head_module = tf.Module()
+        head_module.table_blocks = module.table_blocks
+    # What the embedding and head pieces hold, for sharing them across variants
+    # (the head is the float table's, whole or in blocks, for every variant).
+    head_kind = f"float/{blocks}"
+    embedding_kind = "int8" if int8_embedding else head_kind
 
     def length(signature):
         return specs[signature][contract.TOKENS].shape[1]
@@ -135,19 +149,21 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths, decode_windows=(),
 
         @tf.function(input_signature=[hidden])
         def logits(x):
-            return {contract.LOGITS: lm.head(x)}
+            return {contract.LOGITS: lm.head(x, project)}
 
         return logits
 
     pieces = [Piece(name="embedding",
-                    variables=[] if int8_embedding else backbone.token_embedding.variables,
-                    functions={s: embedding(s) for s in specs}, block=None, module=module)]
+                    variables=[] if module is not None else backbone.token_embedding.variables,
+                    functions={s: embedding(s) for s in specs}, block=None, module=module,
+                    kind=embedding_kind)]
     for i, layer in enumerate(backbone.transformer_layers):
         pieces.append(Piece(name=layer.name, variables=layer.variables,
                             functions={s: block(i, s) for s in specs}, block=layer, module=None))
     pieces.append(Piece(name="head", variables=backbone.final_layernorm.variables
-                        + backbone.token_embedding.variables,
-                        functions={s: head(s) for s in specs}, block=None, module=None))
+                        + ([] if project is not None else backbone.token_embedding.variables),
+                        functions={s: head(s) for s in specs}, block=None, module=head_module,
+                        kind=head_kind))
     names = contract.cache_names(backbone.num_layers)
     inputs = {s: list(spec) for s, spec in specs.items()}
     outputs = {s: [contract.LOGITS] + names for s in specs}
@@ -395,7 +411,7 @@ def write_pieces(pieces, inputs, outputs, variant, path, rounding="gptq", calibr
 
 def _converted_once(converted, piece):
     """`_convert(piece)` of a piece no variant rounds, through `converted`."""
-    key = ("piece", piece.name, piece.module is not None)
+    key = ("piece", piece.name, getattr(piece, "kind", piece.module is not None))
     if key not in converted:
         store = tempfile.TemporaryFile(prefix=".tmp-piece-")
         store.write(_convert(piece))

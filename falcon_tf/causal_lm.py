@@ -395,7 +395,7 @@ class FalconCausalLM(keras.Model):
         return [tf.zeros(shape, dtype) for _ in range(2 * self.backbone.num_layers)]
 
     def call_with_cache(self, token_ids, positions, mask_bias, caches, write=None, embed=None,
-                        window=None):
+                        window=None, project=None):
         """One cached forward over new tokens.
 
         token_ids, positions: (b, L) int32: the tokens and the cache slots
@@ -411,6 +411,7 @@ class FalconCausalLM(keras.Model):
         window: None, or a static int: the new tokens attend only the first
             `window` slots (all they may attend when they sit below it), so
             the step reads that much of the cache, not all of it.
+        project: the LM head's projection, as in `head`.
         Returns (logits (b, L, vocabulary) float32, updated caches).
         """
         write = write or scatter_write(positions)
@@ -423,7 +424,7 @@ class FalconCausalLM(keras.Model):
             x, k, v = self.block_cached(i, x, caches[2 * i], caches[2 * i + 1], mask_bias,
                                         position, write, window)
             out += [k, v]
-        return self.head(x), out
+        return self.head(x, project), out
 
     # The stages of `call_with_cache`, also exported one by one for large models
     # (converters/export_tflite_large.py).
@@ -443,9 +444,13 @@ class FalconCausalLM(keras.Model):
             return block.call_cached(x, cache_key, cache_value, mask_bias, position, write,
                                      window)
 
-    def head(self, x):
-        """Final LayerNorm and the tied LM head -> logits float32."""
+    def head(self, x, project=None):
+        """Final LayerNorm and the tied LM head -> logits float32. `project`:
+        how hidden states become logits; by default the token embedding's
+        reverse (exporters pass the table cut in blocks for the GPU)."""
         x = self.backbone.final_layernorm(x)
+        if project is not None:
+            return ops.cast(project(x), "float32")
         return ops.cast(self.backbone.token_embedding(x, reverse=True), "float32")
 
     # --- generation ---

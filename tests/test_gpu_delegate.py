@@ -112,3 +112,35 @@ def test_fp32_file_embeds_its_weights_and_matches_keras(tmp_path):
          "padding_mask": np.array([[1] * 8, [0, 0] + [1] * 6], "int32")}
     out = interpreter.get_signature_runner("serving_default")(**x)["sequence_output"]
     np.testing.assert_allclose(out, model(x).numpy(), rtol=0, atol=1e-4)
+
+
+# A vocabulary table too big for one GPU buffer (falcon-rw-1b's: 206 MB in
+# float16, lavapipe's cap 128 MiB) is cut along the hidden axis for the float
+# files' lookup and LM head. Forced here on a tiny table by lowering the cap.
+
+@pytest.mark.parametrize("route,variant", [("whole", "fp32"), ("pieces", "fp16")])
+def test_a_table_too_big_for_one_gpu_buffer_is_cut_and_runs_whole(gpu_available, tmp_path,
+                                                                  route, variant):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from converters import export_tflite, export_tflite_large
+    from converters.export_tflite_causal_lm import export_tflite_causal_lm
+
+    model = randomize(FalconBackbone(vocabulary_size=96, num_layers=1, num_attention_heads=2,
+                                     hidden_dim=48, intermediate_dim=64), scale=0.1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(export_tflite, "GPU_BUFFER_BYTES", 96 * 48 * 2 // 3 + 1)
+        if route == "pieces":
+            patch.setattr(export_tflite_large, "LARGE_ROUTE_PARAMETERS", 0)
+        assert export_tflite.table_blocks(model) == 3
+        entry = export_tflite_causal_lm("cut", tmp_path, model=model, variants=(variant,),
+                                        cache_length=32, prefill_lengths=(8,))[variant]
+    assert entry["route"] == route
+    # The same logits as Keras's whole table, and the same greedy tokens.
+    assert entry["parity"]["max_abs_diff_vs_keras"] <= (1e-5 if variant == "fp32" else 5e-3)
+    assert entry["parity"]["greedy_tokens_equal_keras"]
+    # The file holds the table as three 96 x 16 blocks, never whole.
+    shapes = [tuple(t["shape"]) for t in Interpreter(
+        model_path=str(tmp_path / "cut" / entry["file"])).get_tensor_details()]
+    assert shapes.count((96, 16)) >= 3 and (96, 48) not in shapes
+    assert entry["gpu_fully_accelerated"] is True
