@@ -90,16 +90,23 @@ def converter(model, batch=1, seq=128, int8_embedding=False):
         yield conv
 
 
-# The largest buffer ai-edge-litert's GPU accelerator creates on Mesa's lavapipe
-# (its maxStorageBufferRange; phones' GPUs report limits of this order): it holds
-# each weight in one buffer, in float16.
-GPU_BUFFER_BYTES = 128 * 2 ** 20
+# The largest buffer the target GPU creates (ai-edge-litert's GPU accelerator
+# holds each weight in one buffer, in float16; Mesa's lavapipe caps it at
+# 128 * 2**20), or None: the float causal-LM files then keep the vocabulary
+# table whole. None by default: cut at 128 MiB, falcon-rw-1b's fp16 export
+# peaked at 23.1 GiB (15.1 GiB of it the verifying process) against 15.6 GiB
+# whole, which this 24 GiB machine cannot spare, and its GPU check was killed
+# for memory, so the gain is not yet shown at that size.
+GPU_BUFFER_BYTES = None
 
 
 def table_blocks(model):
     """Into how many column blocks the tied vocabulary table is cut so that each
-    fits one GPU buffer in float16 (1: it fits whole). falcon-rw-1b's 50,304 x
-    2,048 table (206 MB in float16) takes 2 (benchmarks/gpu_table_split.py)."""
+    fits one GPU buffer of GPU_BUFFER_BYTES in float16 (1: whole). At 128 MiB,
+    falcon-rw-1b's 50,304 x 2,048 table (206 MB in float16) takes 2
+    (benchmarks/gpu_table_split.py)."""
+    if GPU_BUFFER_BYTES is None:
+        return 1
     vocabulary, hidden = (int(d) for d in model.token_embedding.embeddings.shape)
     return min(hidden, max(1, -(-vocabulary * hidden * 2 // GPU_BUFFER_BYTES)))
 

@@ -26,7 +26,6 @@ PREPROCESSOR_FILE = "preprocessor.json"  # keras-hub's name for it in a preset
 # What a preset's preprocessor.json may set; everything else in it is ignored.
 _PRESET_FIELDS = {"sequence_length": int, "add_start_token": bool, "add_end_token": bool}
 _LAYER_KWARGS = ("name", "trainable", "dtype")
-_REGISTERED_NAME = "falcon_tf>FalconCausalLMPreprocessor"
 # The identities keras-hub's loaders look for in a preset's JSON files. A preset
 # names keras-hub's classes so that keras-hub's from_preset reads it too; ours
 # reads those files as data.

@@ -291,6 +291,12 @@ def test_a_keras_hub_users_script_runs_unchanged_but_the_import(tmp_path, librar
     crossed.compile(sampler="greedy")
     np.testing.assert_allclose(crossed.predict(namespace["texts"], verbose=0),
                                run["quantized_logits"], atol=1e-5)
+    # The preset's tokenizer and preprocessor load in the other library too.
+    preset = os.path.join(str(tmp_path), "preset")
+    tokenizer = other.FalconTokenizer.from_preset(preset)
+    np.testing.assert_array_equal(np.asarray(tokenizer(namespace["texts"][0])),
+                                  np.asarray(run["tokenizer"](namespace["texts"][0])))
+    assert other.FalconCausalLMPreprocessor.from_preset(preset).sequence_length == 16
     # Greedy tokens are not compared across libraries: this one-step model's
     # logits are near ties that each library's own cached decoding breaks its way.
     assert all(t.startswith(p) for t, p in zip(crossed.generate(namespace["prompts"],
