@@ -236,11 +236,11 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
         """The float32 file; `integer`: with the int8/int4 variants' int8 lookup table."""
         module = tf.Module()
         embed = project = None
+        blocks = export_tflite.table_blocks(model)
         if integer:
             embed = export_tflite.int8_embedding_lookup(model, module)
-        elif export_tflite.table_blocks(model) > 1:  # the float table, in GPU-sized blocks
-            embed, project = export_tflite.split_table(model, module,
-                                                       export_tflite.table_blocks(model))
+        elif blocks > 1:  # the float table, in GPU-sized blocks
+            embed, project = export_tflite.split_table(model, module, blocks)
         functions = signature_functions(lm, cache_length, prefill_lengths, embed,
                                         decode_windows, project)
         with export_tflite.signatures_converter(model, functions, module) as conv:

@@ -642,7 +642,7 @@ class FalconCausalLM(keras.Model):
             preprocessing.save_tokenizer_to_preset(self.tokenizer, preset_dir)
         backbone = read_json(os.path.join(preset_dir, preset_io.CONFIG_FILE), "Preset file")
         if backbone.get("registered_name") == preset_io.KERAS_HUB_REGISTERED_NAME:
-            task = {**preprocessing.keras_hub_identity("FalconCausalLM", "falcon_causal_lm"),
+            task = {**preset_io.keras_hub_identity("FalconCausalLM", "falcon_causal_lm"),
                     "config": {"backbone": backbone, "preprocessor": preprocessor,
                                "name": "falcon_causal_lm"}}
             manifest.atomic_write(os.path.join(preset_dir, TASK_FILE),

@@ -26,16 +26,7 @@ PREPROCESSOR_FILE = "preprocessor.json"  # keras-hub's name for it in a preset
 # What a preset's preprocessor.json may set; everything else in it is ignored.
 _PRESET_FIELDS = {"sequence_length": int, "add_start_token": bool, "add_end_token": bool}
 _LAYER_KWARGS = ("name", "trainable", "dtype")
-# The identities keras-hub's loaders look for in a preset's JSON files. A preset
-# names keras-hub's classes so that keras-hub's from_preset reads it too; ours
-# reads those files as data.
-_KERAS_HUB_MODULE = "keras_hub.src.models.falcon."
-KERAS_HUB_TOKENIZER_FILE = "tokenizer.json"  # keras-hub's tokenizer layer config
-
-
-def keras_hub_identity(class_name, module):
-    return {"module": _KERAS_HUB_MODULE + module, "class_name": class_name,
-            "registered_name": f"keras_hub>{class_name}"}
+KERAS_HUB_TOKENIZER_FILE = "tokenizer.json"  # keras-hub's tokenizer layer config in a preset
 
 
 def _check_length(value, name="sequence_length"):
@@ -275,6 +266,8 @@ class FalconCausalLMPreprocessor(keras.layers.Layer):
 
     def keras_hub_document(self, tokenizer_document):
         """preprocessor.json as keras-hub writes it (its tokenizer's config inside)."""
+        from falcon_tf.preset_io import keras_hub_identity
+
         return {**keras_hub_identity(type(self).__name__, "falcon_causal_lm_preprocessor"),
                 "config": {"name": "falcon_causal_lm_preprocessor", "trainable": True,
                            "dtype": keras.saving.serialize_keras_object(self.dtype_policy),
@@ -289,6 +282,7 @@ def save_tokenizer_to_preset(tokenizer, preset_dir):
     falcon_tf and the artifacts read), keras-hub's assets/tokenizer vocabulary
     and merges, and keras-hub's tokenizer.json layer config. Returns that config."""
     from falcon_tf import bpe, contract, manifest
+    from falcon_tf.preset_io import keras_hub_identity
 
     tokenizer.save_assets(os.path.join(preset_dir, os.path.dirname(contract.TOKENIZER_FILE)))
     vocabulary, merges = tokenizer.bpe.vocabulary_and_merges()

@@ -45,8 +45,17 @@ EMBEDDED_FOLDER = "preset_files"
 
 # What config.json may name; keras-hub's identity is written so its loader
 # accepts our presets.
-KERAS_HUB_MODULE = "keras_hub.src.models.falcon.falcon_backbone"
-KERAS_HUB_REGISTERED_NAME = "keras_hub>FalconBackbone"
+def keras_hub_identity(class_name, module):
+    """The `module`, `class_name` and `registered_name` fields with which a
+    preset's JSON file names keras-hub's Falcon `class_name` (defined in
+    keras_hub.src.models.falcon.`module`): keras-hub's loaders look for them;
+    ours read the files as data."""
+    return {"module": f"keras_hub.src.models.falcon.{module}", "class_name": class_name,
+            "registered_name": f"keras_hub>{class_name}"}
+
+
+KERAS_HUB_BACKBONE = keras_hub_identity("FalconBackbone", "falcon_backbone")
+KERAS_HUB_REGISTERED_NAME = KERAS_HUB_BACKBONE["registered_name"]
 FALCON_TF_REGISTERED_NAME = "falcon_tf>FalconBackbone"
 _REGISTERED_NAMES = (KERAS_HUB_REGISTERED_NAME, FALCON_TF_REGISTERED_NAME, None)
 _MODEL_FIELDS = {"name": str, "trainable": bool}
@@ -301,6 +310,15 @@ def _datasets(f, path):
     return found
 
 
+def _write_dataset(f, name, array):
+    """`array` as dataset `name` of the open file `f`, in its own dtype;
+    bfloat16 marked the way Keras marks it."""
+    array = np.asarray(array)
+    dataset = f.create_dataset(name, data=array)
+    if array.dtype.name == "bfloat16":
+        dataset.attrs["dtype"] = "bfloat16"
+
+
 def _is_bfloat16(dataset):
     return dataset.attrs.get("dtype") == "bfloat16"  # how Keras marks bfloat16 data
 
@@ -393,9 +411,7 @@ def write_weights(path, named_arrays, config: FalconConfig):
             written.add(ours)
             for h5_path, shape, slot in targets[ours]:
                 part = array if slot is None else array[..., starts[slot]:starts[slot + 1]]
-                dataset = f.create_dataset(h5_path, data=np.asarray(part).reshape(shape))
-                if part.dtype.name == "bfloat16":  # Keras marks bfloat16 data this way
-                    dataset.attrs["dtype"] = "bfloat16"
+                _write_dataset(f, h5_path, np.asarray(part).reshape(shape))
     missing = sorted(set(targets) - written)
     if missing:
         raise ValueError(f"{path}: no value for weight(s) {', '.join(missing[:5])}.")
@@ -451,10 +467,7 @@ def write_quantized_weights(path, model):
     kernels stay int8; bfloat16 marked as Keras marks it)."""
     with h5py.File(path, "w") as f:
         for name, var in quantized_layout(model).items():
-            array = np.asarray(var.numpy())
-            dataset = f.create_dataset(name, data=array)
-            if array.dtype.name == "bfloat16":
-                dataset.attrs["dtype"] = "bfloat16"
+            _write_dataset(f, name, var.numpy())
 
 
 def _read_like(found, name, like, path):
@@ -532,6 +545,7 @@ def _qkv_templates(config, layer):
     from falcon_tf._keras import keras
     from falcon_tf.backbone import _own_policy
 
+    fused = len(_saved(layer))
     templates = []
     for count in (config.num_attention_heads, config.kv_heads, config.kv_heads):
         template = keras.layers.EinsumDense(
@@ -539,7 +553,7 @@ def _qkv_templates(config, layer):
             bias_axes="uh" if config.use_bias else None, dtype=_own_policy(layer))
         template.build((None, None, config.hidden_dim))
         templates.append(_saved(template))
-    if any(len(t) != len(_saved(layer)) for t in templates):
+    if any(len(t) != fused for t in templates):
         raise ValueError(f"Keras saves {layer.path} and an EinsumDense of the same "
                          f"quantization with different variables; keras-hub's layout cannot be "
                          f"written with this Keras version.")
@@ -611,9 +625,7 @@ def write_keras_hub_quantized(path, model):
             parts = _split_qkv(saved, likes) if len(groups) > 1 else [saved]
             for group, values in zip(groups, parts):
                 for index, value in enumerate(values):
-                    dataset = f.create_dataset(f"{group}/vars/{index}", data=value)
-                    if value.dtype.name == "bfloat16":
-                        dataset.attrs["dtype"] = "bfloat16"
+                    _write_dataset(f, f"{group}/vars/{index}", value)
 
 
 def load_keras_hub_quantized(model, path):
@@ -792,12 +804,13 @@ def check_quantized_preset(directory, overrides):
 def preset_config_json(config_dict, falcon_config, keras_hub_layout=True):
     """The config.json document: keras-hub's identity whenever keras-hub can load it."""
     if falcon_config.is_keras_hub_architecture and keras_hub_layout:
-        module, registered = KERAS_HUB_MODULE, KERAS_HUB_REGISTERED_NAME
+        identity = KERAS_HUB_BACKBONE
         config_dict = {k: v for k, v in config_dict.items() if k not in FAMILY_FIELDS}
     else:
-        module, registered = "falcon_tf.backbone", FALCON_TF_REGISTERED_NAME
-    return {"module": module, "class_name": "FalconBackbone", "config": config_dict,
-            "registered_name": registered}
+        identity = {"module": "falcon_tf.backbone", "class_name": "FalconBackbone",
+                    "registered_name": FALCON_TF_REGISTERED_NAME}
+    return {"module": identity["module"], "class_name": identity["class_name"],
+            "config": config_dict, "registered_name": identity["registered_name"]}
 
 
 def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_files=None,
