@@ -270,51 +270,64 @@ class BlockTemplate:
     """The first block's converted graph, reused for the blocks after it.
 
     Every block has the same graph; only its weights differ. The first block
-    is converted twice, once with its weights and once with probe values
-    (distinct random numbers per variable), and each buffer of the converted
-    graph is traced to the variable it holds, as stored or transposed (FULLY_CONNECTED
-    stores a kernel's transpose). Buffers that hold no variable must come out the
-    same in both conversions (shapes, constants of the graph), or the template
-    is refused (`None` from `make`) and every block is converted. A later
-    block's float piece is then the template with its own variables written
-    into the traced buffers: one conversion instead of one per block.
+    is converted twice with probe values (distinct random numbers per
+    variable, a different draw each time), and each buffer of the converted
+    graph is traced to the variable it holds, as stored or transposed
+    (FULLY_CONNECTED stores a kernel's transpose). Buffers that hold no
+    variable must come out the same in both conversions (shapes, constants of
+    the graph), or the template is refused (`None` from `make`) and every
+    block is converted. A block's float piece, the first one's included, is
+    then the template with its own variables written into the traced
+    buffers: one conversion for all the blocks after the first.
+
+    Probes rather than the block's own weights: weights that repeat (zero
+    biases, unit LayerNorm gains, as a model not yet trained has) let the
+    converter share or fold their buffers, and the graph would no longer
+    show which buffer holds which variable.
     """
 
     def __init__(self, model, sources, first):
         self.model, self.sources, self.first = model, sources, first
 
     @classmethod
-    def make(cls, piece, data):
-        """`data`: `piece` (a block) converted with its own weights."""
+    def make(cls, piece):
+        """The template of `piece` (a block), or None when its graph cannot be
+        traced to its variables."""
         from converters.flatbuffer_stitch import read_piece
 
         if any(v.dtype != "float32" for v in piece.variables):
             return None
-        rng = np.random.default_rng(0)
         own = [v.numpy() for v in piece.variables]
+        conversions = []
         try:
-            for v in piece.variables:
-                v.assign(rng.uniform(-1.0, 1.0, v.shape).astype(np.float32))
-            probed = read_piece(_convert(piece))
-            probes = {}
-            for j, v in enumerate(piece.variables):
-                value = v.numpy()
-                probes[value.tobytes()] = (j, False)
-                if value.ndim == 2:
-                    probes[np.ascontiguousarray(value.T).tobytes()] = (j, True)
+            for seed in (0, 1):
+                rng = np.random.default_rng(seed)
+                probes = {}
+                for j, v in enumerate(piece.variables):
+                    value = rng.uniform(-1.0, 1.0, v.shape).astype(np.float32)
+                    v.assign(value)
+                    probes[value.tobytes()] = (j, False)
+                    if value.ndim == 2:
+                        probes[np.ascontiguousarray(value.T).tobytes()] = (j, True)
+                conversions.append((read_piece(_convert(piece)), probes))
         finally:
             for v, value in zip(piece.variables, own):
                 v.assign(value)
-        model = read_piece(data)
-        if len(model.buffers) != len(probed.buffers):
+        (model, probes), (other, other_probes) = conversions
+        if len(model.buffers) != len(other.buffers):
             return None
+
+        def content(buffer):
+            return b"" if buffer.data is None else bytes(buffer.data)
+
         sources = {}
-        for i, (real, probe) in enumerate(zip(model.buffers, probed.buffers)):
-            probe_bytes = b"" if probe.data is None else bytes(probe.data)
-            real_bytes = b"" if real.data is None else bytes(real.data)
-            if probe_bytes in probes:
-                sources[i] = probes[probe_bytes]
-            elif probe_bytes != real_bytes:
+        for i, (a, b) in enumerate(zip(model.buffers, other.buffers)):
+            a, b = content(a), content(b)
+            if a in probes:
+                if other_probes.get(b) != probes[a]:
+                    return None  # not the same variable in both conversions
+                sources[i] = probes[a]
+            elif a != b:
                 return None  # a constant folded from weights: not a template
         if {j for j, _ in sources.values()} != set(range(len(own))):
             return None  # some variable is not stored as itself
@@ -396,13 +409,14 @@ def write_pieces(pieces, inputs, outputs, variant, path, rounding="gptq", calibr
             with gptq.assigned(kernels):
                 if piece.block is None:
                     data = _converted_once(converted, piece)
-                elif template is not None and _same_layout(first, piece):
-                    data = template.piece(piece)
                 else:
-                    data = _convert(piece)
                     if first is None:
-                        first, template = piece, BlockTemplate.make(piece, data)
+                        first, template = piece, BlockTemplate.make(piece)
                         converted["template"] = first, template
+                    if template is not None and _same_layout(first, piece):
+                        data = template.piece(piece)
+                    else:
+                        data = _convert(piece)
             stitcher.add(export_tflite.quantize(data, variant, recipes))
             del data, kernels
             progress(done + 1, len(pieces))

@@ -176,6 +176,31 @@ def test_large_route_gives_the_small_routes_numbers(causal_lm, tmp_path):
         assert small[variant]["op_versions"] == entries[variant]["op_versions"], variant
 
 
+def test_blocks_after_the_first_reuse_its_graph_even_with_untrained_weights():
+    """A model fresh from its initializers (zero biases, unit LayerNorm gains)
+    still gets a block template; a block written through it holds the same
+    buffers as its own conversion (weights drawn at random, so that nothing
+    repeats in either file)."""
+    from converters.flatbuffer_stitch import read_piece
+
+    lm = FalconCausalLM(FalconBackbone(**BACKBONE), cache_length=CACHE)
+    pieces, _, _ = export_tflite_large.causal_lm_pieces(lm, CACHE, PREFILL, WINDOWS)
+    first, second = pieces[1], pieces[2]
+    assert not np.any(second.block.variables[1].numpy())  # an untrained bias: zeros
+    template = export_tflite_large.BlockTemplate.make(first)
+    assert template is not None
+    randomize(lm.backbone, seed=3, scale=0.1)
+
+    def contents(data):  # the tensors' buffers (metadata names the conversion)
+        model = read_piece(data)
+        metadata = {m.buffer for m in model.metadata or []}
+        return [b"" if b.data is None else bytes(b.data) for i, b in enumerate(model.buffers)
+                if i not in metadata]
+
+    for piece in (first, second):
+        assert contents(template.piece(piece)) == contents(export_tflite_large._convert(piece))
+
+
 def test_backbone_takes_the_large_route_and_matches_keras(forced, tmp_path):
     from falcon_tf.lite import FalconBackbone as LiteBackbone
 
