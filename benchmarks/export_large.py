@@ -14,6 +14,9 @@ its parity against Keras from the manifest.
     python benchmarks/export_large.py                      # causal LM: int4, int8, fp16, fp32
     python benchmarks/export_large.py --task backbone --variants int8
     python benchmarks/export_large.py --variants int8 --out /tmp/big   # keep the files
+    # the GPU file: the table cut for lavapipe's 128 MiB buffers, prefill_8 and decode only
+    python benchmarks/export_large.py --variants fp16 --cache-length 256 \
+        --prefill-lengths 8 --decode-windows '' --gpu-buffer-mib 128 --out /tmp/gpu
 
 Needs about 17.5 to 20 GiB of memory (the export process and the verifying one
 together, measured for int4 and int8; see export_tflite_large.memory_bytes) and,
@@ -34,12 +37,17 @@ CHILD = f"NAME = {NAME!r}" + """
 import sys
 from falcon_tf import FalconBackbone
 task, out, variant, cache = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+prefill = [int(n) for n in sys.argv[5].split(",")]
+windows = None if sys.argv[6] == "default" else [int(n) for n in sys.argv[6].split(",") if n]
+if sys.argv[7] != "none":  # cut the vocabulary table into blocks of at most this many MiB
+    from converters import export_tflite
+    export_tflite.GPU_BUFFER_BYTES = int(sys.argv[7]) * 2 ** 20
 model = FalconBackbone.from_preset("falcon_refinedweb_1b_en", load_weights=False)
 # NAME is no preset, so no tokenizer is looked up (that would download it).
 if task == "causal_lm":
     from converters.export_tflite_causal_lm import export_tflite_causal_lm
     export_tflite_causal_lm(NAME, out, model=model, variants=(variant,), cache_length=cache,
-                            prefill_lengths=(8, 32))
+                            prefill_lengths=prefill, decode_windows=windows)
 else:
     from converters.export_tflite import export_tflite
     export_tflite(NAME, out, model=model, variants=(variant,), batch=1, seq=128)
@@ -69,10 +77,11 @@ def _descendants(pid):
     return found
 
 
-def run(task, variant, out, cache_length):
+def run(task, variant, out, cache_length, prefill="8,32", windows="default", gpu_buffer="none"):
     """-> (seconds, export process peak, verify process peak, together peak) bytes."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, task, out, variant, str(cache_length)])
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, task, out, variant, str(cache_length),
+                             prefill, windows, gpu_buffer])
     peaks = {"together": 0, "others": 0}
     done = threading.Event()
 
@@ -101,14 +110,22 @@ def main():
     parser.add_argument("--task", choices=["causal_lm", "backbone"], default="causal_lm")
     parser.add_argument("--variants", default="int4,int8,fp16,fp32")
     parser.add_argument("--cache-length", type=int, default=1024)
+    parser.add_argument("--prefill-lengths", default="8,32")
+    parser.add_argument("--decode-windows", default="default",
+                        help="comma-separated W of the decode_<W> signatures; '' for none "
+                             "(default: the exporter's)")
+    parser.add_argument("--gpu-buffer-mib", default="none",
+                        help="cut the vocabulary table for a GPU buffer cap of this many MiB "
+                             "(export_tflite.GPU_BUFFER_BYTES; lavapipe's cap is 128)")
     parser.add_argument("--out", default=None, help="where the artifacts stay (default: a "
                                                     "temporary directory, removed)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="falcon-tf-export-large-") as tmp:
         out = args.out or tmp
         for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-            seconds, export_peak, verify_peak, together = run(args.task, variant, out,
-                                                              args.cache_length)
+            seconds, export_peak, verify_peak, together = run(
+                args.task, variant, out, args.cache_length, args.prefill_lengths,
+                args.decode_windows, args.gpu_buffer_mib)
             with open(os.path.join(out, NAME, "manifest.json")) as f:
                 data = json.load(f)
             section = data["causal_lm"] if args.task == "causal_lm" else data["tflite"]

@@ -177,6 +177,17 @@ def signatures_converter(model, functions, module=None):
     """
     import tensorflow as tf
 
+    with saved_signatures(model, functions, module) as saved:
+        yield tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=list(functions))
+
+
+@contextlib.contextmanager
+def saved_signatures(model, functions, module=None):
+    """The path of a temporary SavedModel holding `model`'s variables and
+    `functions` as its signatures, removed on leaving (`signatures_converter`
+    converts it)."""
+    import tensorflow as tf
+
     module = module or tf.Module()
     module.weights = [variable.value for variable in model.variables]
     module.functions = dict(functions)
@@ -187,7 +198,7 @@ def signatures_converter(model, functions, module=None):
     with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-") as tmp:
         tf.saved_model.save(module, tmp, signatures={
             name: fn.get_concrete_function() for name, fn in functions.items()})
-        yield tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(functions))
+        yield tmp
 
 
 def embedding_rows_int8(table):

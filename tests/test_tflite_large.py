@@ -181,8 +181,6 @@ def test_blocks_after_the_first_reuse_its_graph_even_with_untrained_weights():
     still gets a block template; a block written through it holds the same
     buffers as its own conversion (weights drawn at random, so that nothing
     repeats in either file)."""
-    from converters.flatbuffer_stitch import read_piece
-
     lm = FalconCausalLM(FalconBackbone(**BACKBONE), cache_length=CACHE)
     pieces, _, _ = export_tflite_large.causal_lm_pieces(lm, CACHE, PREFILL, WINDOWS)
     first, second = pieces[1], pieces[2]
@@ -191,14 +189,35 @@ def test_blocks_after_the_first_reuse_its_graph_even_with_untrained_weights():
     assert template is not None
     randomize(lm.backbone, seed=3, scale=0.1)
 
-    def contents(data):  # the tensors' buffers (metadata names the conversion)
-        model = read_piece(data)
-        metadata = {m.buffer for m in model.metadata or []}
-        return [b"" if b.data is None else bytes(b.data) for i, b in enumerate(model.buffers)
-                if i not in metadata]
-
     for piece in (first, second):
         assert contents(template.piece(piece)) == contents(export_tflite_large._convert(piece))
+
+
+def contents(data):
+    """A converted piece's tensor buffers (the metadata names the conversion)."""
+    from converters.flatbuffer_stitch import read_piece
+
+    model = read_piece(data)
+    metadata = {m.buffer for m in model.metadata or []}
+    return [b"" if b.data is None else bytes(b.data) for i, b in enumerate(model.buffers)
+            if i not in metadata]
+
+
+def test_large_pieces_convert_in_a_child_process_to_the_same_file(monkeypatch):
+    lm = FalconCausalLM(randomize(FalconBackbone(**BACKBONE), seed=5, scale=0.1),
+                        cache_length=CACHE)
+    pieces, _, _ = export_tflite_large.causal_lm_pieces(lm, CACHE, PREFILL, WINDOWS)
+    head = pieces[-1]
+    assert export_tflite_large._weight_bytes(head) == (BACKBONE["vocabulary_size"] + 2) * \
+        BACKBONE["hidden_dim"] * 4  # the table and the final LayerNorm
+    here = export_tflite_large._convert(head)
+    children = []
+    run = subprocess.run
+    monkeypatch.setattr(export_tflite_large.subprocess, "run",
+                        lambda *a, **k: children.append(a) or run(*a, **k))
+    monkeypatch.setattr(export_tflite_large, "CHILD_CONVERSION_BYTES", 0)
+    assert contents(export_tflite_large._convert(head)) == contents(here)
+    assert len(children) == 1
 
 
 def test_backbone_takes_the_large_route_and_matches_keras(forced, tmp_path):
