@@ -347,3 +347,25 @@ def test_a_stitched_file_over_2_gib_loads_and_runs_on_litert(tmp_path):
     got = Interpreter(model_path=str(path), num_threads=2).get_signature_runner(
         "serving_default")(hidden=x)["hidden"]
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def test_float16_casting_with_numpys_comparison_writes_the_same_file():
+    """`export_tflite.quantize` swaps ai-edge-quantizer's array comparison for
+    numpy's (speed); the quantized file is byte for byte the library's own."""
+    import contextlib
+    import io
+
+    from ai_edge_quantizer import qtyping, quantizer
+
+    from converters import export_tflite
+
+    lm = FalconCausalLM(randomize(FalconBackbone(**BACKBONE), seed=6, scale=0.1),
+                        cache_length=CACHE)
+    pieces, _, _ = export_tflite_large.causal_lm_pieces(lm, CACHE, PREFILL, WINDOWS)
+    data = export_tflite_large._convert(pieces[1])
+    recipe = export_tflite.CAUSAL_LM_RECIPES["fp16"]
+    own = qtyping._compare_array_or_none
+    with contextlib.redirect_stdout(io.StringIO()):
+        expected = bytes(quantizer.Quantizer(data, recipe).quantize().quantized_model)
+    assert export_tflite.quantize(data, "fp16", export_tflite.CAUSAL_LM_RECIPES) == expected
+    assert qtyping._compare_array_or_none is own  # put back
