@@ -93,10 +93,11 @@ def converter(model, batch=1, seq=128, int8_embedding=False):
 # The largest buffer the target GPU creates (ai-edge-litert's GPU accelerator
 # holds each weight in one buffer, in float16; Mesa's lavapipe caps it at
 # 128 * 2**20), or None: the float causal-LM files then keep the vocabulary
-# table whole. None by default: cut at 128 MiB, falcon-rw-1b's fp16 export
-# peaked at 23.1 GiB (15.1 GiB of it the verifying process) against 15.6 GiB
-# whole, which this 24 GiB machine cannot spare, and its GPU check was killed
-# for memory, so the gain is not yet shown at that size.
+# table whole. Cut at 128 MiB, falcon-rw-1b's fp16 causal LM (prefill_8 and
+# decode) runs whole on lavapipe's GPU accelerator with the CPU's greedy
+# tokens (benchmarks/gpu_large.py). None by default because the cut costs
+# the CPU path: XNNPACK's verifying process peaked at 15.8 GiB against 8.4
+# GiB for the whole table.
 GPU_BUFFER_BYTES = None
 
 

@@ -176,50 +176,6 @@ def test_large_route_gives_the_small_routes_numbers(causal_lm, tmp_path):
         assert small[variant]["op_versions"] == entries[variant]["op_versions"], variant
 
 
-def test_blocks_after_the_first_reuse_its_graph_even_with_untrained_weights():
-    """A model fresh from its initializers (zero biases, unit LayerNorm gains)
-    still gets a block template; a block written through it holds the same
-    buffers as its own conversion (weights drawn at random, so that nothing
-    repeats in either file)."""
-    lm = FalconCausalLM(FalconBackbone(**BACKBONE), cache_length=CACHE)
-    pieces, _, _ = export_tflite_large.causal_lm_pieces(lm, CACHE, PREFILL, WINDOWS)
-    first, second = pieces[1], pieces[2]
-    assert not np.any(second.block.variables[1].numpy())  # an untrained bias: zeros
-    template = export_tflite_large.BlockTemplate.make(first)
-    assert template is not None
-    randomize(lm.backbone, seed=3, scale=0.1)
-
-    for piece in (first, second):
-        assert contents(template.piece(piece)) == contents(export_tflite_large._convert(piece))
-
-
-def contents(data):
-    """A converted piece's tensor buffers (the metadata names the conversion)."""
-    from converters.flatbuffer_stitch import read_piece
-
-    model = read_piece(data)
-    metadata = {m.buffer for m in model.metadata or []}
-    return [b"" if b.data is None else bytes(b.data) for i, b in enumerate(model.buffers)
-            if i not in metadata]
-
-
-def test_large_pieces_convert_in_a_child_process_to_the_same_file(monkeypatch):
-    lm = FalconCausalLM(randomize(FalconBackbone(**BACKBONE), seed=5, scale=0.1),
-                        cache_length=CACHE)
-    pieces, _, _ = export_tflite_large.causal_lm_pieces(lm, CACHE, PREFILL, WINDOWS)
-    head = pieces[-1]
-    assert export_tflite_large._weight_bytes(head) == (BACKBONE["vocabulary_size"] + 2) * \
-        BACKBONE["hidden_dim"] * 4  # the table and the final LayerNorm
-    here = export_tflite_large._convert(head)
-    children = []
-    run = subprocess.run
-    monkeypatch.setattr(export_tflite_large.subprocess, "run",
-                        lambda *a, **k: children.append(a) or run(*a, **k))
-    monkeypatch.setattr(export_tflite_large, "CHILD_CONVERSION_BYTES", 0)
-    assert contents(export_tflite_large._convert(head)) == contents(here)
-    assert len(children) == 1
-
-
 def test_backbone_takes_the_large_route_and_matches_keras(forced, tmp_path):
     from falcon_tf.lite import FalconBackbone as LiteBackbone
 
@@ -347,25 +303,3 @@ def test_a_stitched_file_over_2_gib_loads_and_runs_on_litert(tmp_path):
     got = Interpreter(model_path=str(path), num_threads=2).get_signature_runner(
         "serving_default")(hidden=x)["hidden"]
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
-
-
-def test_float16_casting_with_numpys_comparison_writes_the_same_file():
-    """`export_tflite.quantize` swaps ai-edge-quantizer's array comparison for
-    numpy's (speed); the quantized file is byte for byte the library's own."""
-    import contextlib
-    import io
-
-    from ai_edge_quantizer import qtyping, quantizer
-
-    from converters import export_tflite
-
-    lm = FalconCausalLM(randomize(FalconBackbone(**BACKBONE), seed=6, scale=0.1),
-                        cache_length=CACHE)
-    pieces, _, _ = export_tflite_large.causal_lm_pieces(lm, CACHE, PREFILL, WINDOWS)
-    data = export_tflite_large._convert(pieces[1])
-    recipe = export_tflite.CAUSAL_LM_RECIPES["fp16"]
-    own = qtyping._compare_array_or_none
-    with contextlib.redirect_stdout(io.StringIO()):
-        expected = bytes(quantizer.Quantizer(data, recipe).quantize().quantized_model)
-    assert export_tflite.quantize(data, "fp16", export_tflite.CAUSAL_LM_RECIPES) == expected
-    assert qtyping._compare_array_or_none is own  # put back
