@@ -467,11 +467,9 @@ def _return_freed_memory():
     hundreds of MB in blocks that glibc otherwise keeps: at falcon-rw-1b's
     shape the exporting process grew by about 55 MB a block without it."""
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
+    try:  # the process's own symbols: libc's, without looking for it on disk
+        ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError, TypeError):
         pass  # not glibc
 

@@ -103,26 +103,25 @@ def grid(weights, bits, block_size=None):
     return scale, levels, pins.reshape(out_dim, in_dim)
 
 
-def inverse_cholesky_upper(h, reversed_in_place=False):
-    """U, upper triangular, with H⁻¹ = Uᵀ U, without forming H⁻¹, in H's
-    float type (float32 or float64).
+def inverse_cholesky_upper(reversed_h):
+    """U, upper triangular, with H⁻¹ = Uᵀ U, without forming H⁻¹, from
+    `reversed_h` = J H J (J the reversal permutation; C-ordered, float32 or
+    float64, overwritten), in its float type.
 
-    With J the reversal permutation and J H J = L Lᵀ (lower L), H⁻¹ =
-    (J L⁻ᵀ J)(J L⁻¹ J), a lower factor times its transpose, so U = J L⁻¹ J:
-    one Cholesky and one triangular inverse (about n³ / 1.5 operations against
-    the 2.3 n³ of inverting H and factoring the inverse, which dominated
-    rounding an 8192-wide projection). LAPACK's blocked routines: at 8192 the
-    Cholesky takes 1.3 s in float32 here, against 5.9 s through numpy.
-    `reversed_in_place`: `h` is J H J already, C-ordered, and both routines
-    overwrite it (its transpose is the Fortran-ordered J H J they take): no
-    n x n array besides it and the result.
+    With J H J = L Lᵀ (lower L), H⁻¹ = (J L⁻ᵀ J)(J L⁻¹ J), a lower factor
+    times its transpose, so U = J L⁻¹ J: one Cholesky and one triangular
+    inverse (about n³ / 1.5 operations against the 2.3 n³ of inverting H and
+    factoring the inverse, which dominated rounding an 8192-wide projection).
+    LAPACK's blocked routines: at 8192 the Cholesky takes 1.3 s in float32
+    here, against 5.9 s through numpy. Both work in place on the transpose of
+    `reversed_h`, which is J H J in the Fortran order they take: no n x n
+    array besides it and the result.
     """
     from scipy.linalg import lapack
 
-    potrf, trtri = ((lapack.spotrf, lapack.strtri) if h.dtype == np.float32
+    potrf, trtri = ((lapack.spotrf, lapack.strtri) if reversed_h.dtype == np.float32
                     else (lapack.dpotrf, lapack.dtrtri))
-    work = h.T if reversed_in_place else np.ascontiguousarray(h[::-1, ::-1]).T
-    lower, info = potrf(work, lower=1, clean=1, overwrite_a=1)
+    lower, info = potrf(reversed_h.T, lower=1, clean=1, overwrite_a=1)
     if info != 0:
         raise np.linalg.LinAlgError(f"Cholesky factorization failed (info {info})")
     inverse, info = trtri(lower, lower=1, overwrite_c=1)
@@ -165,7 +164,7 @@ def gptq_round(kernel, hessian, bits, block_size=None, damping=DAMPING):
     for dtype in (np.float32, np.float64):
         h, order = _reversed_hessian(hessian, damping, dtype)
         try:
-            u = inverse_cholesky_upper(h, reversed_in_place=True)
+            u = inverse_cholesky_upper(h)
             break
         except np.linalg.LinAlgError:
             if dtype == np.float64:
