@@ -44,6 +44,26 @@ def read_piece(data):
     return flatbuffer_utils.read_model_from_bytearray(bytearray(data))
 
 
+def _detach(obj):
+    """Copies every numpy array reachable from a schema object (a tensor's
+    shape, its quantization's scales, an operator's options) into its own
+    memory. The unpacked arrays are views of the piece's bytes: one kept in
+    the stitched graph would keep the whole piece, weights included, alive."""
+    import numpy as np
+
+    for key, value in vars(obj).items():
+        if isinstance(value, np.ndarray):
+            if value.base is not None:
+                setattr(obj, key, value.copy())
+        elif isinstance(value, list):
+            for item in value:
+                if hasattr(item, "__dict__"):
+                    _detach(item)
+        elif hasattr(value, "__dict__"):
+            _detach(value)
+    return obj
+
+
 def _remap_blockwise(tensor, mapping, schema):
     """Blockwise quantization names its scale (and zero point) tensors by index."""
     quantization = tensor.quantization
@@ -109,7 +129,7 @@ class Stitcher:
         key = (code.builtinCode, code.deprecatedBuiltinCode, code.customCode, code.version)
         if key not in self._opcode_index:
             self._opcode_index[key] = len(self._opcodes)
-            self._opcodes.append(code)
+            self._opcodes.append(_detach(code))
         return self._opcode_index[key]
 
     def add(self, data):
@@ -145,13 +165,13 @@ class Stitcher:
                     mapping[port.tensorIndex] = wires[wire] = inputs[wire] = len(graph.tensors)
                     tensor = piece.tensors[port.tensorIndex]
                     tensor.buffer = buffer(tensor.buffer)
-                    graph.tensors.append(tensor)
+                    graph.tensors.append(_detach(tensor))
             for index, tensor in enumerate(piece.tensors):
                 if index in mapping:
                     continue
                 mapping[index] = len(graph.tensors)
                 tensor.buffer = buffer(tensor.buffer)
-                graph.tensors.append(tensor)
+                graph.tensors.append(_detach(tensor))
             for index in mapping:
                 if index not in wired:
                     _remap_blockwise(graph.tensors[mapping[index]], mapping, self._schema)
@@ -161,7 +181,7 @@ class Stitcher:
                 op.outputs = [mapping[i] for i in op.outputs]
                 if op.intermediates is not None:
                     op.intermediates = [mapping[i] for i in op.intermediates]
-                graph.operators.append(op)
+                graph.operators.append(_detach(op))
             for port in signature.outputs:
                 wires[port.name.decode()] = mapping[port.tensorIndex]
         for index, buf in enumerate(model.buffers):  # piece buffers are in the temp file now
