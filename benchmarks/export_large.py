@@ -142,7 +142,7 @@ def main():
                   + ("" if greedy is None else f", greedy tokens equal: {greedy}")
                   + f"; GPU whole: {entry['gpu_fully_accelerated']}", flush=True)
             if not args.out:
-                os.remove(os.path.join(out, entry["file"]))
+                os.remove(os.path.join(out, NAME, entry["file"]))  # the next variant's room
 
 
 if __name__ == "__main__":
