@@ -131,18 +131,36 @@ class FalconConfig:
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
+    @property
+    def qkv_width(self) -> int:
+        """Output width of the fused query/key/value projection: the query
+        heads, then the key heads, then the value heads."""
+        return (self.num_attention_heads + 2 * self.kv_heads) * self.head_dim
+
+    def variable_specs(self) -> dict[str, tuple[int, ...]]:
+        """Every backbone variable's canonical name -> its shape, in the order
+        the model holds them. The names are the ones checkpoints are mapped to
+        (Keras kernels are (fan_in, fan_out)); the parameter count, the
+        keras-hub and Hugging Face maps' shape checks all derive from this."""
+        h, i = self.hidden_dim, self.intermediate_dim
+        specs = {"token_embedding/embeddings": (self.vocabulary_size, h)}
+        dense = {"attention/query_key_value": (h, self.qkv_width),
+                 "attention/output_dense": (h, h), "dense_h_to_4h": (h, i),
+                 "dense_4h_to_h": (i, h)}
+        for layer in range(self.num_layers):
+            prefix = f"transformer_layer_{layer}"
+            for norm in self.layer_norm_names:
+                specs[f"{prefix}/{norm}/gamma"] = specs[f"{prefix}/{norm}/beta"] = (h,)
+            for path, shape in dense.items():
+                specs[f"{prefix}/{path}/kernel"] = shape
+                if self.use_bias:
+                    specs[f"{prefix}/{path}/bias"] = shape[-1:]
+        specs["final_layernorm/gamma"] = specs["final_layernorm/beta"] = (h,)
+        return specs
+
     def parameter_count(self) -> int:
         """Number of weights in the backbone (embedding included, counted once)."""
-        h, i, b = self.hidden_dim, self.intermediate_dim, int(self.use_bias)
-        qkv = (self.num_attention_heads + 2 * self.kv_heads) * self.head_dim
-        layer_norms = 1 if self.parallel_attention and not self.separate_mlp_layer_norm else 2
-        per_layer = (
-            layer_norms * 2 * h
-            + h * qkv + b * qkv  # query/key/value
-            + h * h + b * h  # attention output
-            + h * i + b * i + i * h + b * h  # MLP
-        )
-        return self.vocabulary_size * h + self.num_layers * per_layer + 2 * h
+        return sum(math.prod(shape) for shape in self.variable_specs().values())
 
 
 # Fields keras-hub's FalconBackbone does not have (its model is their defaults).

@@ -308,20 +308,11 @@ def iter_weights(directory, config, layout, progress=None):
 
 
 def _expected_shapes(config):
-    h, i, d = config.hidden_dim, config.intermediate_dim, config.head_dim
-    qkv = (config.num_attention_heads + 2 * config.kv_heads) * d
-    kinds = {"query_key_value.weight": (qkv, h), "query_key_value.bias": (qkv,),
-             "dense.weight": (h, h), "dense.bias": (h,),
-             "dense_h_to_4h.weight": (i, h), "dense_h_to_4h.bias": (i,),
-             "dense_4h_to_h.weight": (h, i), "dense_4h_to_h.bias": (h,)}
-    shapes = {}
-    for name in tensor_map(config):
-        if name == "word_embeddings.weight":
-            shapes[name] = (config.vocabulary_size, h)
-        else:
-            suffix = ".".join(name.split(".")[-2:])
-            shapes[name] = kinds.get(suffix, (h,))  # LayerNorms are (h,)
-    return shapes
+    """HF tensor name -> its shape: ours (`FalconConfig.variable_specs`),
+    reversed where a torch Linear's (out, in) weight becomes our kernel."""
+    specs = config.variable_specs()
+    return {name: specs[ours][::-1] if kind in ("linear", "qkv_weight") else specs[ours]
+            for name, (ours, kind) in tensor_map(config).items()}
 
 
 def download(handle):

@@ -226,27 +226,22 @@ def keras_hub_layout(config: FalconConfig):
     are (hidden, kv_heads, head_dim), biases are absent with use_bias=False, and
     each block's LayerNorms keep their own names (ln_attn, ln_mlp).
     """
-    h, d, inter = config.hidden_dim, config.head_dim, config.intermediate_dim
+    h, d = config.hidden_dim, config.head_dim
     heads = (config.num_attention_heads, config.kv_heads, config.kv_heads)  # q, k, v
-
-    def dense(kernel, bias):
-        return [("kernel", kernel)] + ([("bias", bias)] if config.use_bias else [])
-
-    kernels = {"attention/output_dense": (h, h), "dense_h_to_4h": (h, inter),
-               "dense_4h_to_h": (inter, h)}
+    by_layer = {}  # our layer path -> [(variable, shape)], in the model's order
+    for name, shape in config.variable_specs().items():
+        layer, variable = name.rsplit("/", 1)
+        by_layer.setdefault(layer, []).append((variable, shape))
     layout = {}
     for layer, groups in keras_hub_groups(config).items():
-        leaf = layer.split("/", 1)[-1]
-        if layer == "token_embedding":
-            variables = [[("embeddings", (config.vocabulary_size, h))]]
-        elif leaf == _QKV:
-            variables = [dense((h, count, d), (count, d)) for count in heads]
-        elif leaf in kernels:
-            variables = [dense(kernels[leaf], kernels[leaf][-1:])]
-        else:  # a LayerNorm
-            variables = [[("gamma", (h,)), ("beta", (h,))]]
-        for slot, (group, names) in enumerate(zip(groups, variables)):
-            for index, (name, shape) in enumerate(names):
+        if layer.endswith(_QKV):  # our fused kernel (h, (q + 2 kv) * d), one part per group
+            variables = [[("kernel", (h, count, d))]
+                         + ([("bias", (count, d))] if config.use_bias else [])
+                         for count in heads]
+        else:
+            variables = [by_layer[layer]]
+        for slot, (group, group_vars) in enumerate(zip(groups, variables)):
+            for index, (name, shape) in enumerate(group_vars):
                 layout[f"{group}/vars/{index}"] = (shape, f"{layer}/{name}",
                                                    slot if len(groups) > 1 else None)
     return layout

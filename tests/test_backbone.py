@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import SEED_INPUT, SEED_KWARGS, padded_batch, randomize, tiny_kwargs
+from conftest import FAMILY, SEED_INPUT, SEED_KWARGS, padded_batch, randomize, tiny_kwargs
 from falcon_tf import FalconBackbone
 from falcon_tf.preset_io import named_variables
 
@@ -18,6 +18,17 @@ def load_keras_hub_weights_into_ours(kh_model, tmp_path):
     """Round trip through keras-hub's own preset writer: the real file format."""
     kh_model.save_to_preset(str(tmp_path / "kh"))
     return FalconBackbone.from_preset(str(tmp_path / "kh"))
+
+
+@pytest.mark.parametrize("member", sorted(FAMILY))
+def test_variable_specs_are_the_models_variables(member):
+    """`FalconConfig.variable_specs` (names, shapes, order; what the checkpoint
+    maps and the parameter count derive from) is what the built model holds."""
+    model = FalconBackbone(**tiny_kwargs(num_attention_heads=4), **FAMILY[member])
+    specs = model.falcon_config.variable_specs()
+    assert [(name, tuple(var.shape)) for name, var in named_variables(model).items()] == \
+        list(specs.items())
+    assert model.falcon_config.parameter_count() == model.count_params()
 
 
 @pytest.mark.parametrize("heads", [4, 3], ids=["power_of_two_heads", "three_heads"])
