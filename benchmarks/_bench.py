@@ -24,7 +24,7 @@ def timing_args(parser):
 def benchmark_backbone(config=SHAPE, batch=BATCH, seq=SEQ, seed=0):
     """A FalconBackbone with N(0, 0.02) weights and an unpadded int32 batch."""
     from falcon_tf import FalconBackbone
-    from falcon_tf.preset_io import named_variables
+    from falcon_tf.checkpoints.keras_hub import named_variables
 
     model = FalconBackbone(**config)
     rng = np.random.default_rng(seed)

@@ -12,7 +12,8 @@ memory stays near one tensor beyond the interpreter's own.
 
 import os
 
-from falcon_tf import huggingface, preset_io
+from falcon_tf.checkpoints import huggingface, keras_hub
+from falcon_tf.progress import progress_bar
 from falcon_tf.config import FalconConfig
 from falcon_tf.untrusted import path_inside
 
@@ -40,10 +41,10 @@ def convert_checkpoint(source, preset_dir):
     tokenizer = {f"tokenizer/{name}": path_inside(directory, name, directory)
                  for name in huggingface.TOKENIZER_FILES
                  if os.path.isfile(os.path.join(directory, name))}
-    with preset_io.progress_bar(f"Converting {os.path.basename(os.path.normpath(directory))}") \
+    with progress_bar(f"Converting {os.path.basename(os.path.normpath(directory))}") \
             as progress:
         weights = huggingface.iter_weights(directory, config, layout, progress)
         metadata = ({"lm_head": huggingface.UNTIED_HEAD_NOTE}
                     if huggingface.has_untied_head(directory) else None)
-        return preset_io.write_preset(preset_dir, config_dict, config, weights, tokenizer,
+        return keras_hub.write_preset(preset_dir, config_dict, config, weights, tokenizer,
                                       metadata)

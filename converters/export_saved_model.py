@@ -44,7 +44,8 @@ import numpy as np
 
 from converters.export_tokenizer import export_tokenizer
 from falcon_tf import contract, manifest
-from falcon_tf.preset_io import artifact_name, progress_bar
+from falcon_tf.checkpoints.handles import artifact_name
+from falcon_tf.progress import progress_bar
 
 SIGNATURES = {contract.BACKBONE_SIGNATURE: False, "serving_xla": True}  # name -> jit_compile
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")

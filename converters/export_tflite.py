@@ -39,7 +39,8 @@ import tempfile
 import numpy as np
 
 from falcon_tf import contract, manifest
-from falcon_tf.preset_io import artifact_name, progress_bar
+from falcon_tf.checkpoints.handles import artifact_name
+from falcon_tf.progress import progress_bar
 
 VARIANTS = contract.VARIANTS
 FLATBUFFER_LIMIT = 2 ** 31  # a FlatBuffer file is capped at 2 GiB

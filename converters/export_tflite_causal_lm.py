@@ -39,7 +39,8 @@ import numpy as np
 from converters import export_tflite, export_tflite_large
 from converters.export_tokenizer import export_tokenizer
 from falcon_tf import contract, generation, manifest
-from falcon_tf.preset_io import artifact_name, progress_bar
+from falcon_tf.checkpoints.handles import artifact_name
+from falcon_tf.progress import progress_bar
 
 DEFAULT_CACHE_LENGTH = contract.DEVICE_CACHE_LENGTH
 DEFAULT_PREFILL_LENGTHS = (8, 32)

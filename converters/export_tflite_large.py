@@ -37,7 +37,7 @@ import numpy as np
 from converters import export_tflite
 from converters.flatbuffer_stitch import Stitcher
 from falcon_tf import contract
-from falcon_tf.preset_io import progress_bar
+from falcon_tf.progress import progress_bar
 
 # Models from this size on take this route: their float32 file would pass the
 # FlatBuffer cap (less a margin for the graph).

@@ -13,16 +13,16 @@ def export_tokenizer(preset, artifact_dir, tokenizer=None):
     """Writes the tokenizer (the preset's, or `tokenizer`) and records it in the
     manifest. Returns the manifest entry, or None when the preset has no
     tokenizer files."""
-    from falcon_tf import preset_io
+    from falcon_tf.checkpoints import handles
     from falcon_tf.bpe import ByteLevelBPE
 
     if tokenizer is None:
         try:
-            kind, found = preset_io.resolve(preset)
+            checkpoint = handles.resolve(preset)
         except ValueError:  # a name for a model passed in, not a preset to read files from
             return None
         try:
-            tokenizer = ByteLevelBPE.from_preset(preset if kind == "random" else found)
+            tokenizer = ByteLevelBPE.from_preset(checkpoint.source)
         except FileNotFoundError:
             return None
     folder = os.path.join(artifact_dir, os.path.dirname(contract.TOKENIZER_FILE))

@@ -5,99 +5,15 @@ import numpy as np
 from falcon_tf import presets as _presets
 from falcon_tf._keras import keras, tf
 from falcon_tf.attention_bias import FalconAttentionBias
-from falcon_tf.config import DTYPE_NAMES, FalconConfig
+from falcon_tf.config import FalconConfig
 from falcon_tf.decoder_block import block_class
+from falcon_tf.dtype_policy import own_policy, resolve_dtype
 from falcon_tf.inputs import validate
 from falcon_tf.token_embedding import FalconTokenEmbedding
 from falcon_tf.untrusted import check_memory
 
 # Keyword arguments keras.Model itself understands; anything else is a mistake.
 _MODEL_KWARGS = ("name", "trainable")
-
-
-# Keras's quantized policies a layer of ours may carry (see `quantize`).
-QUANTIZATION_MODES = ("int8", "int4", "float8")
-_POLICY_CLASSES = ("DTypePolicy", "FloatDTypePolicy", "QuantizedDTypePolicy",
-                   "QuantizedFloat8DTypePolicy", "Int4DTypePolicy")
-
-
-def _float_policy(dtype):
-    if isinstance(dtype, keras.DTypePolicy):
-        name = dtype.name
-    elif isinstance(dtype, dict) and dtype.get("class_name") in ("DTypePolicy",
-                                                                  "FloatDTypePolicy"):
-        name = (dtype.get("config") or {}).get("name")
-    else:
-        name = dtype
-    if name not in DTYPE_NAMES:
-        raise ValueError(f"`dtype` must be one of {', '.join(DTYPE_NAMES)}, a "
-                         f"keras.DTypePolicy with one of those names, or a DTypePolicyMap "
-                         f"over one; received {dtype!r}.")
-    return keras.DTypePolicy(name)
-
-
-def _layer_policy(entry, path, default):
-    """One entry of a DTypePolicyMap -> a policy of ours or a Keras quantized one
-    over ours (int8, int4 or float8), or ValueError naming the entry. A
-    serialized quantized entry without a source (keras-hub writes
-    `source_name: null`) quantizes from the map's `default` policy."""
-    if isinstance(entry, dict) and entry.get("class_name") not in _POLICY_CLASSES:
-        raise ValueError(f"`dtype` map entry {path!r}: {entry.get('class_name')!r} is not a "
-                         f"dtype policy this model takes.")
-    if isinstance(entry, dict) and isinstance(entry.get("config"), dict) \
-            and "source_name" in entry["config"] and entry["config"]["source_name"] is None:
-        entry = {**entry, "config": {**entry["config"], "source_name": default.name}}
-    try:
-        policy = keras.dtype_policies.get(entry) if isinstance(entry, (str, dict)) else entry
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"`dtype` map entry {path!r}: {err}") from None
-    if not isinstance(policy, keras.DTypePolicy) or isinstance(
-            policy, keras.dtype_policies.DTypePolicyMap):
-        raise ValueError(f"`dtype` map entry {path!r} must be a dtype policy; received {entry!r}.")
-    mode = policy.quantization_mode
-    if mode is None:
-        return _float_policy(policy)
-    source = policy.name.rsplit("_from_", 1)[-1]
-    if mode not in QUANTIZATION_MODES or source not in DTYPE_NAMES:
-        raise ValueError(f"`dtype` map entry {path!r}: {policy.name!r} is not one of "
-                         f"{', '.join(QUANTIZATION_MODES)} from {', '.join(DTYPE_NAMES)}.")
-    return policy
-
-
-def resolve_dtype(dtype):
-    """`dtype` argument -> keras.DTypePolicy (or DTypePolicyMap), or ValueError
-    naming the argument.
-
-    Takes None (Keras's global policy), a name from DTYPE_NAMES, a DTypePolicy,
-    the dict keras-hub writes into config.json for one, or a
-    `keras.dtype_policies.DTypePolicyMap` (or its config) mapping layer paths
-    to quantized policies, as a quantized model's config holds. A map is
-    copied: quantizing the model changes its own map, not the caller's.
-    """
-    if dtype is None:
-        return keras.config.dtype_policy()
-    DTypePolicyMap = keras.dtype_policies.DTypePolicyMap
-    if isinstance(dtype, dict) and dtype.get("class_name") == "DTypePolicyMap":
-        config = dtype.get("config")
-        if not isinstance(config, dict) or not isinstance(config.get("policy_map", {}), dict):
-            raise ValueError("`dtype` DTypePolicyMap config must hold `default_policy` and a "
-                             "`policy_map` object.")
-        default, entries = config.get("default_policy"), config.get("policy_map") or {}
-    elif isinstance(dtype, DTypePolicyMap):
-        default, entries = dtype.default_policy, {k: dtype[k] for k in dtype}
-    else:
-        return _float_policy(dtype)
-    default = _float_policy(default if default is not None else keras.config.dtype_policy())
-    return DTypePolicyMap(default, {path: _layer_policy(entry, path, default)
-                                    for path, entry in entries.items()})
-
-
-def _own_policy(layer):
-    """A layer's policy, looked up in its map when it has one."""
-    policy = layer.dtype_policy
-    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
-        return policy[layer.path]
-    return policy
 
 
 def _is_concrete(value):
@@ -340,7 +256,7 @@ class FalconBackbone(keras.Model):
         policy = self.dtype_policy
         DTypePolicyMap = keras.dtype_policies.DTypePolicyMap
         entries = {k: policy[k] for k in policy} if isinstance(policy, DTypePolicyMap) else {}
-        entries.update({layer.path: _own_policy(layer) for layer in self._flatten_layers()
+        entries.update({layer.path: own_policy(layer) for layer in self._flatten_layers()
                         if layer.path and layer.quantization_mode is not None})
         if not entries and not isinstance(policy, DTypePolicyMap):
             return policy
@@ -370,13 +286,13 @@ class FalconBackbone(keras.Model):
         >>> model.num_layers
         2
         """
-        from falcon_tf import preset_io
+        from falcon_tf.checkpoints import loading
 
-        return preset_io.load_backbone(cls, preset, load_weights=load_weights, **kwargs)
+        return loading.load_backbone(cls, preset, load_weights=load_weights, **kwargs)
 
     def save_to_preset(self, preset_dir):
         """Writes config.json, metadata.json and model.weights.h5 in keras-hub's
         format, so keras-hub's `FalconBackbone.from_preset(preset_dir)` loads it."""
-        from falcon_tf import preset_io
+        from falcon_tf.checkpoints import loading
 
-        preset_io.save_backbone(self, preset_dir)
+        loading.save_backbone(self, preset_dir)

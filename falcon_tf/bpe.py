@@ -204,12 +204,12 @@ class ByteLevelBPE:
         >>> ByteLevelBPE.from_preset("falcon_tiny_random").vocabulary_size()
         1024
         """
-        from falcon_tf import preset_io
+        from falcon_tf.checkpoints import handles
 
-        kind, found = preset_io.resolve(preset)
-        if kind == "random":
-            return cls(*synthetic_vocabulary(found["config"]["vocabulary_size"]))
-        return cls.from_directory(found)
+        checkpoint = handles.resolve(preset)
+        if checkpoint.kind == "random":
+            return cls(*synthetic_vocabulary(checkpoint.location["config"]["vocabulary_size"]))
+        return cls.from_directory(checkpoint.directory)
 
     # --- tokenizing ---
 

@@ -628,7 +628,8 @@ class FalconCausalLM(keras.Model):
         import json
 
         from falcon_tf import causal_lm_preprocessor as preprocessing
-        from falcon_tf import manifest, preset_io
+        from falcon_tf import manifest
+        from falcon_tf.checkpoints import keras_hub
 
         preset_dir = os.fspath(preset_dir)
         self.backbone.save_to_preset(preset_dir)
@@ -640,9 +641,9 @@ class FalconCausalLM(keras.Model):
                           "Preset file"))
         elif self.tokenizer is not None:
             preprocessing.save_tokenizer_to_preset(self.tokenizer, preset_dir)
-        backbone = read_json(os.path.join(preset_dir, preset_io.CONFIG_FILE), "Preset file")
-        if backbone.get("registered_name") == preset_io.KERAS_HUB_REGISTERED_NAME:
-            task = {**preset_io.keras_hub_identity("FalconCausalLM", "falcon_causal_lm"),
+        backbone = read_json(os.path.join(preset_dir, keras_hub.CONFIG_FILE), "Preset file")
+        if backbone.get("registered_name") == keras_hub.KERAS_HUB_REGISTERED_NAME:
+            task = {**keras_hub.keras_hub_identity("FalconCausalLM", "falcon_causal_lm"),
                     "config": {"backbone": backbone, "preprocessor": preprocessor,
                                "name": "falcon_causal_lm"}}
             manifest.atomic_write(os.path.join(preset_dir, TASK_FILE),
@@ -658,10 +659,10 @@ class FalconCausalLM(keras.Model):
         preset has tokenizer files (the preset's preprocessor.json settings, if
         any). `kwargs`: `sequence_length`, `add_start_token` and
         `add_end_token` go to the preprocessor, the rest to the backbone."""
-        from falcon_tf import preset_io
         from falcon_tf.backbone import FalconBackbone
         from falcon_tf.causal_lm_preprocessor import (FalconCausalLMPreprocessor,
                                                       preset_settings)
+        from falcon_tf.checkpoints import handles
         from falcon_tf.tokenizer import FalconTokenizer
 
         settings = {k: kwargs.pop(k) for k in ("sequence_length", "add_start_token",
@@ -680,14 +681,13 @@ class FalconCausalLM(keras.Model):
             shipped = "random_seed" in builtin or "embedded_dir" in builtin
             tokenizer = FalconTokenizer.from_preset(preset) if shipped else None
             return with_preprocessor(backbone, tokenizer)
-        kind, found = preset_io.resolve(preset)
-        source = preset if kind == "random" else found
-        reason = preset_io.untied_head_reason(kind, found)
-        if reason:  # refused before any weight is read
-            raise ValueError(untied_head_message(reason))
-        backbone = FalconBackbone.from_preset(source, load_weights=load_weights, **kwargs)
+        checkpoint = handles.resolve(preset)
+        if checkpoint.untied_head:  # refused before any weight is read
+            raise ValueError(untied_head_message(checkpoint.untied_head))
+        backbone = FalconBackbone.from_preset(checkpoint.source, load_weights=load_weights,
+                                              **kwargs)
         try:
-            tokenizer = FalconTokenizer.from_preset(source)
+            tokenizer = FalconTokenizer.from_preset(checkpoint.source)
         except FileNotFoundError:
             tokenizer = None
-        return with_preprocessor(backbone, tokenizer, None if kind == "random" else found)
+        return with_preprocessor(backbone, tokenizer, checkpoint.directory)

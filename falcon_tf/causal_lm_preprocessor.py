@@ -245,11 +245,11 @@ class FalconCausalLMPreprocessor(keras.layers.Layer):
         ...                                        sequence_length=16).sequence_length
         16
         """
-        from falcon_tf import preset_io
+        from falcon_tf.checkpoints import handles
 
-        kind, found = preset_io.resolve(preset)
-        tokenizer = FalconTokenizer.from_preset(preset if kind == "random" else found)
-        settings = preset_settings(found) if kind != "random" else {}
+        checkpoint = handles.resolve(preset)
+        tokenizer = FalconTokenizer.from_preset(checkpoint.source)
+        settings = preset_settings(checkpoint.directory) if checkpoint.directory else {}
         return cls(tokenizer, **{**settings, **kwargs})
 
     def save_to_preset(self, preset_dir):
@@ -266,7 +266,7 @@ class FalconCausalLMPreprocessor(keras.layers.Layer):
 
     def keras_hub_document(self, tokenizer_document):
         """preprocessor.json as keras-hub writes it (its tokenizer's config inside)."""
-        from falcon_tf.preset_io import keras_hub_identity
+        from falcon_tf.checkpoints.keras_hub import keras_hub_identity
 
         return {**keras_hub_identity(type(self).__name__, "falcon_causal_lm_preprocessor"),
                 "config": {"name": "falcon_causal_lm_preprocessor", "trainable": True,
@@ -282,7 +282,7 @@ def save_tokenizer_to_preset(tokenizer, preset_dir):
     falcon_tf and the artifacts read), keras-hub's assets/tokenizer vocabulary
     and merges, and keras-hub's tokenizer.json layer config. Returns that config."""
     from falcon_tf import bpe, contract, manifest
-    from falcon_tf.preset_io import keras_hub_identity
+    from falcon_tf.checkpoints.keras_hub import keras_hub_identity
 
     tokenizer.save_assets(os.path.join(preset_dir, os.path.dirname(contract.TOKENIZER_FILE)))
     vocabulary, merges = tokenizer.bpe.vocabulary_and_merges()

@@ -132,7 +132,7 @@ def demo(preset=DEFAULT_PRESET, out_dir="artifacts", batch=1, seq=128, runs=20,
     import numpy as np
 
     from falcon_tf import FalconBackbone, evaluation
-    from falcon_tf.preset_io import artifact_name
+    from falcon_tf.checkpoints.handles import artifact_name
 
     model = FalconBackbone.from_preset(preset)
     name = artifact_name(preset)
@@ -351,7 +351,7 @@ def evaluate(preset, runtime="keras", variant=contract.DEFAULT_VARIANT, ids=None
     import numpy as np
 
     from falcon_tf import evaluation
-    from falcon_tf.preset_io import artifact_name
+    from falcon_tf.checkpoints.handles import artifact_name
 
     token_ids = None
     if ids is not None:
@@ -485,7 +485,7 @@ def main(argv=None):
             print(tflite_table(entries))
         elif args.command == "export" and args.format == "litertlm":
             from converters.export_litertlm import export_litertlm
-            from falcon_tf.preset_io import artifact_name
+            from falcon_tf.checkpoints.handles import artifact_name
 
             artifact = os.path.join(args.out, args.name or artifact_name(args.preset))
             if not os.path.isdir(artifact):

@@ -201,13 +201,13 @@ def agreement(reference, other):
 def _preset_file(preset, filename):
     """A file shipped in an embedded preset's directory, or None."""
     from falcon_tf import presets as _presets
-    from falcon_tf import preset_io
+    from falcon_tf.checkpoints import handles
 
     if isinstance(preset, str) and preset in _presets.BACKBONE_PRESETS:
         entry = _presets.BACKBONE_PRESETS[preset]
         if "embedded_dir" not in entry:
             return None
-        directory = preset_io.embedded_dir(entry)
+        directory = handles.embedded_dir(entry)
     elif isinstance(preset, (str, os.PathLike)) and os.path.isdir(preset):
         directory = os.fspath(preset)
         if not os.path.isfile(os.path.join(directory, filename)):

@@ -277,24 +277,6 @@ def verify(artifact_dir, files, where=None, missing_ok=False,
                              f"{os.path.basename(where)} {hint}")
 
 
-def resolve_artifact_dir(preset, export_format):
-    """An artifact directory, or a preset name looked up under $FALCON_TF_ARTIFACTS
-    (default ./artifacts)."""
-    if not isinstance(preset, (str, os.PathLike)):
-        raise ValueError(f"`preset` must be a string or path; received {preset!r}.")
-    preset = os.fspath(preset)
-    if os.path.isfile(os.path.join(preset, MANIFEST_FILE)):
-        return preset
-    root = os.environ.get("FALCON_TF_ARTIFACTS", "artifacts")
-    candidate = os.path.join(root, preset)
-    if os.path.isfile(os.path.join(candidate, MANIFEST_FILE)):
-        return candidate
-    raise FileNotFoundError(
-        f"No exported artifacts for {preset!r}: neither {preset} nor {candidate} holds "
-        f"{MANIFEST_FILE}. Export first with `falcon-tf export --preset {preset} "
-        f"--format {export_format}`, then pass the artifact directory (artifacts/<preset>).")
-
-
 class Staging:
     """The files one export writes, published with its manifest edit by `commit`.
 

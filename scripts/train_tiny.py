@@ -104,7 +104,8 @@ def main(argv=None):
 
     from falcon_tf._keras import keras
     from falcon_tf import FalconBackbone, FalconCausalLM, FalconTokenizer
-    from falcon_tf import evaluation, preset_io
+    from falcon_tf import evaluation
+    from falcon_tf.checkpoints import keras_hub
 
     keras.utils.set_random_seed(args.seed)
     start = time.perf_counter()
@@ -170,8 +171,8 @@ def main(argv=None):
         },
         "heldout_perplexity": {k: result[k] for k in ("perplexity", "tokens", "window")},
     }
-    weights = ((n, v.numpy()) for n, v in preset_io.named_variables(backbone).items())
-    preset_io.write_preset(args.out, backbone.get_config(), backbone.falcon_config, weights,
+    weights = ((n, v.numpy()) for n, v in keras_hub.named_variables(backbone).items())
+    keras_hub.write_preset(args.out, backbone.get_config(), backbone.falcon_config, weights,
                            extra_files=files, metadata=metadata)
     for name in os.listdir(sample_dir):
         os.remove(os.path.join(sample_dir, name))

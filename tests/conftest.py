@@ -109,7 +109,8 @@ def unsign(preset_dir):
     a preset as keras-hub writes it: its files are then checked field by field."""
     import json
 
-    from falcon_tf.preset_io import CHECKSUMS_FIELD, METADATA_FILE
+    from falcon_tf.checkpoints.handles import METADATA_FILE
+    from falcon_tf.checkpoints.keras_hub import CHECKSUMS_FIELD
 
     path = os.path.join(preset_dir, METADATA_FILE)
     with open(path) as f:

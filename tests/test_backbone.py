@@ -9,7 +9,7 @@ import pytest
 
 from conftest import FAMILY, SEED_INPUT, SEED_KWARGS, padded_batch, randomize, tiny_kwargs
 from falcon_tf import FalconBackbone
-from falcon_tf.preset_io import named_variables
+from falcon_tf.checkpoints.keras_hub import named_variables
 
 FLOAT32_TOL = 1e-5  # max abs difference allowed against keras-hub, float32
 

@@ -126,7 +126,7 @@ def test_eval_scores_the_trained_default_on_its_heldout_chapters(capsys):
     import json
 
     from falcon_tf import FalconBackbone
-    from falcon_tf.preset_io import embedded_dir
+    from falcon_tf.checkpoints.handles import embedded_dir
 
     assert cli.main(["eval", "--runtime", "keras", "--prompts", "2"]) == 0
     line = capsys.readouterr().out.strip()

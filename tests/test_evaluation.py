@@ -125,7 +125,7 @@ def test_evaluate_compares_an_artifact_with_its_keras_preset(tiny_lm, exported, 
 
 def test_trained_preset_reproduces_its_recorded_heldout_perplexity():
     from falcon_tf import FalconBackbone
-    from falcon_tf.preset_io import embedded_dir
+    from falcon_tf.checkpoints.handles import embedded_dir
 
     entry = FalconBackbone.presets["falcon_tiny_trained"]
     directory = embedded_dir(entry)

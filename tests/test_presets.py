@@ -10,7 +10,7 @@ import pytest
 from conftest import padded_batch, randomize, tiny_kwargs, unsign
 from falcon_tf import FalconBackbone
 from falcon_tf.config import FalconConfig
-from falcon_tf.preset_io import CONFIG_FILE, WEIGHTS_FILE
+from falcon_tf.checkpoints.handles import CONFIG_FILE, WEIGHTS_FILE
 
 
 @pytest.fixture
@@ -77,11 +77,12 @@ def test_builtin_presets_metadata():
 
 def test_trained_preset_ships_in_the_package_and_loads_without_download():
     from falcon_tf import FalconCausalLM
-    from falcon_tf.preset_io import embedded_dir, resolve
+    from falcon_tf.checkpoints.handles import embedded_dir, resolve
 
-    kind, directory = resolve("falcon_tiny_trained")
+    checkpoint = resolve("falcon_tiny_trained")
+    directory = checkpoint.directory
     entry = FalconBackbone.presets["falcon_tiny_trained"]
-    assert kind == "dir" and directory == embedded_dir(entry)
+    assert checkpoint.kind == "dir" and directory == embedded_dir(entry)
     import falcon_tf
 
     assert directory.startswith(os.path.dirname(os.path.abspath(falcon_tf.__file__)) + os.sep)
@@ -247,7 +248,7 @@ def test_bfloat16_presets_interoperate_with_keras_hub(keras_hub, tmp_path):
 
 
 def test_artifact_names_of_handles():
-    from falcon_tf.preset_io import artifact_name
+    from falcon_tf.checkpoints.handles import artifact_name
 
     assert artifact_name("kaggle://keras/falcon/keras/falcon_refinedweb_1b_en/2") == \
         "falcon_refinedweb_1b_en"

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import randomize, tiny_kwargs, unsign
 from falcon_tf import FalconBackbone
-from falcon_tf.preset_io import CONFIG_FILE, WEIGHTS_FILE
+from falcon_tf.checkpoints.handles import CONFIG_FILE, WEIGHTS_FILE
 from falcon_tf.untrusted import path_inside
 
 EMBEDDING = "layers/reversible_embedding/vars/0"

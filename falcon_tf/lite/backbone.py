@@ -11,6 +11,7 @@ import numpy as np
 
 from falcon_tf import inputs as _inputs
 from falcon_tf import contract, manifest
+from falcon_tf.checkpoints import handles
 
 ACCELERATORS = ("cpu", "gpu")
 XNNPACK_IN_MEMORY_CACHE = ":memory:"  # the XNNPACK delegate's path for a weight cache in memory
@@ -91,7 +92,7 @@ def cpu_compiled_model(path, num_threads=None):
 def exported_variant(preset, variant, section, what, export_hint, verify_checksums=True):
     """-> (artifact dir, manifest, the variant's entry under data[section]["variants"],
     its file's path), the file checked against the manifest unless told not to."""
-    artifact_dir = manifest.resolve_artifact_dir(preset, export_hint)
+    artifact_dir = handles.resolve_artifact_dir(preset, export_hint)
     data = manifest.read(artifact_dir)
     variants = (data.get(section) or {}).get("variants") or {}
     if variant not in variants:

@@ -6,6 +6,7 @@ import numpy as np
 
 from falcon_tf import inputs as _inputs
 from falcon_tf import contract, manifest
+from falcon_tf.checkpoints import handles
 
 SIGNATURES = (contract.BACKBONE_SIGNATURE, "serving_xla")
 
@@ -13,7 +14,7 @@ SIGNATURES = (contract.BACKBONE_SIGNATURE, "serving_xla")
 def load_version(preset, version=None, verify_checksums=True):
     """-> (artifact dir, manifest, loaded SavedModel, its path), the files of
     that version checked against the manifest's sha256 unless told not to."""
-    artifact_dir = manifest.resolve_artifact_dir(preset, "saved_model")
+    artifact_dir = handles.resolve_artifact_dir(preset, "saved_model")
     data = manifest.read(artifact_dir)
     versions = (data.get("saved_model") or {}).get("versions") or {}
     if not versions:
