@@ -43,6 +43,7 @@ import tempfile
 import numpy as np
 
 from converters.export_tokenizer import export_tokenizer
+from converters.specs import input_specs
 from falcon_tf import contract, manifest
 from falcon_tf.checkpoints.handles import artifact_name
 from falcon_tf.progress import progress_bar
@@ -196,8 +197,8 @@ def serving_module(model):
 
         forward.__name__ = signature
         functions[signature] = tf.function(
-            forward, input_signature=[tf.TensorSpec([None, None], tf.int32, "token_ids"),
-                                      tf.TensorSpec([None, None], tf.int32, "padding_mask")],
+            forward, input_signature=input_specs(
+                contract.backbone_signature(None, None, model.hidden_dim)),
             jit_compile=jit)
     functions.update(causal_lm_functions(model))
     module.weights = [variable.value for variable in model.variables]

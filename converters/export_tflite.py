@@ -38,6 +38,7 @@ import tempfile
 
 import numpy as np
 
+from converters.specs import input_specs
 from falcon_tf import contract, manifest
 from falcon_tf.checkpoints.handles import artifact_name
 from falcon_tf.progress import progress_bar
@@ -65,8 +66,7 @@ def converter(model, batch=1, seq=128, int8_embedding=False):
 
     if not (isinstance(batch, int) and batch > 0 and isinstance(seq, int) and seq > 0):
         raise ValueError(f"`batch` and `seq` must be positive integers; received {batch}, {seq}.")
-    spec = [tf.TensorSpec((batch, seq), tf.int32, "token_ids"),
-            tf.TensorSpec((batch, seq), tf.int32, "padding_mask")]
+    spec = input_specs(contract.backbone_signature(batch, seq, model.hidden_dim))
     module = tf.Module()
     if int8_embedding:
         lookup = int8_embedding_lookup(model, module)
@@ -656,11 +656,8 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
                     "route": "pieces" if large else "whole",
                     "sha256": manifest.sha256(path),
                     "weight_bytes_fp32": model.count_params() * 4,
-                    "signature": {contract.BACKBONE_SIGNATURE: {
-                        "inputs": {"token_ids": {"dtype": "int32", "shape": [batch, seq]},
-                                   "padding_mask": {"dtype": "int32", "shape": [batch, seq]}},
-                        "outputs": {contract.SEQUENCE_OUTPUT: {
-                            "dtype": "float32", "shape": [batch, seq, model.hidden_dim]}}}},
+                    "signature": {contract.BACKBONE_SIGNATURE: contract.backbone_signature(
+                        batch, seq, model.hidden_dim)},
                     "parity": result,
                     "op_versions": versions,
                     "oldest_runtime": oldest_runtime(versions),

@@ -38,6 +38,7 @@ import numpy as np
 
 from converters import export_tflite, export_tflite_large
 from converters.export_tokenizer import export_tokenizer
+from converters.specs import input_specs
 from falcon_tf import contract, generation, manifest
 from falcon_tf.checkpoints.handles import artifact_name
 from falcon_tf.progress import progress_bar
@@ -119,14 +120,13 @@ def signature_functions(lm, cache_length, prefill_lengths, embed=None, decode_wi
 
     config = lm.backbone.falcon_config
     names = contract.cache_names(config.num_layers)
-    shape = contract.cache_shape(config.kv_heads, config.head_dim, cache_length)
-    cache_spec = [tf.TensorSpec(shape, tf.float32, n) for n in names]
-    def make(length, window=None):
-        spec = [tf.TensorSpec((1, length), tf.int32, contract.TOKENS),
-                tf.TensorSpec((length,), tf.int32, contract.INPUT_POS),
-                tf.TensorSpec((1, 1, length, cache_length), tf.float32, contract.MASK)]
 
-        @tf.function(input_signature=spec + cache_spec)
+    def make(length, window=None):
+        signature = contract.causal_lm_signature(length, cache_length, config.num_layers,
+                                                 config.kv_heads, config.head_dim,
+                                                 config.vocabulary_size)
+
+        @tf.function(input_signature=input_specs(signature))
         def step(tokens, input_pos, mask, *caches):
             logits, caches = lm.call_with_cache(
                 tokens, input_pos[None, :], mask, list(caches),
@@ -308,20 +308,6 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
             entry["gpu_fully_accelerated"] = export_tflite.gpu_fully_accelerated(
                 staging.moves[os.path.join(artifact_dir, entry["file"])])
 
-        def spec(shape, dtype):
-            return {"shape": list(shape), "dtype": dtype}
-
-        def signature(length):
-            cache = spec(contract.cache_shape(config.kv_heads, config.head_dim, cache_length),
-                         "float32")
-            caches = {n: cache for n in contract.cache_names(config.num_layers)}
-            return {"inputs": {contract.TOKENS: spec((1, length), "int32"),
-                               contract.INPUT_POS: spec((length,), "int32"),
-                               contract.MASK: spec((1, 1, length, cache_length), "float32"),
-                               **caches},
-                    "outputs": {contract.LOGITS: spec((1, length, config.vocabulary_size),
-                                                      "float32"), **caches}}
-
         tokenizer_entry = export_tokenizer(preset, artifact_dir, tokenizer)
         causal_lm = {
             "cache_len": cache_length,
@@ -334,11 +320,9 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
             "mask_value": contract.MASK_VALUE,
             "start_token_id": tokenizer_entry["start_token_id"] if tokenizer_entry else None,
             "stop_token_ids": [tokenizer_entry["end_token_id"]] if tokenizer_entry else [],
-            "signatures": {**{contract.prefill_signature(n): signature(n)
-                              for n in prefill_lengths},
-                           contract.DECODE_SIGNATURE: signature(1),
-                           **{contract.decode_window_signature(w): signature(1)
-                              for w in decode_windows}},
+            "signatures": contract.causal_lm_signatures(
+                prefill_lengths, decode_windows, cache_length, config.num_layers,
+                config.kv_heads, config.head_dim, config.vocabulary_size),
         }
 
         def record(data):

@@ -36,6 +36,7 @@ import numpy as np
 
 from converters import export_tflite
 from converters.flatbuffer_stitch import Stitcher
+from converters.specs import input_specs
 from falcon_tf import contract
 from falcon_tf.progress import progress_bar
 
@@ -176,8 +177,7 @@ def backbone_pieces(model, batch, seq, int8_embedding=False):
     int4 files store it (`export_tflite.int8_embedding_lookup`)."""
     import tensorflow as tf
 
-    spec = [_spec((batch, seq), tf.int32, contract.TOKEN_IDS),
-            _spec((batch, seq), tf.int32, contract.PADDING_MASK)]
+    spec = input_specs(contract.backbone_signature(batch, seq, model.hidden_dim))
     dtype = model.compute_dtype
     hidden = _spec((batch, seq, model.hidden_dim), dtype, HIDDEN)
     probe = model.attention_bias(tf.ones((batch, seq), tf.int32))

@@ -1,8 +1,11 @@
-"""The export contract: signature and tensor names every runtime agrees on.
+"""The export contract: signatures every runtime agrees on, as data.
 
-The exporters write these names, the loaders (`falcon_tf.serving`,
-`falcon_tf.lite`) read them, and the Android app's constants are checked
-against them. Plain data, importable with numpy alone.
+The signatures' tensors (name, shape, dtype) are built here from a model's
+sizes (`backbone_signature`, `causal_lm_signatures`); the exporters trace
+their functions with these specs and store them verbatim in the manifest, the
+loaders (`falcon_tf.serving`, `falcon_tf.lite`) read the names, and the
+Android app's constants are checked against them. Plain data, importable with
+the standard library alone.
 
 Backbone (one signature):
     serving_default: token_ids, padding_mask (int32 [batch, seq])
@@ -83,6 +86,44 @@ def cache_shape(kv_heads, head_dim, cache_length, batch=1):
     """The shape of one layer's key or value cache: (batch, cache_length,
     kv_heads, head_dim); None for a size a signature leaves open."""
     return (batch, cache_length, kv_heads, head_dim)
+
+
+def tensor_spec(shape, dtype):
+    """One tensor of a signature, as the manifest stores it: {"shape": [...],
+    "dtype": "int32" | "float32"}; None in `shape` for a size left open."""
+    return {"shape": [None if d is None else int(d) for d in shape], "dtype": dtype}
+
+
+def backbone_signature(batch, seq, hidden_dim):
+    """{"inputs", "outputs"} of the backbone's `BACKBONE_SIGNATURE` (None for an
+    open batch or sequence length)."""
+    ids = tensor_spec((batch, seq), "int32")
+    return {"inputs": {TOKEN_IDS: ids, PADDING_MASK: ids},
+            "outputs": {SEQUENCE_OUTPUT: tensor_spec((batch, seq, hidden_dim), "float32")}}
+
+
+def causal_lm_signature(length, cache_length, num_layers, kv_heads, head_dim, vocabulary_size):
+    """{"inputs", "outputs"} of a causal-LM step over `length` tokens:
+    prefill_<length>, or decode and decode_<W> for length 1."""
+    cache = tensor_spec(cache_shape(kv_heads, head_dim, cache_length), "float32")
+    caches = {name: cache for name in cache_names(num_layers)}
+    return {"inputs": {TOKENS: tensor_spec((1, length), "int32"),
+                       INPUT_POS: tensor_spec((length,), "int32"),
+                       MASK: tensor_spec((1, 1, length, cache_length), "float32"), **caches},
+            "outputs": {LOGITS: tensor_spec((1, length, vocabulary_size), "float32"), **caches}}
+
+
+def causal_lm_signatures(prefill_lengths, decode_windows, cache_length, num_layers, kv_heads,
+                         head_dim, vocabulary_size):
+    """{signature name: causal_lm_signature} for every prefill_<L>, decode and
+    decode_<W> of a causal-LM file."""
+    def step(length):
+        return causal_lm_signature(length, cache_length, num_layers, kv_heads, head_dim,
+                                   vocabulary_size)
+
+    return {**{prefill_signature(n): step(n) for n in prefill_lengths},
+            DECODE_SIGNATURE: step(1),
+            **{decode_window_signature(w): step(1) for w in decode_windows}}
 
 
 def cache_names(num_layers):

@@ -67,6 +67,27 @@ def test_every_variant_meets_its_parity_and_embeds_its_weights(exported):
     assert sorted(data["tflite"]["variants"]) == sorted(VARIANTS)
 
 
+def test_the_manifest_records_each_files_signature_as_it_is(exported):
+    """The recorded signature (contract.backbone_signature, with which the
+    exporter traced) is what the interpreter finds in every file."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from falcon_tf import contract
+
+    _, artifact, entries = exported
+    expected = contract.backbone_signature(BATCH, SEQ, CONFIG["hidden_dim"])
+    for variant, entry in entries.items():
+        assert entry["signature"] == {contract.BACKBONE_SIGNATURE: expected}, variant
+        runner = Interpreter(model_path=str(artifact / entry["file"])).get_signature_runner(
+            contract.BACKBONE_SIGNATURE)
+        for side, details in (("inputs", runner.get_input_details()),
+                              ("outputs", runner.get_output_details())):
+            found = {name: {"shape": [int(d) for d in detail["shape"]],
+                            "dtype": np.dtype(detail["dtype"]).name}
+                     for name, detail in details.items()}
+            assert found == expected[side], (variant, side)
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_loader_matches_keras_and_pads_short_inputs(exported, variant):
     model, artifact, _ = exported
