@@ -232,12 +232,12 @@ def export_litertlm(artifact_dir, variant=contract.DEFAULT_VARIANT, max_tokens=N
     if section.get("start_token_id") is None or not section.get("stop_token_ids"):
         raise ValueError(f"{path_manifest}: `causal_lm.start_token_id` and "
                          f"`causal_lm.stop_token_ids` must be set for a LiteRT-LM bundle.")
-    cache_len = section["cache_len"]
+    cache_length = section["cache_len"]
     if max_tokens is None:
-        max_tokens = cache_len
+        max_tokens = cache_length
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not (
-            1 <= max_tokens <= cache_len):
-        raise ValueError(f"`max_tokens` must be an integer in [1, {cache_len}] (the KV cache "
+            1 <= max_tokens <= cache_length):
+        raise ValueError(f"`max_tokens` must be an integer in [1, {cache_length}] (the KV cache "
                          f"length of the export); received {max_tokens!r}.")
     entry = variants[variant]
     manifest.verify(artifact_dir, {entry["file"]: entry,

@@ -68,23 +68,11 @@ def converter(model, batch=1, seq=128, int8_embedding=False):
         raise ValueError(f"`batch` and `seq` must be positive integers; received {batch}, {seq}.")
     spec = input_specs(contract.backbone_signature(batch, seq, model.hidden_dim))
     module = tf.Module()
-    if int8_embedding:
-        lookup = int8_embedding_lookup(model, module)
-        attention_bias = model.get_layer("attention_bias")
-
-        def forward(token_ids, padding_mask):
-            x = lookup(token_ids)
-            bias = attention_bias(padding_mask)
-            for block in model.transformer_layers:
-                x = block(x, *bias, training=False)
-            return model.final_layernorm(x)
-    else:
-        def forward(token_ids, padding_mask):
-            return model({"token_ids": token_ids, "padding_mask": padding_mask}, training=False)
+    lookup = int8_embedding_lookup(model, module) if int8_embedding else None
 
     @tf.function(input_signature=spec)
     def serving_default(token_ids, padding_mask):
-        return {contract.SEQUENCE_OUTPUT: forward(token_ids, padding_mask)}
+        return {contract.SEQUENCE_OUTPUT: model.forward(token_ids, padding_mask, embed=lookup)}
 
     functions = {contract.BACKBONE_SIGNATURE: serving_default}
     with signatures_converter(model, functions, module) as conv:
@@ -291,8 +279,7 @@ def convert(model, variant, batch=1, seq=128, rounding="gptq", calibration=None,
     random ids. `float_models`: a dict that keeps the float32 files converted
     here for the next call (one conversion per graph, whatever the variants).
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"`variant` must be one of {', '.join(VARIANTS)}; received {variant!r}.")
+    contract.check_variant(variant)
     if rounding not in ROUNDINGS:
         raise ValueError(f"`rounding` must be one of {', '.join(ROUNDINGS)}; "
                          f"received {rounding!r}.")
@@ -494,14 +481,6 @@ def _total_memory():
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_variants(variants):
-    """ValueError naming `variants` unless it is a non-empty subset of VARIANTS."""
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        raise ValueError(f"`variants` must be a non-empty subset of {', '.join(VARIANTS)}; "
-                         f"received {', '.join(variants) or 'nothing'}.")
-
-
 def variants_that_fit(parameter_count, variants=VARIANTS):
     """The variants that can be made under the FlatBuffer cap: their weights fit,
     and so does the float32 file they are quantized from (except int8, which
@@ -575,6 +554,34 @@ def gpu_fully_accelerated(path):
     return proc.returncode == 0
 
 
+def model_to_export(preset, model, name, variants, exporter):
+    """-> (model, name, large): the float FalconBackbone `exporter` writes
+    (`model`, or the preset's), its artifact name, and whether it takes the
+    piece-by-piece route (export_tflite_large). Refused here, before anything
+    is written: a Keras-quantized model; on that route an export this machine
+    has too little memory for; on the whole route a variant past the
+    FlatBuffer cap."""
+    from falcon_tf import FalconBackbone
+
+    from converters import export_tflite_large
+
+    model = model if model is not None else FalconBackbone.from_preset(preset)
+    model.check_float_weights(exporter)
+    name = name or artifact_name(preset)
+    large = export_tflite_large.takes_large_route(model.count_params())
+    if large:  # piece by piece, any size: refused only for memory
+        export_tflite_large.check_export_memory(model, name, variants)
+        return model, name, large
+    too_big = [v for v in variants if v not in variants_that_fit(model.count_params(), [v])]
+    if too_big:
+        raise ValueError(
+            f"{', '.join(too_big)} of {name} ({model.count_params():,} parameters) cannot be "
+            f"made under the 2 GiB FlatBuffer cap (the variant, or the float32 file it is "
+            f"quantized from, would exceed it); variants that fit: "
+            f"{', '.join(variants_that_fit(model.count_params())) or 'none'}.")
+    return model, name, large
+
+
 def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=VARIANTS,
                   batch=1, seq=128, rounding="gptq", calibration=None):
     """Exports each variant to `out_dir/<name>/tflite/<name>_<variant>.tflite`.
@@ -588,24 +595,12 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
     """
     import tensorflow as tf
 
-    from falcon_tf import FalconBackbone, __version__
+    from falcon_tf import __version__
 
     from converters import export_tflite_large
 
-    check_variants(variants)
-    model = model if model is not None else FalconBackbone.from_preset(preset)
-    model.check_float_weights("export_tflite")  # refused before anything is written
-    name = name or artifact_name(preset)
-    large = export_tflite_large.takes_large_route(model.count_params())
-    if large:  # piece by piece, any size: refused only for memory
-        export_tflite_large.check_export_memory(model, name, variants)
-    too_big = [v for v in variants if v not in variants_that_fit(model.count_params(), [v])]
-    if too_big and not large:
-        raise ValueError(
-            f"{', '.join(too_big)} of {name} ({model.count_params():,} parameters) cannot be "
-            f"made under the 2 GiB FlatBuffer cap (the variant, or the float32 file it is "
-            f"quantized from, would exceed it); variants that fit: "
-            f"{', '.join(variants_that_fit(model.count_params())) or 'none'}.")
+    contract.check_variants(variants)
+    model, name, large = model_to_export(preset, model, name, variants, "export_tflite")
     needed = model.count_params() * 4 * CONVERSION_MEMORY_PER_FP32_BYTE
     gptq_needed = 0
     if rounding == "gptq" and {"int8", "int4"} & set(variants) and float_file_fits(

@@ -4,23 +4,16 @@
 
 writes `artifacts/<name>/tflite/<name>_causal_lm_<variant>.tflite`, one file per
 variant holding every signature of the on-device LLM convention
-(ai-edge-torch / LiteRT-LM; names in `falcon_tf.contract`), batch 1, static
-shapes:
-
-    prefill_<L>  tokens int32 [1, L], input_pos int32 [L],
-                 mask float32 [1, 1, L, cache_len],
-                 kv_cache_k_<i>, kv_cache_v_<i> float32 [1, cache_len, kv_heads, head_dim]
-              -> logits float32 [1, L, vocab], kv_cache_k_<i>, kv_cache_v_<i>
-    decode       the same with L = 1
-    decode_<W>   decode for a token below position W: it attends the first W
-                 slots only (one signature per W in `decode_windows`)
+(ai-edge-torch / LiteRT-LM), batch 1, static shapes: prefill_<L> for each L
+in `prefill_lengths`, decode, and decode_<W> for each W in `decode_windows`,
+their tensors as `falcon_tf.contract` describes and builds them.
 
 The cache is updated in place: DYNAMIC_UPDATE_SLICE writes the new keys and
 values to the slots input_pos[0] .. input_pos[0] + L - 1 and touches no other
 slot (`slot_write`), on the CPU and on the GPU accelerator alike. A chunk's
 tokens take contiguous slots from its first position (LiteRT-LM pads unused
 rows with input_pos 0, which must not overwrite slot 0); slots at or past
-cache_len write nothing. The files and their parity go into the manifest's
+cache_length write nothing. The files and their parity go into the manifest's
 `causal_lm` entry; the tokenizer goes to tokenizer/.
 
 Variants (converters/export_tflite.py CAUSAL_LM_RECIPES): fp32; fp16 weights
@@ -39,8 +32,7 @@ import numpy as np
 from converters import export_tflite, export_tflite_large
 from converters.export_tokenizer import export_tokenizer
 from converters.specs import input_specs
-from falcon_tf import contract, generation, manifest
-from falcon_tf.checkpoints.handles import artifact_name
+from falcon_tf import contract, manifest
 from falcon_tf.progress import progress_bar
 
 DEFAULT_CACHE_LENGTH = contract.DEVICE_CACHE_LENGTH
@@ -196,14 +188,14 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
     Returns {variant: manifest entry}."""
     import tensorflow as tf
 
-    from falcon_tf import FalconBackbone, __version__
+    from falcon_tf import __version__
     from falcon_tf.causal_lm import FalconCausalLM
 
-    export_tflite.check_variants(variants)
+    contract.check_variants(variants)
     if rounding not in export_tflite.ROUNDINGS:
         raise ValueError(f"`rounding` must be one of {', '.join(export_tflite.ROUNDINGS)}; "
                          f"received {rounding!r}.")
-    generation.check_cache_length(cache_length)
+    contract.check_cache_length(cache_length)
     prefill_lengths = sorted(set(prefill_lengths))
     if not prefill_lengths or any(isinstance(n, bool) or not isinstance(n, int) or not
                                   1 <= n <= cache_length for n in prefill_lengths):
@@ -215,17 +207,8 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
            for n in decode_windows):
         raise ValueError(f"`decode_windows` must be integers in [1, cache_length="
                          f"{cache_length}); received {decode_windows}.")
-    model = model if model is not None else FalconBackbone.from_preset(preset)
-    model.check_float_weights("export_tflite_causal_lm")  # refused before anything is written
-    name = name or artifact_name(preset)
-    large = export_tflite_large.takes_large_route(model.count_params())
-    if large:  # piece by piece, any size: refused only for memory
-        export_tflite_large.check_export_memory(model, name, variants)
-    too_big = [v for v in variants
-               if v not in export_tflite.variants_that_fit(model.count_params(), [v])]
-    if too_big and not large:
-        raise ValueError(f"{', '.join(too_big)} of {name} ({model.count_params():,} parameters) "
-                         f"would exceed the 2 GiB FlatBuffer cap.")
+    model, name, large = export_tflite.model_to_export(preset, model, name, variants,
+                                                       "export_tflite_causal_lm")
     lm = FalconCausalLM(model, cache_length=cache_length)
     config = model.falcon_config
     artifact_dir = os.path.abspath(os.path.join(out_dir, name))

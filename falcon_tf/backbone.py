@@ -16,6 +16,15 @@ from falcon_tf.untrusted import check_memory
 _MODEL_KWARGS = ("name", "trainable")
 
 
+def decoder_stack(x, bias, blocks, final_layernorm, training=None):
+    """The decoder over embedded tokens: every block with the attention bias,
+    then the final LayerNorm. The functional graph and `FalconBackbone.forward`
+    (what the exporters trace) are this one function."""
+    for block in blocks:
+        x = block(x, *bias, training=training)  # (b, s, hidden)
+    return final_layernorm(x)
+
+
 def _is_concrete(value):
     """numpy data or an eager tensor: values that can be checked without running."""
     if isinstance(value, (np.ndarray, list, tuple, int)):
@@ -124,11 +133,8 @@ class FalconBackbone(keras.Model):
         # === Functional graph ===
         token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
         padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
-        x = embedding(token_ids)  # (b, s, hidden)
         bias = attention_bias(padding_mask)  # computed once, shared by all blocks
-        for block in blocks:
-            x = block(x, *bias)
-        sequence_output = final_layernorm(x)
+        sequence_output = decoder_stack(embedding(token_ids), bias, blocks, final_layernorm)
         super().__init__(
             inputs={"token_ids": token_ids, "padding_mask": padding_mask},
             outputs=sequence_output, dtype=policy, **kwargs)
@@ -150,6 +156,15 @@ class FalconBackbone(keras.Model):
         self.untied_lm_head = None
         if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
             self._check_policy_paths(policy)
+
+    def forward(self, token_ids, padding_mask, embed=None, training=False):
+        """The functional graph's forward as direct layer calls, with the token
+        lookup swappable: `embed` maps token_ids (b, s) to hidden states
+        (b, s, hidden), by default the token embedding (exporters pass a
+        lookup in a quantized table). -> sequence_output (b, s, hidden)."""
+        x = (embed or self.token_embedding)(token_ids)
+        return decoder_stack(x, self.attention_bias(padding_mask), self.transformer_layers,
+                             self.final_layernorm, training)
 
     def _check_policy_paths(self, policy_map):
         import re

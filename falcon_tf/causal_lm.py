@@ -133,7 +133,7 @@ class FalconCausalLM(keras.Model):
         if not isinstance(backbone, FalconBackbone):
             raise ValueError(f"`backbone` must be a falcon_tf.FalconBackbone; received "
                              f"{type(backbone).__name__}.")
-        _generation.check_cache_length(cache_length)
+        contract.check_cache_length(cache_length)
         if not isinstance(compile, bool):
             raise ValueError(f"`compile` must be True or False; received {compile!r}.")
         if getattr(backbone, "untied_lm_head", None):

@@ -13,21 +13,25 @@ Backbone (one signature):
 
 Causal LM, the on-device LLM convention (ai-edge-torch / LiteRT-LM), batch 1:
     prefill_<L>: tokens int32 [1, L], input_pos int32 [L],
-                 mask float32 [1, 1, L, cache_len] (0 where attention is
+                 mask float32 [1, 1, L, cache_length] (0 where attention is
                  allowed, MASK_VALUE elsewhere),
-                 kv_cache_k_<i>, kv_cache_v_<i> float32 [1, cache_len, kv_heads, head_dim]
+                 kv_cache_k_<i>, kv_cache_v_<i> float32 [1, cache_length, kv_heads, head_dim]
               -> logits float32 [1, L, vocab], kv_cache_k_<i>, kv_cache_v_<i> (updated)
     decode:      the same with L = 1.
     decode_<W>:  optional, the same as decode for a token at a position below
                  W: it attends only the first W slots (the mask's first W
                  columns are read), so a step reads W slots of the cache, not
-                 cache_len. Runtimes that know only `decode` lose nothing but
+                 cache_length. Runtimes that know only `decode` lose nothing but
                  speed.
 
 `input_pos` holds the positions of the L tokens (rotary angles use each); the
 tokens' keys and values go to the contiguous cache slots input_pos[0] ..
 input_pos[0] + L - 1, so padded rows of a chunk (LiteRT-LM sets their
 input_pos to 0) never overwrite earlier slots.
+
+The cache capacity is `cache_length` in every Python and Java API; the
+manifest stores it as `causal_lm.cache_len`, the artifact format's field name,
+kept so that existing artifacts and apps still read it.
 """
 
 BACKBONE_SIGNATURE = "serving_default"
@@ -58,6 +62,28 @@ DEVICE_CACHE_LENGTH = 256
 # the one whose numbers equal Keras's.
 VARIANTS = ("fp32", "fp16", "int8", "int4")
 DEFAULT_VARIANT = "fp32"
+
+
+def check_cache_length(cache_length):
+    """ValueError naming `cache_length` unless it is an integer >= 2."""
+    if isinstance(cache_length, bool) or not isinstance(cache_length, int) or cache_length < 2:
+        raise ValueError(f"`cache_length` must be an integer >= 2; received {cache_length!r}.")
+
+
+def check_variant(variant):
+    """ValueError naming `variant` unless it is one of VARIANTS."""
+    if variant not in VARIANTS:
+        raise ValueError(f"`variant` must be one of {', '.join(VARIANTS)}; "
+                         f"received {variant!r}.")
+
+
+def check_variants(variants):
+    """ValueError naming `variants` unless it is a non-empty subset of VARIANTS."""
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"`variants` must be a non-empty subset of {', '.join(VARIANTS)}; "
+                         f"received {', '.join(map(str, variants)) or 'nothing'}.")
+
 
 # Files the device side reads, relative to the artifact directory.
 TOKENIZER_FILE = "tokenizer/tokenizer.json"

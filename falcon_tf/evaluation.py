@@ -214,7 +214,7 @@ def _preset_file(preset, filename):
             # An exported artifact: its manifest names the preset it came from.
             from falcon_tf.json_file import json_or_none
 
-            data = json_or_none(os.path.join(directory, "manifest.json")) or {}
+            data = json_or_none(os.path.join(directory, contract.MANIFEST_FILE)) or {}
             name = data.get("preset")
             return _preset_file(name, filename) if name and name != preset else None
     else:
@@ -268,7 +268,7 @@ def keras_reference(preset):
         directory = os.fspath(preset)
         if os.path.isfile(os.path.join(directory, "keras_preset", "config.json")):
             return os.path.join(directory, "keras_preset")
-        name = (json_or_none(os.path.join(directory, "manifest.json")) or {}).get("preset")
+        name = (json_or_none(os.path.join(directory, contract.MANIFEST_FILE)) or {}).get("preset")
         if name in _presets.BACKBONE_PRESETS:
             return name
         if os.path.isfile(os.path.join(directory, "config.json")):

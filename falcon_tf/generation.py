@@ -48,12 +48,6 @@ class Request:
         return out[0] if self.fmt == "row" else out
 
 
-def check_cache_length(cache_length):
-    """ValueError naming `cache_length` unless it is an integer >= 2."""
-    if isinstance(cache_length, bool) or not isinstance(cache_length, int) or cache_length < 2:
-        raise ValueError(f"`cache_length` must be an integer >= 2; received {cache_length!r}.")
-
-
 def _texts(inputs):
     """A string, or a list / 1-D array of strings (str or UTF-8 bytes) -> (list
     of str, was one string); None for anything else."""

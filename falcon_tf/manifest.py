@@ -19,10 +19,11 @@ try:
 except ImportError:  # not POSIX: exports to one artifact must not overlap
     fcntl = None
 
+from falcon_tf import contract
 from falcon_tf.json_file import read_json
 from falcon_tf.untrusted import path_inside
 
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = contract.MANIFEST_FILE
 LOCK_FILE = ".lock"
 JOURNAL_FILE = ".commit.json"  # files and manifest being published together
 STAGED_PREFIX = ".staged-"

@@ -31,7 +31,7 @@ class FalconCausalLM:
                     verify_checksums=True):
         """Loads `artifacts/<preset>/saved_model/<version>` (the latest by default)
         and the artifact's tokenizer, checking both against the manifest."""
-        generation.check_cache_length(cache_length)
+        contract.check_cache_length(cache_length)
         artifact_dir, data, loaded, path = load_version(preset, version, verify_checksums)
         if "generate" not in loaded.signatures:
             raise ValueError(f"{path} has no causal LM signatures (prefill, decode, generate); "
