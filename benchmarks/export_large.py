@@ -18,7 +18,7 @@ its parity against Keras from the manifest.
     python benchmarks/export_large.py --variants fp16 --cache-length 256 \
         --prefill-lengths 8 --decode-windows '' --gpu-buffer-mib 128 --out /tmp/gpu
 
-Needs about 11.5 GiB of memory for int8 and int4 and 15.5 GiB for fp16 (the
+Needs about 10.5 GiB of memory for int8 and int4 and 15.5 GiB for fp16 (the
 export process and the verifying one together, measured; 23 GiB with the table
 cut for the GPU; see export_tflite_large.memory_bytes) and, for fp32, 11 GB of
 disk.

@@ -33,7 +33,6 @@ written). A graph must therefore ignore the padded rows' positions; see
 `runtime_check` for what is measured.
 """
 
-import datetime
 import io
 import json
 import os
@@ -41,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 
+from converters.stages import installed_version, stamp
 from falcon_tf import contract, manifest
 
 LITERTLM_DIR = "litertlm"
@@ -63,18 +63,6 @@ print(json.dumps({"text": responses.texts[0], "start_token_id": engine.bos_token
                   "stop_token_ids": engine.eos_token_ids,
                   "prompt_ids": engine.tokenize(prompt)}))
 """
-
-
-def _versions():
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("litert-lm-builder", "litert-lm-api"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def llm_metadata(start_token_id, stop_token_ids, max_tokens):
@@ -177,10 +165,10 @@ def runtime_check(bundle_path, artifact_dir, variant, prompt=CHECK_PROMPT,
     compared, and our ids are recorded beside them."""
     from falcon_tf.lite import FalconCausalLM
 
-    versions = _versions()
-    result = {"runtime": f"litert-lm-api {versions['litert-lm-api']}", "backend": "cpu",
+    api = installed_version("litert-lm-api")
+    result = {"runtime": f"litert-lm-api {api}", "backend": "cpu",
               "prompt": prompt, "max_new_tokens": new_tokens, "sampler": "greedy"}
-    if versions["litert-lm-api"] is None:
+    if api is None:
         return {**result, "ran": False, "error": "litert-lm-api is not installed "
                 "(pip install litert-lm-api)."}
     with tempfile.TemporaryDirectory() as cache_dir:  # the Engine's XNNPack weight cache
@@ -263,8 +251,7 @@ def export_litertlm(artifact_dir, variant=contract.DEFAULT_VARIANT, max_tokens=N
                          "stop_token_ids": list(section["stop_token_ids"]),
                          "max_num_tokens": max_tokens, "sampler": "top_p with k=1 (greedy)"},
         "runtime_check": (runtime_check(path, artifact_dir, variant) if check else None),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "tool_versions": {"falcon_tf": __version__, **_versions()},
+        **stamp("litert-lm-builder", "litert-lm-api"),
     }
 
     def edit(current):

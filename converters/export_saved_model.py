@@ -34,16 +34,14 @@ a server polling the base path never sees half a version, and exporting again
 adds the next number without touching earlier ones.
 """
 
-import datetime
 import os
-import platform
 import shutil
 import tempfile
 
 import numpy as np
 
 from converters.export_tokenizer import export_tokenizer
-from converters.specs import input_specs
+from converters.stages import input_specs, stamp
 from falcon_tf import contract, manifest
 from falcon_tf.checkpoints.handles import artifact_name
 from falcon_tf.progress import progress_bar
@@ -339,10 +337,9 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
 
     Returns (version directory, manifest entry of this version).
     """
-    import keras
     import tensorflow as tf
 
-    from falcon_tf import FalconBackbone, __version__
+    from falcon_tf import FalconBackbone
 
     steps = ["load", "trace", "write", "warmup", "verify", "publish"]
     with progress_bar("Exporting SavedModel") as progress:
@@ -395,9 +392,7 @@ def export_saved_model(preset, out_dir="artifacts", name=None, model=None, token
             "files": manifest.describe_files(artifact_dir, final),
             "signatures": signatures,
             "parity": parity,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "tool_versions": {"falcon_tf": __version__, "tensorflow": tf.__version__,
-                              "keras": keras.__version__, "python": platform.python_version()},
+            **stamp("tensorflow", "keras"),
         }
 
         def record(data):

@@ -31,14 +31,13 @@ fp16 and int4 are refused by name.
 """
 
 import contextlib
-import datetime
 import io
 import os
 import tempfile
 
 import numpy as np
 
-from converters.specs import input_specs
+from converters.stages import input_specs, stamp
 from falcon_tf import contract, manifest
 from falcon_tf.checkpoints.handles import artifact_name
 from falcon_tf.progress import progress_bar
@@ -593,10 +592,6 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
     FlatBuffer cap (naming the variants that fit) and a model this machine has
     too little memory to convert. Returns {variant: manifest entry}.
     """
-    import tensorflow as tf
-
-    from falcon_tf import __version__
-
     from converters import export_tflite_large
 
     contract.check_variants(variants)
@@ -656,9 +651,7 @@ def export_tflite(preset, out_dir="artifacts", name=None, model=None, variants=V
                     "parity": result,
                     "op_versions": versions,
                     "oldest_runtime": oldest_runtime(versions),
-                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                        timespec="seconds"),
-                    "tool_versions": {"falcon_tf": __version__, "tensorflow": tf.__version__},
+                    **stamp("tensorflow"),
                     "gpu_fully_accelerated": gpu_fully_accelerated(path),
                 }
                 progress(done + 1, len(variants))

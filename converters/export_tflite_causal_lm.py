@@ -24,14 +24,13 @@ quantizing the activations at run time; the lookup GATHERs rows of an int8
 copy of the table. The projections of int8 and int4 are GPTQ-rounded.
 """
 
-import datetime
 import os
 
 import numpy as np
 
 from converters import export_tflite, export_tflite_large
 from converters.export_tokenizer import export_tokenizer
-from converters.specs import input_specs
+from converters.stages import input_specs, stamp
 from falcon_tf import contract, manifest
 from falcon_tf.progress import progress_bar
 
@@ -188,7 +187,6 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
     Returns {variant: manifest entry}."""
     import tensorflow as tf
 
-    from falcon_tf import __version__
     from falcon_tf.causal_lm import FalconCausalLM
 
     contract.check_variants(variants)
@@ -282,9 +280,7 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                     "parity": parity,
                     "op_versions": versions,
                     "oldest_runtime": export_tflite.oldest_runtime(versions),
-                    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
-                        timespec="seconds"),
-                    "tool_versions": {"falcon_tf": __version__, "tensorflow": tf.__version__},
+                    **stamp("tensorflow"),
                 }
                 progress(done + 2, len(variants) + 1)
         for entry in entries.values():
