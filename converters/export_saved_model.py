@@ -140,8 +140,6 @@ def causal_lm_functions(backbone):
     config = backbone.falcon_config
     functions = {}
     names = contract.cache_names(config.num_layers)
-    shape = contract.cache_shape(config.kv_heads, config.head_dim, None, batch=None)
-    cache_spec = [tf.TensorSpec(shape, tf.float32, n) for n in names]
 
     def step(tokens, input_pos, *caches):
         mask = causal_cache_mask(input_pos, tf.shape(caches[0])[1])
@@ -151,10 +149,11 @@ def causal_lm_functions(backbone):
         out.update({n: tf.cast(c, tf.float32) for n, c in zip(names, caches)})
         return out
 
-    for name, length in (("prefill", None), (contract.DECODE_SIGNATURE, 1)):
-        spec = [tf.TensorSpec([None, length], tf.int32, contract.TOKENS),
-                tf.TensorSpec([None, length], tf.int32, contract.INPUT_POS)] + cache_spec
-        functions[name] = tf.function(step, input_signature=spec)
+    for name, length in ((contract.SERVING_PREFILL_SIGNATURE, None),
+                         (contract.DECODE_SIGNATURE, 1)):
+        signature = contract.serving_step_signature(length, config.num_layers, config.kv_heads,
+                                                    config.head_dim, config.vocabulary_size)
+        functions[name] = tf.function(step, input_signature=input_specs(signature))
 
     def generate(token_ids, padding_mask, max_length, top_k, top_p, temperature, seed,
                  stop_token_ids):
@@ -165,16 +164,11 @@ def causal_lm_functions(backbone):
                                          temperature, seed,
                                          stop_token_ids, cache)
         mask = tf.range(max_length)[None, :] < ends[:, None]
-        return {"token_ids": tokens[:, :max_length] * tf.cast(mask, tf.int32),
-                "padding_mask": tf.cast(mask, tf.int32)}
+        return {contract.TOKEN_IDS: tokens[:, :max_length] * tf.cast(mask, tf.int32),
+                contract.PADDING_MASK: tf.cast(mask, tf.int32)}
 
-    scalar = lambda dtype, name: tf.TensorSpec([], dtype, name)  # noqa: E731
-    functions["generate"] = tf.function(generate, input_signature=[
-        tf.TensorSpec([None, None], tf.int32, "token_ids"),
-        tf.TensorSpec([None, None], tf.int32, "padding_mask"),
-        scalar(tf.int32, "max_length"), scalar(tf.int32, "top_k"),
-        scalar(tf.float32, "top_p"), scalar(tf.float32, "temperature"),
-        scalar(tf.int32, "seed"), tf.TensorSpec([None], tf.int32, "stop_token_ids")])
+    functions[contract.GENERATE_SIGNATURE] = tf.function(
+        generate, input_signature=input_specs(contract.generate_signature()))
     return functions
 
 

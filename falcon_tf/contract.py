@@ -152,6 +152,35 @@ def causal_lm_signatures(prefill_lengths, decode_windows, cache_length, num_laye
             **{decode_window_signature(w): step(1) for w in decode_windows}}
 
 
+# The SavedModel's causal-LM signatures (TF Serving): any batch and cache
+# length; the graph builds the mask.
+SERVING_PREFILL_SIGNATURE = "prefill"
+GENERATE_SIGNATURE = "generate"
+
+
+def serving_step_signature(length, num_layers, kv_heads, head_dim, vocabulary_size):
+    """{"inputs", "outputs"} of the SavedModel's `prefill` (length None) or
+    `decode` (length 1) signature."""
+    cache = tensor_spec(cache_shape(kv_heads, head_dim, None, batch=None), "float32")
+    caches = {name: cache for name in cache_names(num_layers)}
+    positions = tensor_spec((None, length), "int32")
+    return {"inputs": {TOKENS: positions, INPUT_POS: positions, **caches},
+            "outputs": {LOGITS: tensor_spec((None, length, vocabulary_size), "float32"),
+                        **caches}}
+
+
+def generate_signature():
+    """{"inputs", "outputs"} of the SavedModel's `generate`: the whole sampling
+    loop in one call (top_k 1 is greedy)."""
+    ids = tensor_spec((None, None), "int32")
+    scalar = {name: tensor_spec((), dtype) for name, dtype in (
+        ("max_length", "int32"), ("top_k", "int32"), ("top_p", "float32"),
+        ("temperature", "float32"), ("seed", "int32"))}
+    return {"inputs": {TOKEN_IDS: ids, PADDING_MASK: ids, **scalar,
+                       "stop_token_ids": tensor_spec((None,), "int32")},
+            "outputs": {TOKEN_IDS: ids, PADDING_MASK: ids}}
+
+
 def cache_names(num_layers):
     """The cache tensor names in layer order: k_0, v_0, k_1, v_1, …"""
     names = []

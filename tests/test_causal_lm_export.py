@@ -49,6 +49,12 @@ def test_saved_model_generate_and_steps_match_keras(exported):
     assert version["parity"]["prefill+decode"]["max_abs_diff_vs_keras"] <= LOGIT_TOL
     assert version["parity"]["generate"]["greedy_tokens_equal_keras"]
     assert {"prefill", "decode", "generate"} <= set(version["signatures"])
+    # What the SavedModel holds, read back from it, is the contract's data.
+    c = lm.backbone.falcon_config
+    sizes = (c.num_layers, c.kv_heads, c.head_dim, c.vocabulary_size)
+    assert version["signatures"]["prefill"] == contract.serving_step_signature(None, *sizes)
+    assert version["signatures"]["decode"] == contract.serving_step_signature(1, *sizes)
+    assert version["signatures"]["generate"] == contract.generate_signature()
     served = ServingLM.from_preset(str(artifact), cache_length=CACHE)
     max_length = max(map(len, PROMPTS)) + NEW
     expected = lm.generate(PROMPTS, max_length=max_length, stop_token_ids=None)

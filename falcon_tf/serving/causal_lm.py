@@ -18,8 +18,8 @@ class FalconCausalLM:
 
     def __init__(self, loaded, config, tokenizer, cache_length, path):
         self._loaded = loaded
-        self._generate = loaded.signatures["generate"]
-        self.prefill = loaded.signatures["prefill"]
+        self._generate = loaded.signatures[contract.GENERATE_SIGNATURE]
+        self.prefill = loaded.signatures[contract.SERVING_PREFILL_SIGNATURE]
         self.decode = loaded.signatures[contract.DECODE_SIGNATURE]
         self.tokenizer = tokenizer
         self.vocabulary_size = config["vocabulary_size"]
@@ -33,7 +33,7 @@ class FalconCausalLM:
         and the artifact's tokenizer, checking both against the manifest."""
         contract.check_cache_length(cache_length)
         artifact_dir, data, loaded, path = load_version(preset, version, verify_checksums)
-        if "generate" not in loaded.signatures:
+        if contract.GENERATE_SIGNATURE not in loaded.signatures:
             raise ValueError(f"{path} has no causal LM signatures (prefill, decode, generate); "
                              f"export it again with this version of falcon-tf.")
         tokenizer = load_tokenizer(artifact_dir, data, verify_checksums)
