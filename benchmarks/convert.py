@@ -104,7 +104,7 @@ def main():
               f"{checkpoint / 2**30:.2f} GiB in {time.perf_counter() - t0:.0f} s")
         _, baseline = run_child([sys.executable, "-c",
                                  "import converters.convert_hf, h5py, safetensors, ml_dtypes"])
-        seconds, peak = run_child([sys.executable, "-m", "falcon_tf.cli", "convert",
+        seconds, peak = run_child([sys.executable, "-m", "converters.cli", "convert",
                                    source, output])
         written = dir_bytes(output)
     print(f"convert: {seconds:.1f} s wall, peak RSS {peak / 2**30:.2f} GiB "

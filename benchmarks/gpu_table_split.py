@@ -81,7 +81,7 @@ def main(argv=None):
     parser.add_argument("--parts", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args(argv)
 
-    from falcon_tf.cli import load_tensorflow, quiet_third_party_logs
+    from converters.cli import load_tensorflow, quiet_third_party_logs
 
     quiet_third_party_logs()
     load_tensorflow()

@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from falcon_tf.cli import load_litert, load_tensorflow, quiet_third_party_logs  # noqa: E402
+from converters.cli import load_litert, load_tensorflow, quiet_third_party_logs  # noqa: E402
 
 # Largest perplexity change against Keras that each variant is held to.
 TARGETS = {"fp16": 0.001, "int8": 0.01, "int4": 0.05}

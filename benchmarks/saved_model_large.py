@@ -71,7 +71,7 @@ def main():
               f"preset written in {seconds:.0f} s (peak RSS {peak / gib:.1f} GiB)")
 
         artifacts = os.path.join(work, "artifacts")
-        seconds, peak, _ = run([sys.executable, "-m", "falcon_tf.cli", "export", "--preset",
+        seconds, peak, _ = run([sys.executable, "-m", "converters.cli", "export", "--preset",
                                 preset, "--out", artifacts, "--name", "big",
                                 "--format", "saved_model"], "the export")
         version = os.path.join(artifacts, "big", "saved_model", "1")

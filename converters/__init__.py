@@ -1,4 +1,5 @@
-"""Build-time tools that turn checkpoints into presets and presets into artifacts.
+"""Build-time tools that turn checkpoints into presets and presets into artifacts,
+and the `falcon-tf` command over them and the runtimes (`cli.py`, `demo.py`).
 
 `converters` imports `falcon_tf`; `falcon_tf` never imports `converters`.
 

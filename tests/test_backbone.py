@@ -219,3 +219,31 @@ def test_import_is_light():
             "sorted(m for m in sys.modules if m.startswith(('tensorflow', 'keras')))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_falcon_tf_never_imports_converters_nor_its_loaders_the_model():
+    """The layers, read from the source: `converters` (exporters, the CLI)
+    builds on `falcon_tf`, never the reverse; `falcon_tf.checkpoints` is
+    handed the class it builds and imports no model module."""
+    import ast
+    import pathlib
+
+    import falcon_tf
+
+    root = pathlib.Path(falcon_tf.__file__).parent
+    model_modules = ("falcon_tf.backbone", "falcon_tf.causal_lm", "falcon_tf.decoder_block",
+                     "falcon_tf.attention")
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] == "converters" or (
+                        "checkpoints" in path.parts and name.startswith(model_modules)):
+                    found.append(f"{path.relative_to(root)}:{node.lineno} imports {name}")
+    assert found == []

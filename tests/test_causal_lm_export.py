@@ -323,7 +323,7 @@ def test_gpu_variants_run_every_signature_on_the_gpu(exported, gpu_available,  #
 def test_cli_generate_streams_the_same_text_on_every_runtime(exported, capsys):
     import io
 
-    from falcon_tf import cli
+    from converters import cli
 
     lm, artifact, _ = exported
     expected = "the cat" + lm.generate("the cat", max_length=20, strip_prompt=True)

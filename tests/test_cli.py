@@ -12,7 +12,7 @@ import falcon_tf.causal_lm_preprocessor
 import falcon_tf.evaluation
 import falcon_tf.samplers
 import falcon_tf.tokenizer
-from falcon_tf import cli
+from converters import cli, demo
 
 
 def test_demo_tells_the_story_on_every_runtime(tmp_path, capsys):
@@ -49,7 +49,7 @@ def test_demo_tells_the_story_on_every_runtime(tmp_path, capsys):
         assert abs(float(columns[2].rstrip("%"))) <= limit, (label, columns)
     for label in ("saved_model", "tflite fp32"):
         assert table[label][3] == "yes", label  # the same greedy text as Keras
-    assert blank == gap == "" and prompt_line == "prompt       | " + cli.DEMO_PROMPT
+    assert blank == gap == "" and prompt_line == "prompt       | " + demo.DEMO_PROMPT
     assert len(texts) == 6 and texts[0].startswith("keras XLA    | ")
     assert texts[0].split("| ", 1)[1] == texts[1].split("| ", 1)[1]  # SavedModel
 
@@ -91,7 +91,7 @@ def test_commands_print_no_third_party_notices():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    proc = subprocess.run([sys.executable, "-m", "falcon_tf.cli", "generate", "--prompt",
+    proc = subprocess.run([sys.executable, "-m", "converters.cli", "generate", "--prompt",
                            "The falcon flew over", "--max-length", "24"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -261,7 +261,7 @@ def test_failed_hf_download_names_handle_and_local_directory(monkeypatch):
 
 @pytest.mark.parametrize("variant", ["rw", "40b"])
 def test_convert_command_writes_a_preset_that_loads_the_same(tmp_path, variant):
-    from falcon_tf import cli
+    from converters import cli
 
     model = hf_model(variant, seed=10)
     model.save_pretrained(tmp_path / "hf", safe_serialization=True, max_shard_size="20KB")

@@ -89,7 +89,7 @@ def test_export_litertlm_checks_its_inputs(bundled, tmp_path):
 
 
 def test_cli_bundles_an_exported_artifact(bundled, tmp_path, capsys):
-    from falcon_tf import cli
+    from converters import cli
 
     _, artifact, _ = bundled
     assert cli.main(["export", "--format", "litertlm", "--preset", str(artifact),

@@ -232,7 +232,7 @@ def test_export_killed_midway_leaves_no_visible_version(tmp_path):
 
 
 def test_cli_export(tmp_path, capsys):
-    from falcon_tf import cli
+    from converters import cli
 
     assert cli.main(["export", "--preset", "falcon_tiny_random", "--out", str(tmp_path),
                      "--format", "saved_model"]) == 0
