@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from conftest import randomize
-from converters import export_tflite_large
+from converters import cli, export_tflite_large
 from converters.export_tflite import export_tflite
 from converters.export_tflite_causal_lm import export_tflite_causal_lm
-from falcon_tf import FalconBackbone, FalconCausalLM, cli, contract
+from falcon_tf import FalconBackbone, FalconCausalLM, contract
 
 pytest.importorskip("ai_edge_litert")
 
