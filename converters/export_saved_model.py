@@ -66,8 +66,9 @@ def _versions(base):
 
 
 def _signature_spec(concrete):
+    """A loaded signature's tensors in the contract's form (`contract.tensor_spec`)."""
     def spec(tensor_spec):
-        return {"dtype": tensor_spec.dtype.name, "shape": [d for d in tensor_spec.shape.as_list()]}
+        return contract.tensor_spec(tensor_spec.shape.as_list(), tensor_spec.dtype.name)
 
     _, inputs = concrete.structured_input_signature
     return {"inputs": {k: spec(v) for k, v in sorted(inputs.items())},
