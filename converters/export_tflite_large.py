@@ -71,7 +71,7 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths, decode_windows=(),
 
     Inputs and their specs are those of the small route's signatures
     (`export_tflite_causal_lm.signature_functions`); the pieces run the
-    stages of `FalconCausalLM.call_with_cache` with the same cache writer and
+    stages of `FalconBackbone.forward_cached` with the same cache writer and
     windows. `int8_embedding`: the lookup GATHERs rows of an int8 copy of the
     table (`export_tflite.embedding_rows_int8`), as the small route's int8 and
     int4 files do; the head keeps the table as the LM head's weight. Without
@@ -119,7 +119,7 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths, decode_windows=(),
 
         @tf.function(input_signature=[spec[contract.TOKENS], spec[contract.INPUT_POS]])
         def embed(tokens, input_pos):
-            x, position = lm.embed_cached(tokens, input_pos[None, :], attended(signature),
+            x, position = backbone.embed_cached(tokens, input_pos[None, :], attended(signature),
                                           lookup)
             return {HIDDEN: x, POSITION: position}
 
@@ -137,7 +137,7 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths, decode_windows=(),
         def step(x, position, input_pos, mask, cache_key, cache_value):
             if window is not None:
                 mask = mask[..., :window]
-            x, cache_key, cache_value = lm.block_cached(
+            x, cache_key, cache_value = backbone.block_cached(
                 index, x, cache_key, cache_value, mask, position,
                 small.cache_writer(input_pos, cache_length), window)
             return {HIDDEN: x, k_name: tf.cast(cache_key, spec[k_name].dtype),
@@ -150,7 +150,7 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths, decode_windows=(),
 
         @tf.function(input_signature=[hidden])
         def logits(x):
-            return {contract.LOGITS: lm.head(x, project)}
+            return {contract.LOGITS: lm.head(backbone.final_layernorm(x), project)}
 
         return logits
 

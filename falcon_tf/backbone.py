@@ -16,13 +16,25 @@ from falcon_tf.untrusted import check_memory
 _MODEL_KWARGS = ("name", "trainable")
 
 
-def decoder_stack(x, bias, blocks, final_layernorm, training=None):
-    """The decoder over embedded tokens: every block with the attention bias,
-    then the final LayerNorm. The functional graph and `FalconBackbone.forward`
-    (what the exporters trace) are this one function."""
-    for block in blocks:
-        x = block(x, *bias, training=training)  # (b, s, hidden)
+def decoder_stack(x, blocks, final_layernorm, run_block):
+    """The decoder over embedded tokens (b, s, hidden): each block in turn,
+    through `run_block(index, block, x) -> x`, then the final LayerNorm.
+
+    Written once for every caller: the functional graph and
+    `FalconBackbone.forward` run the blocks over a whole sequence,
+    `FalconBackbone.forward_cached` runs them over new tokens with a
+    key/value cache (generation, the causal-LM exporters). The large-model
+    exporter converts the same stages one piece at a time (`embed_cached`,
+    `block_cached`, `final_layernorm`)."""
+    for index, block in enumerate(blocks):
+        x = run_block(index, block, x)
     return final_layernorm(x)
+
+
+def tensor_dim(tensor, axis):
+    """A static dimension when known (XLA), else the dynamic one (SavedModel signatures)."""
+    static = tensor.shape[axis]
+    return static if static is not None else tf.shape(tensor)[axis]
 
 
 def _is_concrete(value):
@@ -134,7 +146,8 @@ class FalconBackbone(keras.Model):
         token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
         padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
         bias = attention_bias(padding_mask)  # computed once, shared by all blocks
-        sequence_output = decoder_stack(embedding(token_ids), bias, blocks, final_layernorm)
+        sequence_output = decoder_stack(embedding(token_ids), blocks, final_layernorm,
+                                        lambda _, block, x: block(x, *bias))
         super().__init__(
             inputs={"token_ids": token_ids, "padding_mask": padding_mask},
             outputs=sequence_output, dtype=policy, **kwargs)
@@ -163,8 +176,58 @@ class FalconBackbone(keras.Model):
         (b, s, hidden), by default the token embedding (exporters pass a
         lookup in a quantized table). -> sequence_output (b, s, hidden)."""
         x = (embed or self.token_embedding)(token_ids)
-        return decoder_stack(x, self.attention_bias(padding_mask), self.transformer_layers,
-                             self.final_layernorm, training)
+        bias = self.attention_bias(padding_mask)
+        return decoder_stack(x, self.transformer_layers, self.final_layernorm,
+                             lambda _, block, x: block(x, *bias, training=training))
+
+    def forward_cached(self, token_ids, positions, mask_bias, caches, write, embed=None,
+                       window=None):
+        """The same decoder over new tokens with a key/value cache.
+
+        token_ids, positions: (b, L) int32: the tokens and the cache slots
+            they go to (their positions).
+        mask_bias: (b, 1, L, C) float32, 0 where a token may attend a slot
+            and a large negative number elsewhere (`causal_cache_mask`).
+        caches: [k_0, v_0, …], each (b, C, kv_heads, head_dim).
+        write: how new keys and values enter a cache: `write(cache, new)`.
+        embed: as in `forward`.
+        window: None, or a static int: the new tokens attend only the first
+            `window` slots (all they may attend when they sit below it), so
+            the step reads that much of the cache, not all of it.
+        Returns (sequence_output (b, L, hidden), updated caches).
+        """
+        cache_length = tensor_dim(caches[0], 1)
+        if window is not None:
+            cache_length, mask_bias = window, mask_bias[..., :window]
+        x, position = self.embed_cached(token_ids, positions, cache_length, embed)
+        updated = []
+
+        def run_block(index, _, x):
+            x, key, value = self.block_cached(index, x, caches[2 * index],
+                                              caches[2 * index + 1], mask_bias, position,
+                                              write, window)
+            updated.extend((key, value))
+            return x
+
+        return decoder_stack(x, self.transformer_layers, self.final_layernorm,
+                             run_block), updated
+
+    # The stages of `forward_cached`, also exported one by one for large models
+    # (converters/export_tflite_large.py).
+
+    def embed_cached(self, token_ids, positions, cache_length, embed=None):
+        """-> (x (b, L, hidden), what attention needs of the positions); `embed` as
+        in `forward`; `cache_length` the slots attended."""
+        x = (embed or self.token_embedding)(token_ids)
+        return x, self.attention_bias.cached_position(positions, cache_length)
+
+    def block_cached(self, index, x, cache_key, cache_value, mask_bias, position, write,
+                     window=None):
+        """Block `index` over the new tokens -> (x, cache_key, cache_value)."""
+        block = self.transformer_layers[index]
+        with tf.name_scope(block.name):  # exported tensor names follow the layers
+            return block.call_cached(x, cache_key, cache_value, mask_bias, position, write,
+                                     window)
 
     def _check_policy_paths(self, policy_map):
         import re

@@ -19,6 +19,7 @@ from falcon_tf import contract
 from falcon_tf import samplers as _samplers
 from falcon_tf._keras import keras, tf
 from falcon_tf.attention_bias import causal_cache_mask
+from falcon_tf.backbone import tensor_dim
 from falcon_tf.json_file import read_json
 
 ops = keras.ops
@@ -35,12 +36,6 @@ def _bucket(n, cap):
     while size < n:
         size *= 2
     return min(size, cap)
-
-
-def _dim(tensor, axis):
-    """A static dimension when known (XLA), else the dynamic one (SavedModel signatures)."""
-    static = tensor.shape[axis]
-    return static if static is not None else tf.shape(tensor)[axis]
 
 
 def scatter_write(positions):
@@ -396,59 +391,22 @@ class FalconCausalLM(keras.Model):
 
     def call_with_cache(self, token_ids, positions, mask_bias, caches, write=None, embed=None,
                         window=None, project=None):
-        """One cached forward over new tokens.
+        """One cached forward over new tokens: the backbone's `forward_cached`
+        (see it for the arguments), then the LM head.
 
-        token_ids, positions: (b, L) int32: the tokens and the cache slots
-            they go to (their positions).
-        mask_bias: (b, 1, L, C) float32, 0 where a token may attend a slot
-            and a large negative number elsewhere (`causal_cache_mask`).
-        caches: [k_0, v_0, …], each (b, C, kv_heads, head_dim).
-        write: how new keys and values enter a cache: `write(cache, new)`;
-            by default an XLA scatter at `positions`.
-        embed: how token ids become hidden states (b, L, hidden); by default
-            the backbone's `token_embedding` (exporters pass a lookup in a
-            quantized table).
-        window: None, or a static int: the new tokens attend only the first
-            `window` slots (all they may attend when they sit below it), so
-            the step reads that much of the cache, not all of it.
+        write: by default an XLA scatter at `positions`.
         project: the LM head's projection, as in `head`.
         Returns (logits (b, L, vocabulary) float32, updated caches).
         """
-        write = write or scatter_write(positions)
-        cache_length = _dim(caches[0], 1)
-        if window is not None:
-            cache_length, mask_bias = window, mask_bias[..., :window]
-        x, position = self.embed_cached(token_ids, positions, cache_length, embed)
-        out = []
-        for i in range(self.backbone.num_layers):
-            x, k, v = self.block_cached(i, x, caches[2 * i], caches[2 * i + 1], mask_bias,
-                                        position, write, window)
-            out += [k, v]
-        return self.head(x, project), out
-
-    # The stages of `call_with_cache`, also exported one by one for large models
-    # (converters/export_tflite_large.py).
-
-    def embed_cached(self, token_ids, positions, cache_length, embed=None):
-        """-> (x (b, L, hidden), what attention needs of the positions); `embed` as
-        in `call_with_cache`; `cache_length` the slots attended."""
-        backbone = self.backbone
-        x = (embed or backbone.token_embedding)(token_ids)
-        return x, backbone.attention_bias.cached_position(positions, cache_length)
-
-    def block_cached(self, index, x, cache_key, cache_value, mask_bias, position, write,
-                     window=None):
-        """Block `index` over the new tokens -> (x, cache_key, cache_value)."""
-        block = self.backbone.transformer_layers[index]
-        with tf.name_scope(block.name):  # exported tensor names follow the layers
-            return block.call_cached(x, cache_key, cache_value, mask_bias, position, write,
-                                     window)
+        x, caches = self.backbone.forward_cached(
+            token_ids, positions, mask_bias, caches, write or scatter_write(positions),
+            embed, window)
+        return self.head(x, project), caches
 
     def head(self, x, project=None):
-        """Final LayerNorm and the tied LM head -> logits float32. `project`:
-        how hidden states become logits; by default the token embedding's
-        reverse (exporters pass the table cut in blocks for the GPU)."""
-        x = self.backbone.final_layernorm(x)
+        """The tied LM head over final hidden states -> logits float32.
+        `project`: how hidden states become logits; by default the token
+        embedding's reverse (exporters pass the table cut in blocks for the GPU)."""
         if project is not None:
             return ops.cast(project(x), "float32")
         return ops.cast(self.backbone.token_embedding(x, reverse=True), "float32")
@@ -478,7 +436,7 @@ class FalconCausalLM(keras.Model):
         """Samples each row's next token from `logits` and appends it."""
         step, tokens, caches, _, ends, done = state
         token = _samplers.sample_tf(logits, k, p, temperature, seed, step)
-        cache_length = _dim(tokens, 1)
+        cache_length = tensor_dim(tokens, 1)
         slot = tf.minimum(ends, cache_length - 1)
         rows = tf.range(tf.shape(tokens)[0])
         current = tf.gather(tokens, slot, batch_dims=1)
@@ -492,7 +450,7 @@ class FalconCausalLM(keras.Model):
     def _decode(self, state, max_length, k, p, temperature, seed, stop_ids):
         """Feeds each row's last token, then samples the next."""
         step, tokens, caches, token, ends, done = state
-        cache_length = _dim(tokens, 1)
+        cache_length = tensor_dim(tokens, 1)
         positions = tf.minimum(ends - 1, cache_length - 1)[:, None]  # (b, 1)
         logits, caches = self.call_with_cache(
             token[:, None], positions, causal_cache_mask(positions, cache_length), caches)

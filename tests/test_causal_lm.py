@@ -53,6 +53,30 @@ def test_cached_steps_match_the_uncached_forward(lm):
         np.testing.assert_allclose(logits.numpy()[0, 0], full[0, -1], atol=LOGIT_TOL)
 
 
+
+def test_the_cached_forward_runs_the_backbones_one_decoder_stack(lm, monkeypatch):
+    """The decoder is written once: the cached forward (generate, the causal-LM
+    exporters) and the whole-sequence forward both go through
+    `backbone.decoder_stack`, each block once."""
+    tf = pytest.importorskip("tensorflow")
+    from falcon_tf import backbone as backbone_module
+
+    calls = []
+    stack = backbone_module.decoder_stack
+
+    def counting(x, blocks, final_layernorm, run_block):
+        calls.append([block.name for block in blocks])
+        return stack(x, blocks, final_layernorm, run_block)
+
+    monkeypatch.setattr(backbone_module, "decoder_stack", counting)
+    row = PROMPTS[0]
+    positions = np.arange(len(row), dtype="int32")[None]
+    lm.call_with_cache(tf.constant([row], tf.int32), positions,
+                       causal_cache_mask(positions, 16), lm.empty_cache(1, 16))
+    lm.backbone.forward(tf.constant([row], tf.int32), tf.ones((1, len(row)), tf.int32))
+    names = [block.name for block in lm.backbone.transformer_layers]
+    assert calls == [names, names]
+
 def test_batched_generate_equals_one_prompt_at_a_time_and_recomputing(lm):
     max_length = max(map(len, PROMPTS)) + NEW_TOKENS
     batched = lm.generate(PROMPTS, max_length=max_length, stop_token_ids=None)
