@@ -126,7 +126,7 @@ def main():
     from converters.export_saved_model import export_saved_model
     from converters.export_tflite_causal_lm import export_tflite_causal_lm
     from falcon_tf import FalconCausalLM
-    from falcon_tf.attention_bias import causal_cache_mask
+    from falcon_tf.model.attention_bias import causal_cache_mask
     from falcon_tf.lite import FalconCausalLM as LiteLM
     from falcon_tf.serving import FalconCausalLM as ServingLM
 

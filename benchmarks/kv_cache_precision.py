@@ -44,8 +44,8 @@ def rounding(kind):
 def logits(lm, sequence, kind):
     import tensorflow as tf
 
-    from falcon_tf.attention_bias import causal_cache_mask
-    from falcon_tf.causal_lm import scatter_write
+    from falcon_tf.model.attention_bias import causal_cache_mask
+    from falcon_tf.model.causal_lm import scatter_write
 
     store = rounding(kind)
     caches, rows = lm.empty_cache(1, CACHE), []
@@ -65,7 +65,7 @@ def main():
     from trained_like import trained_like
 
     from falcon_tf import FalconBackbone
-    from falcon_tf.causal_lm import FalconCausalLM
+    from falcon_tf.model.causal_lm import FalconCausalLM
 
     print("logit cosine against a float32 cache (prefill 32 + 16 decode steps, "
           "trained-like weights)")

@@ -37,7 +37,8 @@ def main(argv=None):
 
     from converters.export_saved_model import export_saved_model
     from converters.export_tflite_causal_lm import export_tflite_causal_lm
-    from falcon_tf import FalconCausalLM, evaluation
+    from falcon_tf import FalconCausalLM
+    from falcon_tf.runtime import evaluation
 
     lm = FalconCausalLM.from_preset(args.preset, cache_length=CACHE)
     heldout = evaluation.preset_token_ids(args.preset)

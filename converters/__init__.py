@@ -15,7 +15,7 @@ and the stages it composes, each written once:
      exporters also take their route and memory refusal from
      `export_tflite.model_to_export`), all before anything is written;
   2. trace: functions at the contract's signatures (`stages.input_specs` of
-     `falcon_tf.contract`'s), the same dicts the manifest records;
+     `falcon_tf.artifacts.contract`'s), the same dicts the manifest records;
   3. write: every file into `manifest.Staging` (hidden siblings), published
      with the manifest edit under the artifact's lock (a SavedModel: its new
      version directory renamed in whole, as TF Serving expects), so a killed

@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 
-from falcon_tf import contract
+from falcon_tf.artifacts import contract
 
 DEFAULT_PRESET = "falcon_tiny_trained"
 # Commands (and runtimes) that run TensorFlow.
@@ -182,7 +182,7 @@ def evaluate(preset, runtime="keras", variant=contract.DEFAULT_VARIANT, ids=None
     and its greedy continuations of held-out prompts. Returns the line to print."""
     import numpy as np
 
-    from falcon_tf import evaluation
+    from falcon_tf.runtime import evaluation
     from falcon_tf.checkpoints.handles import artifact_name
 
     token_ids = None
@@ -202,7 +202,7 @@ def evaluate(preset, runtime="keras", variant=contract.DEFAULT_VARIANT, ids=None
 
 
 def list_presets():
-    from falcon_tf.presets import BACKBONE_PRESETS
+    from falcon_tf.checkpoints.presets import BACKBONE_PRESETS
 
     lines = []
     for name, entry in BACKBONE_PRESETS.items():

@@ -14,7 +14,7 @@ import os
 
 from falcon_tf.checkpoints import huggingface, keras_hub
 from falcon_tf.progress import progress_bar
-from falcon_tf.config import FalconConfig
+from falcon_tf.model.config import FalconConfig
 from falcon_tf.untrusted import path_inside
 
 

@@ -9,7 +9,7 @@ import os
 import time
 
 from converters.cli import DEFAULT_PRESET, tflite_table
-from falcon_tf import contract
+from falcon_tf.artifacts import contract
 
 DEMO_PROMPT = "The falcon flew over"
 
@@ -25,7 +25,9 @@ def demo(preset=DEFAULT_PRESET, out_dir="artifacts", batch=1, seq=128, runs=20,
     tokens/s, file size and perplexity on the preset's held-out ids."""
     import numpy as np
 
-    from falcon_tf import FalconBackbone, evaluation
+    from falcon_tf import FalconBackbone
+
+    from falcon_tf.runtime import evaluation
     from falcon_tf.checkpoints.handles import artifact_name
 
     model = FalconBackbone.from_preset(preset)
@@ -111,7 +113,7 @@ def causal_lm_demo(preset, out_dir, name, lm, prompt=DEMO_PROMPT, new_tokens=24,
     import numpy as np
 
     from converters.export_tflite_causal_lm import export_tflite_causal_lm
-    from falcon_tf import evaluation
+    from falcon_tf.runtime import evaluation
     from falcon_tf.lite import FalconCausalLM as LiteLM
     from falcon_tf.serving import FalconCausalLM as ServingLM
 

@@ -41,7 +41,7 @@ import sys
 import tempfile
 
 from converters.stages import installed_version, stamp
-from falcon_tf import contract, manifest
+from falcon_tf.artifacts import contract, manifest
 
 LITERTLM_DIR = "litertlm"
 CHECK_PROMPT = "the cat sat on the mat"

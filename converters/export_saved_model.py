@@ -42,7 +42,7 @@ import numpy as np
 
 from converters.export_tokenizer import export_tokenizer
 from converters.stages import input_specs, stamp
-from falcon_tf import contract, manifest
+from falcon_tf.artifacts import contract, manifest
 from falcon_tf.checkpoints.handles import artifact_name
 from falcon_tf.progress import progress_bar
 
@@ -133,9 +133,9 @@ def causal_lm_functions(backbone):
     """{name: tf.function} for prefill, decode and generate (see the module docstring)."""
     import tensorflow as tf
 
-    from falcon_tf import contract
-    from falcon_tf.attention_bias import causal_cache_mask
-    from falcon_tf.causal_lm import FalconCausalLM
+    from falcon_tf.artifacts import contract
+    from falcon_tf.model.attention_bias import causal_cache_mask
+    from falcon_tf.model.causal_lm import FalconCausalLM
 
     lm = FalconCausalLM(backbone)
     config = backbone.falcon_config
@@ -206,7 +206,7 @@ def keras_reference(backbone, new_tokens=8):
     before it is written: the backbone's output on `check_batch`, greedy tokens
     of two prompts, and the uncached logits along the second one's continuation.
     Plain data, so the check of the written files needs no Keras model."""
-    from falcon_tf.causal_lm import FalconCausalLM
+    from falcon_tf.model.causal_lm import FalconCausalLM
 
     lm = FalconCausalLM(backbone, cache_length=64)
     rng = np.random.default_rng(1)
@@ -230,7 +230,7 @@ def causal_lm_parity(loaded, reference):
     Keras forward (`reference` from keras_reference)."""
     import tensorflow as tf
 
-    from falcon_tf import contract
+    from falcon_tf.artifacts import contract
 
     prompts, max_length = reference["prompts"], reference["max_length"]
     ids = np.zeros((2, 9), "int32")
@@ -295,7 +295,7 @@ with open(sys.argv[3], "rb") as f:
     reference = pickle.load(f)
 parity, signatures = written_parity(sys.argv[2], reference)
 print(json.dumps({"parity": parity, "signatures": signatures,
-                  "model_loaded": "falcon_tf.backbone" in sys.modules}))
+                  "model_loaded": "falcon_tf.model.backbone" in sys.modules}))
 """
 
 

@@ -38,7 +38,7 @@ import tempfile
 import numpy as np
 
 from converters.stages import input_specs, stamp
-from falcon_tf import contract, manifest
+from falcon_tf.artifacts import contract, manifest
 from falcon_tf.checkpoints.handles import artifact_name
 from falcon_tf.progress import progress_bar
 

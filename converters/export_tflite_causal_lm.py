@@ -6,7 +6,7 @@ writes `artifacts/<name>/tflite/<name>_causal_lm_<variant>.tflite`, one file per
 variant holding every signature of the on-device LLM convention
 (ai-edge-torch / LiteRT-LM), batch 1, static shapes: prefill_<L> for each L
 in `prefill_lengths`, decode, and decode_<W> for each W in `decode_windows`,
-their tensors as `falcon_tf.contract` describes and builds them.
+their tensors as `falcon_tf.artifacts.contract` describes and builds them.
 
 The cache is updated in place: DYNAMIC_UPDATE_SLICE writes the new keys and
 values to the slots input_pos[0] .. input_pos[0] + L - 1 and touches no other
@@ -31,7 +31,7 @@ import numpy as np
 from converters import export_tflite, export_tflite_large
 from converters.export_tokenizer import export_tokenizer
 from converters.stages import input_specs, stamp
-from falcon_tf import contract, manifest
+from falcon_tf.artifacts import contract, manifest
 from falcon_tf.progress import progress_bar
 
 DEFAULT_CACHE_LENGTH = contract.DEVICE_CACHE_LENGTH
@@ -187,7 +187,7 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
     Returns {variant: manifest entry}."""
     import tensorflow as tf
 
-    from falcon_tf.causal_lm import FalconCausalLM
+    from falcon_tf.model.causal_lm import FalconCausalLM
 
     contract.check_variants(variants)
     if rounding not in export_tflite.ROUNDINGS:

@@ -37,7 +37,7 @@ import numpy as np
 from converters import export_tflite
 from converters.flatbuffer_stitch import Stitcher
 from converters.stages import input_specs
-from falcon_tf import contract
+from falcon_tf.artifacts import contract
 from falcon_tf.progress import progress_bar
 
 # Models from this size on take this route: their float32 file would pass the
@@ -494,7 +494,7 @@ import json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from ai_edge_litert.interpreter import Interpreter
-from falcon_tf import contract
+from falcon_tf.artifacts import contract
 kind, path, reference, out = sys.argv[2:6]
 data = dict(np.load(reference))
 if kind == "causal_lm":  # as falcon_tf.lite runs it: one buffer per cache for every signature

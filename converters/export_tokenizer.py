@@ -6,7 +6,7 @@ loader (and the Android app) tokenizes with exactly the model's vocabulary.
 
 import os
 
-from falcon_tf import contract, manifest
+from falcon_tf.artifacts import contract, manifest
 
 
 def export_tokenizer(preset, artifact_dir, tokenizer=None):
@@ -14,7 +14,7 @@ def export_tokenizer(preset, artifact_dir, tokenizer=None):
     manifest. Returns the manifest entry, or None when the preset has no
     tokenizer files."""
     from falcon_tf.checkpoints import handles
-    from falcon_tf.bpe import ByteLevelBPE
+    from falcon_tf.text.bpe import ByteLevelBPE
 
     if tokenizer is None:
         try:

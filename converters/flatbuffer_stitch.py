@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 
-from falcon_tf import manifest
+from falcon_tf.artifacts import manifest
 
 ALIGNMENT = 64  # each buffer's bytes start on a multiple (XNNPACK reads aligned weights)
 

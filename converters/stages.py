@@ -5,7 +5,7 @@ import platform
 
 
 def input_specs(signature):
-    """[tf.TensorSpec] of a contract signature's inputs (`falcon_tf.contract`),
+    """[tf.TensorSpec] of a contract signature's inputs (`falcon_tf.artifacts.contract`),
     in its order, named as in the contract: every exporter traces with these
     and records the same signature in the manifest, so the two cannot differ."""
     import tensorflow as tf

@@ -104,7 +104,7 @@ def main(argv=None):
 
     from falcon_tf._keras import keras
     from falcon_tf import FalconBackbone, FalconCausalLM, FalconTokenizer
-    from falcon_tf import evaluation
+    from falcon_tf.runtime import evaluation
     from falcon_tf.checkpoints import keras_hub
 
     keras.utils.set_random_seed(args.seed)

@@ -1,5 +1,5 @@
 """The Android app's contract constants (FalconContract.java) match
-falcon_tf/contract.py, and the real causal-LM export (converters/
+falcon_tf/artifacts/contract.py, and the real causal-LM export (converters/
 export_tflite_causal_lm.py) has the signatures and tensors those constants and
 its manifest name."""
 
@@ -11,7 +11,7 @@ import re
 import numpy as np
 import pytest
 
-from falcon_tf import contract
+from falcon_tf.artifacts import contract
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JAVA_CONTRACT = os.path.join(ROOT, "android_demo", "core", "src", "main", "java", "falcontf",
@@ -50,7 +50,7 @@ def test_java_constants_match_contract_py():
             assert np.float32(expected) == np.float32(value), name
         else:
             assert value == expected, (
-                f"FalconContract.{name} = {value!r} but falcon_tf/contract.py says {expected!r}")
+                f"FalconContract.{name} = {value!r} but falcon_tf/artifacts/contract.py says {expected!r}")
 
 
 def test_parser_sees_a_drift(tmp_path):

@@ -221,20 +221,38 @@ def test_import_is_light():
     assert proc.returncode == 0, proc.stderr
 
 
-def test_falcon_tf_never_imports_converters_nor_its_loaders_the_model():
-    """The layers, read from the source: `converters` (exporters, the CLI)
-    builds on `falcon_tf`, never the reverse; `falcon_tf.checkpoints` is
-    handed the class it builds and imports no model module."""
+# What each folder of falcon_tf may not import (prefixes), read from the
+# source: the layers you see in the folder names. Nothing imports upward into
+# `converters` (exporters, the CLI); `checkpoints` is handed the class it
+# builds and reads only the architecture record and the dtype argument of the
+# model; the artifact facts and the runtimes' shared checks need no model; the
+# edge and server loaders run the exported graph, never the Keras model.
+_MODEL_CLASSES = ("falcon_tf.model.backbone", "falcon_tf.model.causal_lm",
+                  "falcon_tf.model.decoder_block", "falcon_tf.model.attention",
+                  "falcon_tf.model.token_embedding")
+_KERAS_TEXT = ("falcon_tf.text.tokenizer", "falcon_tf.text.causal_lm_preprocessor")
+_FORBIDDEN = {
+    "artifacts": ("falcon_tf.model", "falcon_tf.text", "falcon_tf.checkpoints",
+                  "falcon_tf.runtime", "falcon_tf.lite", "falcon_tf.serving", "falcon_tf._keras"),
+    "checkpoints": _MODEL_CLASSES + _KERAS_TEXT + ("falcon_tf.runtime", "falcon_tf.lite",
+                                                   "falcon_tf.serving"),
+    "lite": ("falcon_tf.model", "falcon_tf._keras", "falcon_tf.serving") + _KERAS_TEXT,
+    "serving": ("falcon_tf.model", "falcon_tf._keras", "falcon_tf.lite") + _KERAS_TEXT,
+}
+
+
+def test_each_folder_of_falcon_tf_imports_only_the_layers_below_it():
     import ast
     import pathlib
 
     import falcon_tf
+    from falcon_tf import _moved
 
     root = pathlib.Path(falcon_tf.__file__).parent
-    model_modules = ("falcon_tf.backbone", "falcon_tf.causal_lm", "falcon_tf.decoder_block",
-                     "falcon_tf.attention")
     found = []
     for path in sorted(root.rglob("*.py")):
+        folder = path.relative_to(root).parts[0]
+        forbidden = ("converters",) + _FORBIDDEN.get(folder, ()) + tuple(_moved.MOVED)
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -243,7 +261,10 @@ def test_falcon_tf_never_imports_converters_nor_its_loaders_the_model():
             else:
                 continue
             for name in names:
-                if name.split(".")[0] == "converters" or (
-                        "checkpoints" in path.parts and name.startswith(model_modules)):
+                if any(name == f or name.startswith(f + ".") for f in forbidden):
                     found.append(f"{path.relative_to(root)}:{node.lineno} imports {name}")
     assert found == []
+    # The top level keeps only what every layer stands on.
+    assert sorted(p.name for p in root.glob("*.py")) == [
+        "__init__.py", "_keras.py", "_lazy.py", "_moved.py", "json_file.py", "progress.py",
+        "untrusted.py"]

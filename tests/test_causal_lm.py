@@ -5,8 +5,8 @@ import pytest
 
 from conftest import FAMILY, randomize, tiny_kwargs
 from falcon_tf import FalconBackbone, FalconCausalLM, FalconTokenizer
-from falcon_tf.attention_bias import causal_cache_mask
-from falcon_tf.samplers import Sampler
+from falcon_tf.model.attention_bias import causal_cache_mask
+from falcon_tf.runtime.samplers import Sampler
 
 NEW_TOKENS = 32
 PROMPTS = [[5, 17, 3, 9, 22], [8, 1, 30, 2, 11, 7, 25, 4, 19]]  # two lengths
@@ -59,7 +59,7 @@ def test_the_cached_forward_runs_the_backbones_one_decoder_stack(lm, monkeypatch
     exporters) and the whole-sequence forward both go through
     `backbone.decoder_stack`, each block once."""
     tf = pytest.importorskip("tensorflow")
-    from falcon_tf import backbone as backbone_module
+    from falcon_tf.model import backbone as backbone_module
 
     calls = []
     stack = backbone_module.decoder_stack
@@ -213,7 +213,7 @@ def test_bad_arguments_fail_before_any_compute(lm):
 
 
 def test_loads_a_keras_hub_causal_lm_preset_and_generates_the_same_text(keras_hub, tmp_path):
-    from falcon_tf.tokenizer import synthetic_vocabulary
+    from falcon_tf.text.tokenizer import synthetic_vocabulary
 
     vocabulary, merges = synthetic_vocabulary(300)
     tokenizer = keras_hub.models.FalconTokenizer(vocabulary=vocabulary,
@@ -234,7 +234,7 @@ def test_loads_a_keras_hub_causal_lm_preset_and_generates_the_same_text(keras_hu
 def test_tf_and_numpy_samplers_keep_the_same_tokens():
     """top-k and top-p keep the same candidates in the graph and on the device."""
     tf = pytest.importorskip("tensorflow")
-    from falcon_tf.samplers import sample_numpy, sample_tf
+    from falcon_tf.runtime.samplers import sample_numpy, sample_tf
 
     probs = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
     logits = np.log(probs)[None].astype("float32")

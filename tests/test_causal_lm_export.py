@@ -14,7 +14,8 @@ from conftest import FAMILY, randomize, tiny_kwargs
 from converters.export_saved_model import export_saved_model
 from converters.export_tflite_causal_lm import export_tflite_causal_lm
 from converters import export_tflite
-from falcon_tf import FalconBackbone, FalconCausalLM, contract
+from falcon_tf import FalconBackbone, FalconCausalLM
+from falcon_tf.artifacts import contract
 from test_gpu_delegate import gpu_available  # noqa: F401  (fixture)
 
 pytest.importorskip("ai_edge_litert")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from falcon_tf import FalconCausalLMPreprocessor, FalconTokenizer
-from falcon_tf.tokenizer import synthetic_vocabulary
+from falcon_tf.text.tokenizer import synthetic_vocabulary
 
 TEXTS = ["the quick brown fox jumps over the lazy dog", "a cat", "", "zz top 42"]
 

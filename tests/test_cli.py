@@ -5,13 +5,13 @@ import os
 
 import pytest
 
-import falcon_tf.backbone
-import falcon_tf.bpe
-import falcon_tf.causal_lm
-import falcon_tf.causal_lm_preprocessor
-import falcon_tf.evaluation
-import falcon_tf.samplers
-import falcon_tf.tokenizer
+import falcon_tf.model.backbone
+import falcon_tf.text.bpe
+import falcon_tf.model.causal_lm
+import falcon_tf.text.causal_lm_preprocessor
+import falcon_tf.runtime.evaluation
+import falcon_tf.runtime.samplers
+import falcon_tf.text.tokenizer
 from converters import cli, demo
 
 
@@ -68,10 +68,10 @@ def test_presets_lists_every_builtin(capsys):
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(falcon_tf.backbone, optionflags=doctest.ELLIPSIS)
+    result = doctest.testmod(falcon_tf.model.backbone, optionflags=doctest.ELLIPSIS)
     assert result.attempted >= 4 and result.failed == 0
-    for module in (falcon_tf.causal_lm, falcon_tf.tokenizer, falcon_tf.bpe,
-                   falcon_tf.causal_lm_preprocessor, falcon_tf.samplers, falcon_tf.evaluation):
+    for module in (falcon_tf.model.causal_lm, falcon_tf.text.tokenizer, falcon_tf.text.bpe,
+                   falcon_tf.text.causal_lm_preprocessor, falcon_tf.runtime.samplers, falcon_tf.runtime.evaluation):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted >= 1 and result.failed == 0, module.__name__
 
@@ -106,7 +106,9 @@ def test_generate_with_the_trained_default_writes_known_words(capsys):
     (the random preset's are not)."""
     import re
 
-    from falcon_tf import FalconTokenizer, evaluation
+    from falcon_tf import FalconTokenizer
+
+    from falcon_tf.runtime import evaluation
 
     tokenizer = FalconTokenizer.from_preset(cli.DEFAULT_PRESET)
     known = set(re.findall(r"[A-Za-z]+", tokenizer.detokenize(

@@ -1,4 +1,4 @@
-"""Perplexity and greedy agreement (falcon_tf.evaluation) in every runtime, and
+"""Perplexity and greedy agreement (falcon_tf.runtime.evaluation) in every runtime, and
 the embedded trained preset's held-out figure."""
 
 import json
@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import randomize
-from falcon_tf import FalconCausalLM, evaluation
+from falcon_tf import FalconCausalLM
+from falcon_tf.runtime import evaluation
 
 WINDOW, CACHE = 32, 64
 # Relative perplexity difference allowed against Keras on the same weights.

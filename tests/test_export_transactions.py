@@ -1,4 +1,4 @@
-"""Exports publish their files and manifest together (falcon_tf.manifest.commit):
+"""Exports publish their files and manifest together (falcon_tf.artifacts.manifest.commit):
 an export killed at any point leaves the previous export loadable, or a
 journal that the next reader finishes."""
 
@@ -10,14 +10,15 @@ import textwrap
 
 import pytest
 
-from falcon_tf import manifest
+from falcon_tf.artifacts import manifest
 
 pytest.importorskip("ai_edge_litert")
 
 EXPORT = textwrap.dedent("""
     import os, sys
     from converters import export_tflite, export_tflite_causal_lm
-    from falcon_tf import FalconBackbone, manifest
+    from falcon_tf import FalconBackbone
+    from falcon_tf.artifacts import manifest
     from conftest import randomize
 
     out, seed, kill_at = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -299,8 +299,8 @@ def test_failed_conversion_leaves_nothing_behind(tmp_path):
 
 
 def test_block_classes_match_config_layer_norm_names():
-    from falcon_tf.config import FalconConfig
-    from falcon_tf.decoder_block import block_class
+    from falcon_tf.model.config import FalconConfig
+    from falcon_tf.model.decoder_block import block_class
 
     for parallel, separate in ((False, False), (True, False), (True, True)):
         config = FalconConfig(vocabulary_size=5, num_layers=1, num_attention_heads=2,

@@ -24,7 +24,7 @@ from keras_hub.src.tests.test_case import TestCase
 from conftest import FAMILY, tiny_kwargs
 from falcon_tf import (FalconBackbone, FalconCausalLM, FalconCausalLMPreprocessor,
                        FalconTokenizer)
-from falcon_tf.tokenizer import synthetic_vocabulary
+from falcon_tf.text.tokenizer import synthetic_vocabulary
 
 VARIANTS = [(name, name) for name in sorted(FAMILY)]
 CORPUS = ["airplane at airport", "the quick brown fox jumps over the lazy dog",
@@ -38,7 +38,7 @@ def tiny_vocabulary():
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from falcon_tf.tokenizer import END_TOKEN
+    from falcon_tf.text.tokenizer import END_TOKEN
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -9,7 +9,8 @@ import pytest
 from conftest import randomize
 from converters.export_litertlm import CHECK_NEW_TOKENS, export_litertlm, read_bundle
 from converters.export_tflite_causal_lm import export_tflite_causal_lm
-from falcon_tf import FalconCausalLM, contract
+from falcon_tf import FalconCausalLM
+from falcon_tf.artifacts import contract
 
 pytest.importorskip("ai_edge_litert")
 

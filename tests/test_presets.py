@@ -9,7 +9,7 @@ import pytest
 
 from conftest import padded_batch, randomize, tiny_kwargs, unsign
 from falcon_tf import FalconBackbone
-from falcon_tf.config import FalconConfig
+from falcon_tf.model.config import FalconConfig
 from falcon_tf.checkpoints.handles import CONFIG_FILE, WEIGHTS_FILE
 
 

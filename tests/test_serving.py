@@ -13,7 +13,8 @@ import tensorflow as tf
 
 from conftest import randomize
 from converters.export_saved_model import SIGNATURES, WARMUP_FILE, check_batch, export_saved_model
-from falcon_tf import FalconBackbone, contract
+from falcon_tf import FalconBackbone
+from falcon_tf.artifacts import contract
 from falcon_tf.serving import FalconBackbone as ServingBackbone
 
 TOL = 1e-5

@@ -72,7 +72,7 @@ def test_the_manifest_records_each_files_signature_as_it_is(exported):
     exporter traced) is what the interpreter finds in every file."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from falcon_tf import contract
+    from falcon_tf.artifacts import contract
 
     _, artifact, entries = exported
     expected = contract.backbone_signature(BATCH, SEQ, CONFIG["hidden_dim"])

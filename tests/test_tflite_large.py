@@ -16,7 +16,8 @@ from conftest import randomize
 from converters import cli, export_tflite_large
 from converters.export_tflite import export_tflite
 from converters.export_tflite_causal_lm import export_tflite_causal_lm
-from falcon_tf import FalconBackbone, FalconCausalLM, contract
+from falcon_tf import FalconBackbone, FalconCausalLM
+from falcon_tf.artifacts import contract
 
 pytest.importorskip("ai_edge_litert")
 

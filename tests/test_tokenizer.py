@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from falcon_tf import FalconTokenizer
-from falcon_tf.tokenizer import END_TOKEN, synthetic_vocabulary
+from falcon_tf.text.tokenizer import END_TOKEN, synthetic_vocabulary
 
 TRAINING_TEXT = [
     "The quick brown fox jumps over the lazy dog. " * 3,

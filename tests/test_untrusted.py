@@ -229,7 +229,7 @@ def test_keras_refuses_a_mask_other_than_zeros_and_ones(model):
 
 
 def test_manifest_entries_must_name_files_inside_the_artifact(tmp_path):
-    from falcon_tf import manifest
+    from falcon_tf.artifacts import manifest
 
     artifact = tmp_path / "artifact"
     artifact.mkdir()
@@ -317,7 +317,7 @@ def test_a_saved_untied_backbone_keeps_saying_so(untied_checkpoint, tmp_path):
 
 _UPDATER = """
 import sys, time
-from falcon_tf import manifest
+from falcon_tf.artifacts import manifest
 artifact, worker = sys.argv[1], sys.argv[2]
 for i in range(15):
     def edit(data, i=i):
@@ -332,7 +332,7 @@ def test_concurrent_manifest_updates_lose_nothing(tmp_path):
     import subprocess
     import sys
 
-    from falcon_tf import manifest
+    from falcon_tf.artifacts import manifest
 
     artifact = tmp_path / "artifact"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -347,7 +347,7 @@ def test_concurrent_manifest_updates_lose_nothing(tmp_path):
 def test_the_artifact_lock_is_reentrant_and_excludes_other_threads(tmp_path):
     import threading
 
-    from falcon_tf import manifest
+    from falcon_tf.artifacts import manifest
 
     order = []
     with manifest.locked(str(tmp_path)):

@@ -6,6 +6,7 @@
   keras_hub_quantized.py  presets of a model quantized with Keras
   huggingface.py          Hugging Face Falcon checkpoints: config, streaming weights
   loading.py              `FalconBackbone.from_preset` / `save_to_preset` over all of them
+  presets.py              the builtin presets: plain data, keras-hub's table shape
 
 Each weight map derives from `FalconConfig.variable_specs`; nothing here
 imports the model's classes (the loader is handed the class to build).

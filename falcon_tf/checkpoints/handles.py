@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
-from falcon_tf import manifest
-from falcon_tf import presets as _presets
+from falcon_tf.artifacts import manifest
+from falcon_tf.checkpoints import presets as _presets
 from falcon_tf.checkpoints import huggingface
 
 # The files that make a directory a preset in keras-hub's format.

@@ -109,7 +109,7 @@ def read_hf_config(directory):
         separate_mlp_layer_norm=bool(new_arch and norms == 2),
         use_bias=bool(hf.get("bias", False)),
     )
-    from falcon_tf.config import FalconConfig
+    from falcon_tf.model.config import FalconConfig
 
     try:
         FalconConfig(**kwargs)

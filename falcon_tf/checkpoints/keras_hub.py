@@ -4,7 +4,7 @@ A preset directory holds:
   config.json        {"class_name": "FalconBackbone", "config": {...}, ...}
   metadata.json      versions, parameter count, and (saved by falcon_tf) each file's sha256
   model.weights.h5   Keras 3's weights file, laid out as keras-hub's model saves it
-  (tokenizer files: `falcon_tf.tokenizer`)
+  (tokenizer files: `falcon_tf.text.tokenizer`)
 
 The weights are read with h5py through one declarative map between keras-hub's
 dataset paths and this package's variables (`keras_hub_layout`, derived from
@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from falcon_tf.checkpoints.handles import CONFIG_FILE, METADATA_FILE, WEIGHTS_FILE
-from falcon_tf.config import FAMILY_FIELDS, FalconConfig
+from falcon_tf.model.config import FAMILY_FIELDS, FalconConfig
 from falcon_tf.json_file import read_json
 from falcon_tf.untrusted import check_weight
 
@@ -84,7 +84,7 @@ def read_config(directory):
     except ValueError as err:  # names the field, e.g. `hidden_dim`
         raise ValueError(f"{path}: invalid config: {err}") from None
     if "dtype" in config:
-        from falcon_tf.dtype_policy import resolve_dtype
+        from falcon_tf.model.dtype_policy import resolve_dtype
 
         try:
             resolve_dtype(config["dtype"])
@@ -365,7 +365,7 @@ def verify_preset_files(directory, skip=()):
     against their recorded sha256 and size (presets saved elsewhere list none).
     A listed file that is absent, or named in `skip`, is left to the reader that
     needs it."""
-    from falcon_tf import manifest
+    from falcon_tf.artifacts import manifest
     from falcon_tf.json_file import json_or_none
 
     where = os.path.join(directory, METADATA_FILE)
@@ -386,7 +386,7 @@ def preset_config_json(config_dict, falcon_config, keras_hub_layout=True):
         identity = KERAS_HUB_BACKBONE
         config_dict = {k: v for k, v in config_dict.items() if k not in FAMILY_FIELDS}
     else:
-        identity = {"module": "falcon_tf.backbone", "class_name": "FalconBackbone",
+        identity = {"module": "falcon_tf.model.backbone", "class_name": "FalconBackbone",
                     "registered_name": FALCON_TF_REGISTERED_NAME}
     return {"module": identity["module"], "class_name": identity["class_name"],
             "config": config_dict, "registered_name": identity["registered_name"]}
@@ -423,7 +423,7 @@ def write_preset(preset_dir, config_dict, falcon_config, named_arrays, extra_fil
             os.makedirs(os.path.dirname(os.path.join(tmp, relative)), exist_ok=True)
             shutil.copyfile(source, os.path.join(tmp, relative))
             names.append(relative)
-        from falcon_tf import manifest
+        from falcon_tf.artifacts import manifest
 
         # Written last, over what it describes: a damaged or mixed preset is refused.
         _write_json(os.path.join(tmp, METADATA_FILE), {

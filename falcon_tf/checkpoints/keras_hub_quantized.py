@@ -117,7 +117,7 @@ def _qkv_templates(config, layer):
     """keras-hub's query, key and value layers (EinsumDense over heads), built
     with the policy of our fused `layer`: their variables' shapes and order."""
     from falcon_tf._keras import keras
-    from falcon_tf.dtype_policy import own_policy
+    from falcon_tf.model.dtype_policy import own_policy
 
     fused = len(_saved(layer))
     templates = []
@@ -249,7 +249,7 @@ def keras_hub_policy_map(dtype, fuse):
 def is_quantized_config(config):
     """True when a (validated) preset config's dtype maps a layer to a quantized policy."""
     from falcon_tf._keras import keras
-    from falcon_tf.dtype_policy import resolve_dtype
+    from falcon_tf.model.dtype_policy import resolve_dtype
 
     if not isinstance(config.get("dtype"), dict):
         return False

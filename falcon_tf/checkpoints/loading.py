@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 
-from falcon_tf import presets as _presets
+from falcon_tf.checkpoints import presets as _presets
 from falcon_tf.checkpoints import huggingface
 from falcon_tf.checkpoints import keras_hub_quantized as quantized_io
 from falcon_tf.checkpoints.handles import CONFIG_FILE, WEIGHTS_FILE, resolve
 from falcon_tf.checkpoints.keras_hub import (assign_weights, inspect_weights, iter_weights,
                                              named_variables, random_weights, read_config,
                                              verify_preset_files, write_preset)
-from falcon_tf.config import FalconConfig
+from falcon_tf.model.config import FalconConfig
 from falcon_tf.progress import progress_bar
 
 def load_backbone(cls, preset, load_weights=True, **overrides):

@@ -1,16 +1,18 @@
 """On-device causal LM: the host loop over an exported file's prefill_<L> and
-decode signatures (falcon_tf.contract), with numpy and a TFLite runtime only.
+decode signatures (falcon_tf.artifacts.contract), with numpy and a TFLite runtime only.
 """
 
 import threading
 
 import numpy as np
 
-from falcon_tf import contract, generation
-from falcon_tf import samplers as _samplers
+from falcon_tf.artifacts import contract
+
+from falcon_tf.runtime import generation
+from falcon_tf.runtime import samplers as _samplers
 from falcon_tf.lite.backbone import (_cpu_interpreter, check_options, cpu_compiled_model,
                                      exported_variant, gpu_compiled_model)
-from falcon_tf.bpe import from_artifact
+from falcon_tf.text.bpe import from_artifact
 
 
 class SignatureRunners:

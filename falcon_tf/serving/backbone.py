@@ -4,8 +4,8 @@ import os
 
 import numpy as np
 
-from falcon_tf import inputs as _inputs
-from falcon_tf import contract, manifest
+from falcon_tf.runtime import inputs as _inputs
+from falcon_tf.artifacts import contract, manifest
 from falcon_tf.checkpoints import handles
 
 SIGNATURES = (contract.BACKBONE_SIGNATURE, "serving_xla")

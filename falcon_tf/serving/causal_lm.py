@@ -2,9 +2,11 @@
 
 import numpy as np
 
-from falcon_tf import contract, generation
+from falcon_tf.artifacts import contract
+
+from falcon_tf.runtime import generation
 from falcon_tf.serving.backbone import load_version
-from falcon_tf.bpe import from_artifact as load_tokenizer
+from falcon_tf.text.bpe import from_artifact as load_tokenizer
 
 DEFAULT_CACHE_LENGTH = contract.CACHE_LENGTH
 

@@ -1,7 +1,7 @@
 package falcontf.core;
 
 /**
- * The export contract's names, as falcon_tf/contract.py defines them; the test
+ * The export contract's names, as falcon_tf/artifacts/contract.py defines them; the test
  * tests/test_android_contract.py fails if any value here drifts from that file.
  *
  * <p>Causal LM, batch 1: {@code prefill_<L>} and {@code decode} (L = 1) take

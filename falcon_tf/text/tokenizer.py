@@ -5,7 +5,7 @@ in Python and give lists of ids. TensorFlow string tensors, eager or symbolic
 (inside `tf.data.Dataset.map` or a `tf.function`), are tokenized through
 `tf.numpy_function` with static output specs: one string gives a 1-D int32
 tensor, a 1-D batch a `tf.RaggedTensor` (batch, None). `detokenize` mirrors
-both. The work is done by `falcon_tf.bpe.ByteLevelBPE` (Hugging Face
+both. The work is done by `falcon_tf.text.bpe.ByteLevelBPE` (Hugging Face
 `tokenizers`), which the runtimes without Keras use directly.
 
 As in keras-hub, the vocabulary is not part of `get_config()`: it travels as
@@ -17,7 +17,7 @@ Keras loads its assets, and says so if used before.
 import os
 
 from falcon_tf._keras import keras, tf
-from falcon_tf.bpe import (  # noqa: F401  (re-exported: the module's public names)
+from falcon_tf.text.bpe import (  # noqa: F401  (re-exported: the module's public names)
     END_TOKEN,
     HF_TOKENIZER,
     ByteLevelBPE,
@@ -133,7 +133,7 @@ class FalconTokenizer(keras.layers.Layer):
 
     @classmethod
     def from_directory(cls, directory):
-        """From whichever tokenizer files `directory` holds (see `falcon_tf.bpe`)."""
+        """From whichever tokenizer files `directory` holds (see `falcon_tf.text.bpe`)."""
         return cls(_tokenizer=ByteLevelBPE.from_directory(directory))
 
     @classmethod

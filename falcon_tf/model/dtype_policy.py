@@ -2,7 +2,7 @@
 per layer through a DTypePolicyMap (what a quantized model's config holds)."""
 
 from falcon_tf._keras import keras
-from falcon_tf.config import DTYPE_NAMES
+from falcon_tf.model.config import DTYPE_NAMES
 
 # Keras's quantized policies a layer of ours may carry (see `quantize`).
 QUANTIZATION_MODES = ("int8", "int4", "float8")

@@ -6,7 +6,7 @@ dense_h_to_4h ...), so conversion needs no guesswork.
 """
 
 from falcon_tf._keras import keras
-from falcon_tf.attention import FalconAttention
+from falcon_tf.model.attention import FalconAttention
 
 
 class _FalconBlockBase(keras.layers.Layer):

@@ -13,7 +13,7 @@ vocabulary and merges the tokenizer is GPT-2's byte-level BPE, as keras-hub's.
 import json
 import os
 
-from falcon_tf import contract
+from falcon_tf.artifacts import contract
 from falcon_tf.json_file import json_or_none
 
 END_TOKEN = "<|endoftext|>"
@@ -200,7 +200,7 @@ class ByteLevelBPE:
         """From a builtin preset, a kaggle:// or hf:// handle, a preset or
         checkpoint directory, or an exported artifact directory.
 
-        >>> from falcon_tf.bpe import ByteLevelBPE
+        >>> from falcon_tf.text.bpe import ByteLevelBPE
         >>> ByteLevelBPE.from_preset("falcon_tiny_random").vocabulary_size()
         1024
         """
@@ -302,7 +302,7 @@ class ByteLevelBPE:
     def save_assets(self, directory):
         """Writes `directory`/tokenizer.json (Hugging Face's format), what the
         device side and `from_file` read; atomically. Returns the path."""
-        from falcon_tf import manifest
+        from falcon_tf.artifacts import manifest
 
         os.makedirs(directory, exist_ok=True)
         path = os.path.join(directory, HF_TOKENIZER)
@@ -313,7 +313,7 @@ class ByteLevelBPE:
 def from_artifact(artifact_dir, data, verify_checksums=True):
     """The exported artifact's tokenizer, checked against its manifest `data`;
     None when the artifact has none."""
-    from falcon_tf import manifest
+    from falcon_tf.artifacts import manifest
 
     entry = data.get("tokenizer")
     if not entry:

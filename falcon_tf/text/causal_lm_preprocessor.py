@@ -20,7 +20,7 @@ import numpy as np
 
 from falcon_tf._keras import keras, tf
 from falcon_tf.json_file import read_json
-from falcon_tf.tokenizer import FalconTokenizer
+from falcon_tf.text.tokenizer import FalconTokenizer
 
 PREPROCESSOR_FILE = "preprocessor.json"  # keras-hub's name for it in a preset
 # What a preset's preprocessor.json may set; everything else in it is ignored.
@@ -257,7 +257,7 @@ class FalconCausalLMPreprocessor(keras.layers.Layer):
         tokenizer.json + assets/tokenizer) and preprocessor.json, in keras-hub's
         identity: keras-hub's `FalconCausalLMPreprocessor.from_preset` and
         `FalconTokenizer.from_preset` read the preset as ours do."""
-        from falcon_tf import manifest
+        from falcon_tf.artifacts import manifest
 
         preset_dir = os.fspath(preset_dir)
         tokenizer = save_tokenizer_to_preset(self.tokenizer, preset_dir)
@@ -281,7 +281,8 @@ def save_tokenizer_to_preset(tokenizer, preset_dir):
     """Writes `tokenizer` into a preset: tokenizer/tokenizer.json (ours, what
     falcon_tf and the artifacts read), keras-hub's assets/tokenizer vocabulary
     and merges, and keras-hub's tokenizer.json layer config. Returns that config."""
-    from falcon_tf import bpe, contract, manifest
+    from falcon_tf.text import bpe
+    from falcon_tf.artifacts import contract, manifest
     from falcon_tf.checkpoints.keras_hub import keras_hub_identity
 
     tokenizer.save_assets(os.path.join(preset_dir, os.path.dirname(contract.TOKENIZER_FILE)))

@@ -18,9 +18,9 @@ Example:
 
 >>> import numpy as np
 
-from falcon_tf import contract
+from falcon_tf.artifacts import contract
 >>> from falcon_tf import FalconCausalLM
->>> from falcon_tf.evaluation import keras_scorer, perplexity
+>>> from falcon_tf.runtime.evaluation import keras_scorer, perplexity
 >>> lm = FalconCausalLM.from_preset("falcon_tiny_random")
 >>> ids = np.arange(40) % 1024
 >>> result = perplexity(keras_scorer(lm), ids, window=16)
@@ -33,7 +33,7 @@ import os
 
 import numpy as np
 
-from falcon_tf import contract
+from falcon_tf.artifacts import contract
 
 DEFAULT_WINDOW = 128
 HELDOUT_FILE = "heldout_token_ids.npy"
@@ -200,7 +200,7 @@ def agreement(reference, other):
 
 def _preset_file(preset, filename):
     """A file shipped in an embedded preset's directory, or None."""
-    from falcon_tf import presets as _presets
+    from falcon_tf.checkpoints import presets as _presets
     from falcon_tf.checkpoints import handles
 
     if isinstance(preset, str) and preset in _presets.BACKBONE_PRESETS:
@@ -261,7 +261,7 @@ def keras_reference(preset):
     """The Keras preset an artifact was exported from: its `keras_preset/`
     directory (written by `falcon-tf demo`), else the builtin preset its
     manifest names; a preset itself otherwise."""
-    from falcon_tf import presets as _presets
+    from falcon_tf.checkpoints import presets as _presets
     from falcon_tf.json_file import json_or_none
 
     if isinstance(preset, (str, os.PathLike)) and os.path.isdir(preset):

@@ -19,7 +19,7 @@ try:
 except ImportError:  # not POSIX: exports to one artifact must not overlap
     fcntl = None
 
-from falcon_tf import contract
+from falcon_tf.artifacts import contract
 from falcon_tf.json_file import read_json
 from falcon_tf.untrusted import path_inside
 

@@ -2,14 +2,14 @@
 
 import numpy as np
 
-from falcon_tf import presets as _presets
+from falcon_tf.checkpoints import presets as _presets
 from falcon_tf._keras import keras, tf
-from falcon_tf.attention_bias import FalconAttentionBias
-from falcon_tf.config import FalconConfig
-from falcon_tf.decoder_block import block_class
-from falcon_tf.dtype_policy import own_policy, resolve_dtype
-from falcon_tf.inputs import validate
-from falcon_tf.token_embedding import FalconTokenEmbedding
+from falcon_tf.model.attention_bias import FalconAttentionBias
+from falcon_tf.model.config import FalconConfig
+from falcon_tf.model.decoder_block import block_class
+from falcon_tf.model.dtype_policy import own_policy, resolve_dtype
+from falcon_tf.runtime.inputs import validate
+from falcon_tf.model.token_embedding import FalconTokenEmbedding
 from falcon_tf.untrusted import check_memory
 
 # Keyword arguments keras.Model itself understands; anything else is a mistake.

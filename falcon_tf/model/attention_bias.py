@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from falcon_tf import contract
+from falcon_tf.artifacts import contract
 from falcon_tf._keras import keras
 
 ops = keras.ops

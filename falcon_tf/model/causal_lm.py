@@ -14,12 +14,12 @@ import os
 
 import numpy as np
 
-from falcon_tf import generation as _generation
-from falcon_tf import contract
-from falcon_tf import samplers as _samplers
+from falcon_tf.runtime import generation as _generation
+from falcon_tf.artifacts import contract
+from falcon_tf.runtime import samplers as _samplers
 from falcon_tf._keras import keras, tf
-from falcon_tf.attention_bias import causal_cache_mask
-from falcon_tf.backbone import tensor_dim
+from falcon_tf.model.attention_bias import causal_cache_mask
+from falcon_tf.model.backbone import tensor_dim
 from falcon_tf.json_file import read_json
 
 ops = keras.ops
@@ -112,7 +112,7 @@ class FalconCausalLM(keras.Model):
 
     def __init__(self, backbone, tokenizer=None, cache_length=DEFAULT_CACHE_LENGTH,
                  preprocessor=None, compile=True, **kwargs):
-        from falcon_tf.backbone import FalconBackbone
+        from falcon_tf.model.backbone import FalconBackbone
 
         unknown = sorted(set(kwargs) - {"name", "trainable"})
         if unknown:
@@ -155,7 +155,7 @@ class FalconCausalLM(keras.Model):
 
     @staticmethod
     def _check_preprocessor(preprocessor):
-        from falcon_tf.causal_lm_preprocessor import FalconCausalLMPreprocessor
+        from falcon_tf.text.causal_lm_preprocessor import FalconCausalLMPreprocessor
 
         if preprocessor is not None and not isinstance(preprocessor, FalconCausalLMPreprocessor):
             raise ValueError(f"`preprocessor` must be a falcon_tf.FalconCausalLMPreprocessor or "
@@ -163,8 +163,8 @@ class FalconCausalLM(keras.Model):
 
     @staticmethod
     def _as_tokenizer(tokenizer):
-        from falcon_tf.bpe import ByteLevelBPE
-        from falcon_tf.tokenizer import FalconTokenizer
+        from falcon_tf.text.bpe import ByteLevelBPE
+        from falcon_tf.text.tokenizer import FalconTokenizer
 
         if tokenizer is None or isinstance(tokenizer, FalconTokenizer):
             return tokenizer
@@ -228,7 +228,7 @@ class FalconCausalLM(keras.Model):
             weighted_metrics: "auto" (sparse categorical accuracy, weighted by
                 the padding mask) or a list of metrics.
             sampler: "greedy", "top_k", "top_p", "temperature" (or keras-hub's
-                "random"), a `falcon_tf.samplers.Sampler`, or a keras-hub
+                "random"), a `falcon_tf.runtime.samplers.Sampler`, or a keras-hub
                 sampler object with a counterpart here.
             **kwargs: the rest of keras.Model.compile.
         """
@@ -359,8 +359,8 @@ class FalconCausalLM(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        from falcon_tf.causal_lm_preprocessor import FalconCausalLMPreprocessor
-        from falcon_tf.tokenizer import FalconTokenizer
+        from falcon_tf.text.causal_lm_preprocessor import FalconCausalLMPreprocessor
+        from falcon_tf.text.tokenizer import FalconTokenizer
 
         config = dict(config)
         backbone = config.pop("backbone", None)
@@ -529,7 +529,7 @@ class FalconCausalLM(keras.Model):
                 `cache_length`); else `cache_length`.
             sampler: None (the one given to `compile`, greedy until then),
                 "greedy", "top_k", "top_p", "temperature", or a
-                `falcon_tf.samplers.Sampler` with its parameters.
+                `falcon_tf.runtime.samplers.Sampler` with its parameters.
             stop_token_ids: "auto" (the tokenizer's end token), a list of ids,
                 or None (always generate to `max_length`).
             seed: int, makes sampling repeatable; None: the sampler's seed, or
@@ -585,8 +585,8 @@ class FalconCausalLM(keras.Model):
         as `from_preset(preset_dir)` does."""
         import json
 
-        from falcon_tf import causal_lm_preprocessor as preprocessing
-        from falcon_tf import manifest
+        from falcon_tf.text import causal_lm_preprocessor as preprocessing
+        from falcon_tf.artifacts import manifest
         from falcon_tf.checkpoints import keras_hub
 
         preset_dir = os.fspath(preset_dir)
@@ -617,11 +617,11 @@ class FalconCausalLM(keras.Model):
         preset has tokenizer files (the preset's preprocessor.json settings, if
         any). `kwargs`: `sequence_length`, `add_start_token` and
         `add_end_token` go to the preprocessor, the rest to the backbone."""
-        from falcon_tf.backbone import FalconBackbone
-        from falcon_tf.causal_lm_preprocessor import (FalconCausalLMPreprocessor,
+        from falcon_tf.model.backbone import FalconBackbone
+        from falcon_tf.text.causal_lm_preprocessor import (FalconCausalLMPreprocessor,
                                                       preset_settings)
         from falcon_tf.checkpoints import handles
-        from falcon_tf.tokenizer import FalconTokenizer
+        from falcon_tf.text.tokenizer import FalconTokenizer
 
         settings = {k: kwargs.pop(k) for k in ("sequence_length", "add_start_token",
                                                "add_end_token") if k in kwargs}

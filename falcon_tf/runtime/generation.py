@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from falcon_tf import samplers as _samplers
+from falcon_tf.runtime import samplers as _samplers
 
 
 @dataclasses.dataclass
