@@ -16,6 +16,7 @@ from falcon_tf.artifacts import contract
 DEFAULT_PRESET = "falcon_tiny_trained"
 # Commands (and runtimes) that run TensorFlow.
 _TENSORFLOW_COMMANDS = ("demo", "export", "convert", "eval")  # eval compares with Keras
+DEFAULT_VARIANTS = ",".join(contract.VARIANTS)  # --variants when not given
 
 
 class _DropRecords(logging.Filter):
@@ -227,11 +228,67 @@ def tflite_table(entries, latencies=None):
     return "\n".join(lines)
 
 
+def _export_saved_model(args, parser):
+    from converters.export_saved_model import export_saved_model
+
+    final, entry = export_saved_model(args.preset, args.out, args.name)
+    parity = ", ".join(
+        f"{k} max|diff| {v['max_abs_diff_vs_keras']:.2e}" if "max_abs_diff_vs_keras" in v
+        else f"{k} greedy tokens {'equal' if v['greedy_tokens_equal_keras'] else 'DIFFER'}"
+        for k, v in entry["parity"].items())
+    print(f"wrote {final} ({parity})")
+
+
+def _variants(args):
+    return [v.strip() for v in args.variants.split(",") if v.strip()]
+
+
+def _export_tflite(args, parser):
+    variants = _variants(args)
+    if args.task == "causal_lm":
+        from converters.export_tflite_causal_lm import export_tflite_causal_lm
+
+        try:
+            lengths = [int(n) for n in args.prefill_lengths.split(",") if n.strip()]
+        except ValueError:
+            parser.error("--prefill-lengths must be comma-separated integers")
+        entries = export_tflite_causal_lm(
+            args.preset, args.out, args.name, variants=variants,
+            cache_length=args.cache_length, prefill_lengths=lengths)
+    else:
+        from converters.export_tflite import export_tflite
+
+        entries = export_tflite(args.preset, args.out, args.name, variants=variants,
+                                batch=args.batch, seq=args.seq)
+    print(tflite_table(entries))
+
+
+def _export_litertlm(args, parser):
+    from converters.export_litertlm import export_litertlm
+    from falcon_tf.checkpoints.handles import artifact_name
+
+    artifact = os.path.join(args.out, args.name or artifact_name(args.preset))
+    if not os.path.isdir(artifact):
+        artifact = args.preset  # an artifact directory given directly
+    for variant in _variants(args) if args.variants != DEFAULT_VARIANTS else ["fp32"]:
+        entry = export_litertlm(artifact, variant=variant)
+        check = entry.get("runtime_check") or {}
+        print(f"wrote {os.path.join(artifact, entry['file'])} ({entry['bytes']:,} bytes; "
+              f"LiteRT-LM Engine on CPU: "
+              f"{'ran' if check.get('ran') else 'failed: ' + str(check.get('error'))}"
+              f"{', same text as falcon_tf.lite' if check.get('text_equal_falcon_tf_lite') else ''})")
+
+
+# `falcon-tf export --format F`: F's command. A new format is its exporter
+# module (see converters/__init__.py), its loader, and one entry here.
+EXPORT_FORMATS = {"saved_model": _export_saved_model, "tflite": _export_tflite,
+                  "litertlm": _export_litertlm}
+
+
 def main(argv=None):
     quiet_third_party_logs()
     parser = argparse.ArgumentParser(prog="falcon-tf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_default_variants = ",".join(contract.VARIANTS)
     p = sub.add_parser("demo", help="build a preset, run it with XLA, export it for TF Serving "
                                     "and TFLite, generate on every runtime, print parity and "
                                     "speed")
@@ -246,11 +303,11 @@ def main(argv=None):
                    help="builtin name, kaggle:// or hf:// handle, or local directory")
     p.add_argument("--out", default="artifacts", help="artifacts root (default artifacts/)")
     p.add_argument("--name", default=None, help="artifact name (default: the preset's)")
-    p.add_argument("--format", choices=["saved_model", "tflite", "litertlm"],
+    p.add_argument("--format", choices=list(EXPORT_FORMATS),
                    default="saved_model",
                    help="litertlm: bundle an exported causal LM (tflite --task causal_lm) "
                         "with its tokenizer for LiteRT-LM")
-    p.add_argument("--variants", default=p_default_variants,
+    p.add_argument("--variants", default=DEFAULT_VARIANTS,
                    help="tflite: comma-separated subset of fp32,fp16,int8,int4")
     p.add_argument("--batch", type=int, default=1, help="tflite: exported batch size")
     p.add_argument("--seq", type=int, default=128, help="tflite: exported sequence length")
@@ -312,53 +369,13 @@ def main(argv=None):
                 text = demo(args.preset, args.out, seq=args.seq)
                 gc.collect()
             print(text)
-        elif args.command == "export" and args.format == "tflite":
-            variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-            if args.task == "causal_lm":
-                from converters.export_tflite_causal_lm import export_tflite_causal_lm
-
-                try:
-                    lengths = [int(n) for n in args.prefill_lengths.split(",") if n.strip()]
-                except ValueError:
-                    parser.error("--prefill-lengths must be comma-separated integers")
-                entries = export_tflite_causal_lm(
-                    args.preset, args.out, args.name, variants=variants,
-                    cache_length=args.cache_length, prefill_lengths=lengths)
-            else:
-                from converters.export_tflite import export_tflite
-
-                entries = export_tflite(args.preset, args.out, args.name, variants=variants,
-                                        batch=args.batch, seq=args.seq)
-            print(tflite_table(entries))
-        elif args.command == "export" and args.format == "litertlm":
-            from converters.export_litertlm import export_litertlm
-            from falcon_tf.checkpoints.handles import artifact_name
-
-            artifact = os.path.join(args.out, args.name or artifact_name(args.preset))
-            if not os.path.isdir(artifact):
-                artifact = args.preset  # an artifact directory given directly
-            variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-            for variant in variants if args.variants != p_default_variants else ["fp32"]:
-                entry = export_litertlm(artifact, variant=variant)
-                check = entry.get("runtime_check") or {}
-                print(f"wrote {os.path.join(artifact, entry['file'])} ({entry['bytes']:,} bytes; "
-                      f"LiteRT-LM Engine on CPU: "
-                      f"{'ran' if check.get('ran') else 'failed: ' + str(check.get('error'))}"
-                      f"{', same text as falcon_tf.lite' if check.get('text_equal_falcon_tf_lite') else ''})")
         elif args.command == "generate":
             if args.max_length < 2:
                 parser.error("--max-length must be at least 2")
             generate(args.preset, args.prompt, args.runtime, args.max_length, args.sampler,
                      args.seed, args.variant, args.accelerator)
         elif args.command == "export":
-            from converters.export_saved_model import export_saved_model
-
-            final, entry = export_saved_model(args.preset, args.out, args.name)
-            parity = ", ".join(
-                f"{k} max|diff| {v['max_abs_diff_vs_keras']:.2e}" if "max_abs_diff_vs_keras" in v
-                else f"{k} greedy tokens {'equal' if v['greedy_tokens_equal_keras'] else 'DIFFER'}"
-                for k, v in entry["parity"].items())
-            print(f"wrote {final} ({parity})")
+            EXPORT_FORMATS[args.format](args, parser)
         elif args.command == "eval":
             print(evaluate(args.preset, args.runtime, args.variant, args.ids, args.window,
                            args.prompts))

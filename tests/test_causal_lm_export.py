@@ -268,6 +268,37 @@ def test_tflite_loader_checks_before_running(exported, tmp_path):
         LiteLM.from_preset(str(artifact), variant="int4")
 
 
+
+def test_tflite_loader_takes_names_and_shapes_from_the_manifest(exported, tmp_path):
+    """The loader's signatures are the manifest's record, checked against the
+    file: a record out of step with the file is refused by name, checksums
+    or not."""
+    import shutil
+
+    from falcon_tf.lite import FalconCausalLM as LiteLM
+
+    _, artifact, _ = exported
+    lite = LiteLM.from_preset(str(artifact), variant="fp32")
+    recorded = json.loads((artifact / "manifest.json").read_text())["causal_lm"]["signatures"]
+    assert lite._runners.signatures == recorded
+    assert lite.cache_length == recorded["decode"]["inputs"]["kv_cache_k_0"]["shape"][1] == CACHE
+    copy = tmp_path / "copy"
+    shutil.copytree(artifact, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    data["causal_lm"]["signatures"]["decode"]["inputs"]["kv_cache_k_0"]["shape"][1] = 2 * CACHE
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"manifest.json: the inputs of signature `decode` "
+                                         r"differ between the manifest"):
+        LiteLM.from_preset(str(copy), variant="fp32", verify_checksums=False)
+    del data["causal_lm"]["signatures"]["prefill_8"]
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="the manifest records the signatures"):
+        LiteLM.from_preset(str(copy), variant="fp32", verify_checksums=False)
+    data["causal_lm"]["signatures"] = "damaged"
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="field `causal_lm.signatures` must be a object"):
+        LiteLM.from_preset(str(copy), variant="fp32", verify_checksums=False)
+
 @pytest.mark.parametrize("variant", ["7b", "40b"])
 def test_rotary_and_grouped_variants_export_and_match(variant, tmp_path):
     from falcon_tf.lite import FalconCausalLM as LiteLM

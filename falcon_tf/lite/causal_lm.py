@@ -2,11 +2,12 @@
 decode signatures (falcon_tf.artifacts.contract), with numpy and a TFLite runtime only.
 """
 
+import os
 import threading
 
 import numpy as np
 
-from falcon_tf.artifacts import contract
+from falcon_tf.artifacts import contract, manifest
 
 from falcon_tf.runtime import generation
 from falcon_tf.runtime import samplers as _samplers
@@ -25,20 +26,30 @@ class SignatureRunners:
     rows only) and no cache ever passes through numpy between steps. On a plain
     `Interpreter` (tflite-runtime, or ai-edge-litert's, as the exporter's
     checks use) the caches are numpy arrays handed in and back at every step.
-    Shapes come from the file.
+
+    `signatures`: the manifest's record of the file's signatures (the
+    contract's dicts, `contract.causal_lm_signatures`), from which the
+    loader takes every name and shape, once the file is checked to agree
+    (`where` names the two in the error). None reads them from the file: the
+    exporter's checks of a file no manifest records yet.
     """
 
-    def __init__(self, interpreter=None, compiled=None):
+    def __init__(self, interpreter=None, compiled=None, signatures=None, where="the file"):
         self._interpreter, self._compiled = interpreter, compiled
         if compiled is not None:
-            signatures = {name: {"inputs": compiled.get_input_tensor_details(name)}
-                          for name in compiled.get_signature_list()}
+            found = {name: {"inputs": compiled.get_input_tensor_details(name)}
+                     for name in compiled.get_signature_list()}
         else:
             self._runners = {name: interpreter.get_signature_runner(name)
                              for name in interpreter.get_signature_list()}
-            signatures = {name: {"inputs": {k: {"shape": [int(d) for d in v["shape"]]}
-                                            for k, v in r.get_input_details().items()}}
-                          for name, r in self._runners.items()}
+            found = {name: {"inputs": r.get_input_details()}
+                     for name, r in self._runners.items()}
+        found = {name: {"inputs": {k: {"shape": [int(d) for d in v["shape"]]}
+                                   for k, v in entry["inputs"].items()}}
+                 for name, entry in found.items()}
+        if signatures is not None:
+            _check_recorded(signatures, found, where)
+        signatures = found if signatures is None else signatures
         self.signatures = signatures
         if contract.DECODE_SIGNATURE not in signatures:
             raise ValueError(f"The file has no `{contract.DECODE_SIGNATURE}` signature; it has "
@@ -97,6 +108,23 @@ class SignatureRunners:
         logits, shape = self._logits[name]
         self._compiled.run_by_name(name, {**inputs, **caches}, {contract.LOGITS: logits, **caches})
         return logits.read(shape[0] * shape[1], np.float32).reshape(shape), caches
+
+
+def _check_recorded(recorded, found, where):
+    """ValueError naming the signature whose inputs differ between the
+    manifest's record and the file (a manifest edited or out of step)."""
+    names = sorted(recorded) if isinstance(recorded, dict) else recorded
+    if names != sorted(found):
+        raise ValueError(f"{where}: the manifest records the signatures {names!r}; the file has "
+                         f"{sorted(found)}. Export again.")
+    for name, entry in recorded.items():
+        inputs = entry.get("inputs") if isinstance(entry, dict) else None
+        shapes = ({k: v.get("shape") if isinstance(v, dict) else None
+                   for k, v in inputs.items()} if isinstance(inputs, dict) else inputs)
+        in_file = {k: v["shape"] for k, v in found[name]["inputs"].items()}
+        if shapes != in_file:
+            raise ValueError(f"{where}: the inputs of signature `{name}` differ between the "
+                             f"manifest ({shapes!r}) and the file ({in_file!r}). Export again.")
 
 
 def _mask(start, length, cache_length):
@@ -178,12 +206,17 @@ class FalconCausalLM:
         artifact_dir, data, _, path = exported_variant(
             preset, variant, "causal_lm", " of the causal LM", "tflite --task causal_lm",
             verify_checksums)
+        recorded = manifest.field(data, "causal_lm.signatures", "object", artifact_dir)
+        where = f"{path} and {os.path.join(artifact_dir, manifest.MANIFEST_FILE)}"
         if accelerator == "gpu":
-            runners = SignatureRunners(compiled=gpu_compiled_model(path))
+            runners = SignatureRunners(compiled=gpu_compiled_model(path), signatures=recorded,
+                                       where=where)
         else:
             compiled = cpu_compiled_model(path, num_threads)
-            runners = (SignatureRunners(compiled=compiled) if compiled is not None else
-                       SignatureRunners(interpreter=_cpu_interpreter(path, num_threads)))
+            runners = (SignatureRunners(compiled=compiled, signatures=recorded, where=where)
+                       if compiled is not None else
+                       SignatureRunners(interpreter=_cpu_interpreter(path, num_threads),
+                                        signatures=recorded, where=where))
         try:
             tokenizer = from_artifact(artifact_dir, data, verify_checksums)
         except ImportError:  # no `tokenizers` on this device: token ids only
