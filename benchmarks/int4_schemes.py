@@ -48,8 +48,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import numpy as np  # noqa: E402
 
-CONFIG = dict(vocabulary_size=2048, num_layers=2, num_attention_heads=4, hidden_dim=128,
-              intermediate_dim=512)
 FULL = dict(vocabulary_size=50304, num_layers=24, hidden_dim=2048, intermediate_dim=8192)
 SEEDS = (0, 1, 2)
 CACHE, PREFILL = 64, (8, 32)
@@ -167,11 +165,11 @@ def measure(name, recipe, seed, smooth_alpha=None, table_block=False, references
     """(cosine on the export's own parity prompt, [cosines on `references` others])."""
     from falcon_tf import FalconBackbone
     from falcon_tf.model.causal_lm import FalconCausalLM
-    from trained_like import trained_like
+    from trained_like import SHAPE, trained_like
 
     from converters import export_tflite, export_tflite_causal_lm, export_tflite_large, gptq
 
-    model = trained_like(FalconBackbone(**CONFIG), seed=seed)
+    model = trained_like(FalconBackbone(**SHAPE), seed=seed)
     if smooth_alpha is not None:
         smooth(model, smooth_alpha, gptq.default_calibration(model.vocabulary_size))
     lm = FalconCausalLM(model, cache_length=CACHE)

@@ -21,8 +21,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import numpy as np  # noqa: E402
 
-CONFIG = dict(vocabulary_size=2048, num_layers=2, num_attention_heads=4, hidden_dim=128,
-              intermediate_dim=512)
 CACHE, PROMPT, STEPS = 64, 32, 16
 
 
@@ -62,7 +60,7 @@ def logits(lm, sequence, kind):
 
 
 def main():
-    from trained_like import trained_like
+    from trained_like import SHAPE, trained_like
 
     from falcon_tf import FalconBackbone
     from falcon_tf.model.causal_lm import FalconCausalLM
@@ -70,10 +68,10 @@ def main():
     print("logit cosine against a float32 cache (prefill 32 + 16 decode steps, "
           "trained-like weights)")
     for seed in (0, 1, 2):
-        lm = FalconCausalLM(trained_like(FalconBackbone(**CONFIG), seed=seed),
+        lm = FalconCausalLM(trained_like(FalconBackbone(**SHAPE), seed=seed),
                             cache_length=CACHE)
         sequence = np.random.default_rng(seed).integers(
-            0, CONFIG["vocabulary_size"], PROMPT + STEPS).astype("int32")
+            0, SHAPE["vocabulary_size"], PROMPT + STEPS).astype("int32")
         exact = logits(lm, sequence, "float32")
         for kind in ("float16", "int8"):
             got = logits(lm, sequence, kind)

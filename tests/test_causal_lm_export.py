@@ -427,16 +427,14 @@ def test_lite_causal_lm_runs_without_tensorflow(exported, litert_only):
 # draws: logit cosine of a prefill plus 8 decode steps against Keras. Measured
 # with integer compute and GPTQ rounding: int8 0.99940 / 0.99919 / 0.99901, int4
 # 0.99701 / 0.99713 / 0.99494.
-TRAINED_LIKE_CONFIG = dict(vocabulary_size=2048, num_layers=2, num_attention_heads=4,
-                           hidden_dim=128, intermediate_dim=512)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_integer_variants_meet_their_targets_on_trained_like_weights(seed, tmp_path):
-    from trained_like import trained_like
+    from trained_like import SHAPE, trained_like
 
-    model = trained_like(FalconBackbone(**TRAINED_LIKE_CONFIG), seed=seed)
+    model = trained_like(FalconBackbone(**SHAPE), seed=seed)
     entries = export_tflite_causal_lm("q", tmp_path, model=model, variants=("int8", "int4"),
                                       cache_length=64, prefill_lengths=(8, 32))
     print(f"seed {seed}: " + ", ".join(f"{v} {e['parity']['cosine_vs_keras']:.5f}"

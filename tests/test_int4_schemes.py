@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from trained_like import trained_like
+from trained_like import SHAPE, trained_like
 from falcon_tf import FalconBackbone
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -18,7 +18,7 @@ import int4_schemes  # noqa: E402
 def test_smoothing_leaves_the_model_output_as_it_was(kv_heads):
     from converters import gptq
 
-    model = trained_like(FalconBackbone(**int4_schemes.CONFIG, num_kv_heads=kv_heads), seed=0)
+    model = trained_like(FalconBackbone(**SHAPE, num_kv_heads=kv_heads), seed=0)
     x = {"token_ids": (np.arange(32, dtype="int32").reshape(2, 16) * 37) % 2048,
          "padding_mask": np.ones((2, 16), "int32")}
     before = model(x).numpy()
@@ -32,10 +32,10 @@ def test_smoothing_leaves_the_model_output_as_it_was(kv_heads):
 
 
 def test_smoothing_refuses_bad_alpha_and_parallel_attention():
-    model = FalconBackbone(**int4_schemes.CONFIG)
+    model = FalconBackbone(**SHAPE)
     with pytest.raises(ValueError, match="`alpha` must lie in"):
         int4_schemes.smooth(model, 1.5, np.zeros((1, 4), "int32"))
-    parallel = FalconBackbone(**int4_schemes.CONFIG, parallel_attention=True)
+    parallel = FalconBackbone(**SHAPE, parallel_attention=True)
     with pytest.raises(ValueError, match="parallel attention"):
         int4_schemes.smooth(parallel, 0.5, np.zeros((1, 4), "int32"))
 

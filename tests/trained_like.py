@@ -29,6 +29,10 @@ DEGREES_OF_FREEDOM = 4
 CHANNEL_SCALE_RANGE = (0.3, 3.0)  # a decade
 OUTLIER_EVERY = 64  # one LayerNorm channel in this many
 OUTLIER_GAIN = 8.0
+# The model shape at which the quantization schemes are judged (the TFLite
+# tests', benchmarks/int4_schemes.py's and kv_cache_precision.py's).
+SHAPE = dict(vocabulary_size=2048, num_layers=2, num_attention_heads=4, hidden_dim=128,
+             intermediate_dim=512)
 
 
 def _student_t(rng, shape):
