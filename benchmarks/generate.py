@@ -95,7 +95,7 @@ def decode_step_ms(lite, sequence, runs):
 
     runners, steps = lite._runners, []
     for _ in range(runs):
-        _, caches = _prefill(runners, sequence[:PROMPT], runners.empty_cache())
+        caches = _prefill(runners, sequence[:PROMPT], runners.empty_cache())
         for position in range(PROMPT, PROMPT + NEW):
             start = time.perf_counter()
             _, caches = _decode(runners, sequence[position], position, caches)

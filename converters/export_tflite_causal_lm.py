@@ -5,8 +5,10 @@
 writes `artifacts/<name>/tflite/<name>_causal_lm_<variant>.tflite`, one file per
 variant holding every signature of the on-device LLM convention
 (ai-edge-torch / LiteRT-LM), batch 1, static shapes: prefill_<L> for each L
-in `prefill_lengths`, decode, and decode_<W> for each W in `decode_windows`,
-their tensors as `falcon_tf.artifacts.contract` describes and builds them.
+in `prefill_lengths` (the caches only: no LM head, and the last block stops
+at its keys and values), decode, and decode_<W> for each W in
+`decode_windows`, their tensors as `falcon_tf.artifacts.contract` describes
+and builds them.
 
 The cache is updated in place: DYNAMIC_UPDATE_SLICE writes the new keys and
 values to the slots input_pos[0] .. input_pos[0] + L - 1 and touches no other
@@ -123,24 +125,29 @@ def signature_functions(lm, cache_length, prefill_lengths, embed=None, decode_wi
     config = lm.backbone.falcon_config
     names = contract.cache_names(config.num_layers)
 
-    def make(length, window=None):
+    def make(length, window=None, logits=True):
         signature = contract.causal_lm_signature(length, cache_length, config.num_layers,
                                                  config.kv_heads, config.head_dim,
-                                                 config.vocabulary_size)
+                                                 config.vocabulary_size, logits)
 
         @tf.function(input_signature=input_specs(signature))
         def step(tokens, input_pos, mask, *caches):
-            logits, caches = lm.call_with_cache(
-                tokens, input_pos[None, :], mask, list(caches),
-                write=cache_writer(input_pos, cache_length), embed=embed, window=window,
-                project=project)
-            out = {contract.LOGITS: logits}
+            write = cache_writer(input_pos, cache_length)
+            if logits:
+                out, caches = lm.call_with_cache(
+                    tokens, input_pos[None, :], mask, list(caches), write=write, embed=embed,
+                    window=window, project=project)
+                out = {contract.LOGITS: out}
+            else:  # the converter drops what only the hidden states need
+                _, caches = lm.backbone.forward_cached(
+                    tokens, input_pos[None, :], mask, list(caches), write, embed, window)
+                out = {}
             out.update({n: tf.cast(c, tf.float32) for n, c in zip(names, caches)})
             return out
 
         return step
 
-    functions = {contract.prefill_signature(n): make(n) for n in prefill_lengths}
+    functions = {contract.prefill_signature(n): make(n, logits=False) for n in prefill_lengths}
     functions[contract.DECODE_SIGNATURE] = make(1)
     for window in decode_windows:
         functions[contract.decode_window_signature(window)] = make(1, window)
@@ -162,8 +169,9 @@ def keras_reference(lm, cache_length, prefill_lengths, seed=0):
 
 def step_parity(data, reference):
     """Runs the file on the CPU interpreter through `falcon_tf.lite`'s own host
-    loop pieces: prefill the reference's prompt, decode its greedy
-    continuation, and compare every step's logits with the Keras ones."""
+    loop pieces: prefill the reference's prompt but its last token, decode
+    from that token through the greedy continuation, and compare every decode
+    step's logits with the Keras ones."""
     from ai_edge_litert.interpreter import Interpreter
 
     from falcon_tf.lite.causal_lm import SignatureRunners, run_steps
@@ -174,12 +182,13 @@ def step_parity(data, reference):
 
 
 def logit_parity(got, reference):
-    """The parity entry of a file's step logits `got` (len, vocab) against the
-    Keras reference (`keras_reference`)."""
+    """The parity entry of a file's step logits `got` (`run_steps`: positions
+    prompt_length - 1 onwards, vocab) against the Keras reference
+    (`keras_reference`)."""
     prompt_length, sequence, expected = reference
-    a, b = got.ravel(), expected[:len(got)].ravel()
-    greedy = [int(t) for t in got[prompt_length - 1:-1].argmax(axis=-1)] == \
-        sequence[prompt_length:]
+    a = got.ravel()
+    b = expected[prompt_length - 1:prompt_length - 1 + len(got)].ravel()
+    greedy = [int(t) for t in got[:-1].argmax(axis=-1)] == sequence[prompt_length:]
     return {"max_abs_diff_vs_keras": float(np.abs(a - b).max()),
             "cosine_vs_keras": float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)),
             "greedy_tokens_equal_keras": bool(greedy), "of": "logits"}

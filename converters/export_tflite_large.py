@@ -167,7 +167,10 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths, decode_windows=(),
                         kind=head_kind))
     names = contract.cache_names(backbone.num_layers)
     inputs = {s: list(spec) for s, spec in specs.items()}
-    outputs = {s: [contract.LOGITS] + names for s in specs}
+    # A prefill returns the caches only: the stitcher drops the head and what
+    # else only its logits needed.
+    outputs = {s: ([] if s.startswith(contract.PREFILL_PREFIX) else [contract.LOGITS]) + names
+               for s in specs}
     return pieces, inputs, outputs
 
 

@@ -64,6 +64,19 @@ def _detach(obj):
     return obj
 
 
+def _drop_dead_operators(graph):
+    """Removes the operators whose outputs neither a later operator nor the
+    signature reads: a signature that returns fewer outputs than its pieces
+    compute (a prefill without logits drops the head and the last block's
+    attention output and MLP). Their tensors stay, unused."""
+    live, kept = set(graph.outputs), []
+    for op in reversed(graph.operators):
+        if any(o in live for o in op.outputs):
+            kept.append(op)
+            live.update(i for i in op.inputs if i >= 0)
+    graph.operators = kept[::-1]
+
+
 def _remap_blockwise(tensor, mapping, schema):
     """Blockwise quantization names its scale (and zero point) tensors by index."""
     quantization = tensor.quantization
@@ -206,6 +219,7 @@ class Stitcher:
                 raise ValueError(f"Signature {name}: no piece produces {missing}.")
             graph.inputs = [unwired[n] for n in inputs[name]]
             graph.outputs = [wires[n] for n in outputs[name]]
+            _drop_dead_operators(graph)
             definition = schema.SignatureDefT()
             definition.signatureKey, definition.subgraphIndex = name, index
             definition.inputs, definition.outputs = [], []

@@ -71,8 +71,9 @@ def check_causal_lm_tflite(path, constants=None):
     Signatures: `decode` and at least one `prefill_<L>` (and any `decode_<W>`,
     which the app need not use); each takes tokens int32
     [1, L], input_pos int32 [L], mask float32 [1, 1, L, cache_len] and the caches
-    k_0, v_0 … float32 [1, cache_len, kv_heads, head_dim], and returns logits float32
-    [1, L, vocab] and the same caches. Returns a list of problems (empty: it conforms).
+    k_0, v_0 … float32 [1, cache_len, kv_heads, head_dim], and returns the same
+    caches; the decode signatures also return logits float32 [1, 1, vocab] (a
+    prefill returns none). Returns a list of problems (empty: it conforms).
     """
     from ai_edge_litert.interpreter import Interpreter
 
@@ -95,7 +96,7 @@ def check_causal_lm_tflite(path, constants=None):
     if not any(n.startswith(c["PREFILL_PREFIX"]) for n in lengths):
         problems.append(f"no {c['PREFILL_PREFIX']}<L> signature")
 
-    shapes = {}
+    shapes, vocabs = {}, set()
     for name, length in lengths.items():
         runner = interpreter.get_signature_runner(name)
         inputs = runner.get_input_details()
@@ -108,7 +109,8 @@ def check_causal_lm_tflite(path, constants=None):
         if not caches or sorted(want_caches) != caches:
             problems.append(f"{name}: cache inputs {caches} are not k_i/v_i pairs for layers 0..n-1")
         want_in = {c["TOKENS"], c["INPUT_POS"], c["MASK"], *caches}
-        want_out = {c["LOGITS"], *caches}
+        prefill = name.startswith(c["PREFILL_PREFIX"])
+        want_out = set(caches) if prefill else {c["LOGITS"], *caches}
         if set(inputs) != want_in:
             problems.append(f"{name}: inputs {sorted(inputs)}, expected {sorted(want_in)}")
             continue
@@ -117,13 +119,14 @@ def check_causal_lm_tflite(path, constants=None):
             continue
         cache_shape = tuple(inputs[caches[0]]["shape"])
         cache_len = cache_shape[1] if len(cache_shape) == 4 else None
-        vocab = outputs[c["LOGITS"]]["shape"][-1]
+        vocab = None if prefill else outputs[c["LOGITS"]]["shape"][-1]
         expected = {
             ("in", c["TOKENS"]): (np.int32, (1, length)),
             ("in", c["INPUT_POS"]): (np.int32, (length,)),
             ("in", c["MASK"]): (np.float32, (1, 1, length, cache_len)),
-            ("out", c["LOGITS"]): (np.float32, (1, length, vocab)),
         }
+        if not prefill:
+            expected[("out", c["LOGITS"])] = (np.float32, (1, length, vocab))
         for cache in caches:
             expected[("in", cache)] = (np.float32, cache_shape)
             expected[("out", cache)] = (np.float32, cache_shape)
@@ -135,9 +138,12 @@ def check_causal_lm_tflite(path, constants=None):
         if len(cache_shape) != 4 or cache_shape[0] != 1:
             problems.append(f"{name}: caches are {list(cache_shape)}, expected "
                             f"[1, cache_len, kv_heads, head_dim]")
-        shapes[name] = (cache_shape, vocab, layers)
-    if len(set(shapes.values())) > 1:
-        problems.append(f"signatures disagree on cache shape, vocab or layers: {shapes}")
+        shapes[name] = (cache_shape, layers)
+        if vocab is not None:
+            vocabs.add(vocab)
+    if len(set(shapes.values())) > 1 or len(vocabs) > 1:
+        problems.append(f"signatures disagree on cache shape, vocab or layers: {shapes}, "
+                        f"vocabularies {sorted(vocabs)}")
     return problems
 
 
@@ -153,7 +159,7 @@ def build_tiny_causal_lm(path, names=None, prefill=(4,), cache_len=8, vocab=11, 
     cache_spec = [1, cache_len, kv_heads, head_dim]
     embed = tf.constant(np.linspace(-1, 1, vocab * head_dim, dtype=np.float32).reshape(vocab, head_dim))
 
-    def make(length):
+    def make(length, logits):
         specs = {n["TOKENS"]: tf.TensorSpec([1, length], tf.int32, name=n["TOKENS"]),
                  n["INPUT_POS"]: tf.TensorSpec([length], tf.int32, name=n["INPUT_POS"]),
                  n["MASK"]: tf.TensorSpec([1, 1, length, cache_len], tf.float32, name=n["MASK"])}
@@ -168,16 +174,19 @@ def build_tiny_causal_lm(path, names=None, prefill=(4,), cache_len=8, vocab=11, 
             for cache in cache_names:
                 written = tf.einsum("lc,ld->cd", onehot, x)[None, :, None, :]
                 out[cache] = inputs[cache] + tf.tile(written, [1, 1, kv_heads, 1])
-            scores = tf.reduce_sum(inputs[n["MASK"]], axis=-1)[0, 0]        # [L]
-            logits = tf.matmul(x, embed, transpose_b=True) + scores[:, None]
-            out[n["LOGITS"]] = logits[None]
+            if logits:
+                scores = tf.reduce_sum(inputs[n["MASK"]], axis=-1)[0, 0]    # [L]
+                out[n["LOGITS"]] = (tf.matmul(x, embed, transpose_b=True) + scores[:, None])[None]
+            else:  # a prefill: the caches only, every input still read
+                mask = tf.reduce_sum(inputs[n["MASK"]])
+                out = {k: v + 0.0 * mask for k, v in out.items()}
             return out
         return step
 
     module = tf.Module()
-    functions = {n["DECODE_SIGNATURE"]: make(1).get_concrete_function()}
+    functions = {n["DECODE_SIGNATURE"]: make(1, True).get_concrete_function()}
     for length in prefill:
-        functions[f"{n['PREFILL_PREFIX']}{length}"] = make(length).get_concrete_function()
+        functions[f"{n['PREFILL_PREFIX']}{length}"] = make(length, False).get_concrete_function()
     saved = os.path.join(os.path.dirname(str(path)), "saved_model_" + os.path.basename(str(path)))
     tf.saved_model.save(module, saved, signatures=functions)
     converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=list(functions))
@@ -261,7 +270,8 @@ def test_real_export_signatures_match_java_constants_and_manifest(real_export):
             recorded = section["signatures"][name]
             assert set(tensors["inputs"]) == {java["TOKENS"], java["INPUT_POS"], java["MASK"],
                                               *caches} == set(recorded["inputs"]), name
-            assert set(tensors["outputs"]) == {java["LOGITS"], *caches} == set(
+            logits = set() if name.startswith(java["PREFILL_PREFIX"]) else {java["LOGITS"]}
+            assert set(tensors["outputs"]) == {*logits, *caches} == set(
                 recorded["outputs"]), name
             runner = interpreter.get_signature_runner(name)
             for side, details in (("inputs", runner.get_input_details()),

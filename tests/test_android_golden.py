@@ -118,8 +118,9 @@ def logits_row(call, vocab):
 
 def test_causal_lm_golden_is_self_consistent():
     # Without regenerating: the manifest describes the committed tokenizer.json, the
-    # tokens fed are the prompt then the generated ids, and each generated id is the
-    # first maximum of the logits row recorded for it (greedy).
+    # prefills feed the prompt but its last token and return no logits, the decodes
+    # feed that token then the generated ids at the following positions, and each
+    # generated id is the first maximum of the logits row recorded for it (greedy).
     manifest = json.loads(committed_causal_lm("manifest.json"))
     data = json.loads(committed_causal_lm("generation.json"))
     tokenizer_bytes = committed_causal_lm("tokenizer/tokenizer.json").encode("utf-8")
@@ -131,9 +132,14 @@ def test_causal_lm_golden_is_self_consistent():
     for case in data["cases"]:
         calls, prompt, generated = case["calls"], case["prompt"], case["generated"]
         prefills = [c for c in calls if c["signature"] != "decode"]
-        fed = [t for c in prefills for t, p in zip(c["tokens"], c["input_pos"]) if p < len(prompt)]
-        assert fed == prompt, case["name"]
-        assert [c["tokens"][0] for c in calls[len(prefills):]] == generated[:-1], case["name"]
+        assert all(c["logits"] is None for c in prefills), case["name"]
+        fed = [t for c in prefills for t, p in zip(c["tokens"], c["input_pos"])
+               if p < len(prompt) - 1]
+        assert fed == prompt[:-1], case["name"]
+        decodes = calls[len(prefills):]
+        assert [c["tokens"][0] for c in decodes] == prompt[-1:] + generated[:-1], case["name"]
+        assert [c["input_pos"][0] for c in decodes] == list(
+            range(len(prompt) - 1, len(prompt) - 1 + len(decodes))), case["name"]
         drawn = [int(np.argmax(logits_row(c, vocab))) for c in calls if c["logits"]]
         assert drawn == generated, case["name"]
 

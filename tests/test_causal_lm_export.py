@@ -85,6 +85,9 @@ def test_tflite_files_record_their_parity_and_hold_every_signature(exported):
             assert sorted(signatures[name]["inputs"]) == sorted(
                 ["tokens", "input_pos", "mask"] + names)
             assert sorted(signatures[name]["outputs"]) == sorted(["logits"] + names)
+        for name in ("prefill_8", "prefill_16"):  # the caches only, as LiteRT-LM's prefill
+            assert sorted(signatures[name]["outputs"]) == sorted(names)
+            assert sorted(section["signatures"][name]["outputs"]) == sorted(names)
     assert section["decode_windows"] == list(WINDOWS)
     assert entries["fp32"]["parity"]["max_abs_diff_vs_keras"] <= LOGIT_TOL
     # One copy of the weights serves all three signatures.
@@ -179,15 +182,22 @@ def test_int8_and_int4_feed_integer_weights_straight_into_fully_connected(export
             assert "DEQUANTIZE" not in [op[0] for op in ops], (variant, signature)
             weights = [tensors[inputs[1]] for name, inputs, _ in ops
                        if name == "FULLY_CONNECTED" and tensors[inputs[1]][3]]
-            # The four projections of each block and the tied LM head.
-            assert len(weights) == 4 * config.num_layers + 1, (variant, signature)
+            # The four projections of each block and the tied LM head; a prefill
+            # (no logits) stops at the last block's query/key/value projection.
+            if signature.startswith("prefill"):
+                assert len(weights) == 4 * (config.num_layers - 1) + 1, (variant, signature)
+            else:
+                assert len(weights) == 4 * config.num_layers + 1, (variant, signature)
             for name, shape, dtype, _, scales in weights:
                 # int8: one scale per output channel; int4: scales per block.
                 assert (dtype, scales) in (("INT8", shape[0]), ("INT4", "blockwise")), (
                     variant, name, dtype, scales)
             head = [w for w in weights if w[1] == (config.vocabulary_size, config.hidden_dim)]
-            assert len(head) == 1 and head[0][2] == "INT8" and head[0][4] == \
-                config.vocabulary_size  # one scale per embedding row
+            if signature.startswith("prefill"):
+                assert not head, (variant, signature)
+            else:
+                assert len(head) == 1 and head[0][2] == "INT8" and head[0][4] == \
+                    config.vocabulary_size  # one scale per embedding row
             mlp = {w[2] for w in weights if config.intermediate_dim in w[1]}
             assert mlp == ({"INT4"} if variant == "int4" else {"INT8"}), variant
             # No float copy of a weight matrix is left (constant float tensors:
@@ -211,13 +221,15 @@ def test_tflite_generate_matches_keras(exported):
     assert got == expected
     assert [t for r, t in streamed if r == 1] == expected[1][len(PROMPTS[1]):]
     assert lite.generate("the cat", max_length=16) == lm.generate("the cat", max_length=16)
-    # Every step's logits, prefill (a 16-chunk and a padded 8-chunk) and decode, against
-    # the uncached forward.
+    # Every decode step's logits after a prefill (a 16-chunk and a padded 8-chunk)
+    # against the uncached forward, and the scoring path's at every position.
     sequence = expected[1]
     logits = run_steps(lite._runners, sequence, len(PROMPTS[1]))
     full = lm({"token_ids": np.array([sequence], "int32"),
                "padding_mask": np.ones((1, len(sequence)), "int32")}).numpy()[0]
-    np.testing.assert_allclose(logits, full, atol=LOGIT_TOL)
+    assert len(logits) == len(sequence) - len(PROMPTS[1]) + 1
+    np.testing.assert_allclose(logits, full[len(PROMPTS[1]) - 1:], atol=LOGIT_TOL)
+    np.testing.assert_allclose(lite.logits(sequence), full, atol=LOGIT_TOL)
 
 
 def test_each_decode_window_equals_decode_and_the_interpreter_loop_equals_keras(exported):
@@ -233,9 +245,9 @@ def test_each_decode_window_equals_decode_and_the_interpreter_loop_equals_keras(
     full = lm({"token_ids": np.array([sequence], "int32"),
                "padding_mask": np.ones((1, len(sequence)), "int32")}).numpy()[0]
     # The numpy-cache loop (tflite-runtime's) over positions below and past the window.
-    np.testing.assert_allclose(run_steps(interpreter, sequence, len(PROMPTS[1])), full,
-                               atol=LOGIT_TOL)
-    _, caches = _prefill(interpreter, sequence[:24], interpreter.empty_cache())
+    np.testing.assert_allclose(run_steps(interpreter, sequence, len(PROMPTS[1])),
+                               full[len(PROMPTS[1]) - 1:], atol=LOGIT_TOL)
+    caches = _prefill(interpreter, sequence[:24], interpreter.empty_cache())
     for window in WINDOWS:
         for position in (24, window - 1):
             args = (np.array([[sequence[position]]], np.int32), np.array([position], np.int32),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import randomize
+from test_causal_lm_export import graph
 from converters import cli, export_tflite_large
 from converters.export_tflite import export_tflite
 from converters.export_tflite_causal_lm import export_tflite_causal_lm
@@ -75,9 +76,23 @@ def test_causal_lm_takes_the_large_route_and_matches_keras(causal_lm):
         signatures = Interpreter(model_path=str(path)).get_signature_list()
         names = contract.cache_names(lm.backbone.num_layers)
         assert sorted(signatures) == ["decode", "decode_32", "prefill_16", "prefill_8"]
-        for signature in signatures.values():
+        for name, signature in signatures.items():
             assert sorted(signature["inputs"]) == sorted(["tokens", "input_pos", "mask"] + names)
-            assert sorted(signature["outputs"]) == sorted(["logits"] + names)
+            logits = [] if name.startswith("prefill") else ["logits"]
+            assert sorted(signature["outputs"]) == sorted(logits + names)
+        # The stitcher drops what a prefill's pieces compute for logits it does
+        # not return: the head, and the last block past its keys and values.
+        table = (lm.backbone.vocabulary_size, lm.backbone.hidden_dim)
+        for name, (tensors, ops) in graph(path).items():
+            fully_connected = [tensors[inputs[1]][1] for op, inputs, _ in ops
+                               if op == "FULLY_CONNECTED"]
+            head = fully_connected.count(table)
+            if name.startswith("prefill"):
+                assert head == 0 and len(fully_connected) == 4 * lm.backbone.num_layers - 3, (
+                    variant, name, len(fully_connected))
+            else:
+                assert head == 1 and len(fully_connected) == 4 * lm.backbone.num_layers + 1, (
+                    variant, name)
     assert entries["fp32"]["parity"]["max_abs_diff_vs_keras"] <= LOGIT_TOL
     data = json.loads((artifact / "manifest.json").read_text())["causal_lm"]
     assert data["decode_windows"] == list(WINDOWS)
@@ -143,7 +158,7 @@ def test_large_files_generate_keras_tokens_on_litert(causal_lm):
     logits = run_steps(lite._runners, expected[1], len(PROMPTS[1]))
     full = lm({"token_ids": np.array([expected[1]], "int32"),
                "padding_mask": np.ones((1, len(expected[1])), "int32")}).numpy()[0]
-    np.testing.assert_allclose(logits, full, atol=LOGIT_TOL)
+    np.testing.assert_allclose(logits, full[len(PROMPTS[1]) - 1:], atol=LOGIT_TOL)
 
 
 def test_large_route_gives_the_small_routes_numbers(causal_lm, tmp_path):

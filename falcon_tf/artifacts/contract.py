@@ -16,8 +16,12 @@ Causal LM, the on-device LLM convention (ai-edge-torch / LiteRT-LM), batch 1:
                  mask float32 [1, 1, L, cache_length] (0 where attention is
                  allowed, MASK_VALUE elsewhere),
                  kv_cache_k_<i>, kv_cache_v_<i> float32 [1, cache_length, kv_heads, head_dim]
-              -> logits float32 [1, L, vocab], kv_cache_k_<i>, kv_cache_v_<i> (updated)
-    decode:      the same with L = 1.
+              -> kv_cache_k_<i>, kv_cache_v_<i> (updated); no logits, as in
+                 LiteRT-LM's and litert-torch's files: a prefill only fills
+                 the caches, so the last block stops at its keys and values
+                 and no LM head runs. A host prefills the prompt but its last
+                 token and decodes that token for the first logits.
+    decode:      the same with L = 1, and logits float32 [1, 1, vocab] first.
     decode_<W>:  optional, the same as decode for a token at a position below
                  W: it attends only the first W slots (the mask's first W
                  columns are read), so a step reads W slots of the cache, not
@@ -128,26 +132,28 @@ def backbone_signature(batch, seq, hidden_dim):
             "outputs": {SEQUENCE_OUTPUT: tensor_spec((batch, seq, hidden_dim), "float32")}}
 
 
-def causal_lm_signature(length, cache_length, num_layers, kv_heads, head_dim, vocabulary_size):
-    """{"inputs", "outputs"} of a causal-LM step over `length` tokens:
-    prefill_<length>, or decode and decode_<W> for length 1."""
+def causal_lm_signature(length, cache_length, num_layers, kv_heads, head_dim, vocabulary_size,
+                        logits=True):
+    """{"inputs", "outputs"} of a causal-LM step over `length` tokens: decode
+    and decode_<W> (length 1, `logits`), or prefill_<length> (no `logits`)."""
     cache = tensor_spec(cache_shape(kv_heads, head_dim, cache_length), "float32")
     caches = {name: cache for name in cache_names(num_layers)}
+    outputs = {LOGITS: tensor_spec((1, length, vocabulary_size), "float32")} if logits else {}
     return {"inputs": {TOKENS: tensor_spec((1, length), "int32"),
                        INPUT_POS: tensor_spec((length,), "int32"),
                        MASK: tensor_spec((1, 1, length, cache_length), "float32"), **caches},
-            "outputs": {LOGITS: tensor_spec((1, length, vocabulary_size), "float32"), **caches}}
+            "outputs": {**outputs, **caches}}
 
 
 def causal_lm_signatures(prefill_lengths, decode_windows, cache_length, num_layers, kv_heads,
                          head_dim, vocabulary_size):
     """{signature name: causal_lm_signature} for every prefill_<L>, decode and
     decode_<W> of a causal-LM file."""
-    def step(length):
+    def step(length, logits=True):
         return causal_lm_signature(length, cache_length, num_layers, kv_heads, head_dim,
-                                   vocabulary_size)
+                                   vocabulary_size, logits)
 
-    return {**{prefill_signature(n): step(n) for n in prefill_lengths},
+    return {**{prefill_signature(n): step(n, logits=False) for n in prefill_lengths},
             DECODE_SIGNATURE: step(1),
             **{decode_window_signature(w): step(1) for w in decode_windows}}
 

@@ -85,28 +85,37 @@ class SignatureRunners:
 
     def run(self, name, tokens, input_pos, mask, caches):
         """-> (logits (L, vocab), caches): numpy arrays on an Interpreter; on a
-        CompiledModel the same buffers, updated in place."""
+        CompiledModel the same buffers, updated in place. The logits are None
+        for a prefill, which returns none (files exported before prefill_<L>
+        dropped its logits return them; they are not read)."""
         if self._interpreter is None:
             return self._run_compiled(name, tokens, input_pos, mask, caches)
         out = self._runners[name](**{contract.TOKENS: tokens, contract.INPUT_POS: input_pos,
                                      contract.MASK: mask, **caches})
-        logits = out.pop(contract.LOGITS)
-        return np.asarray(logits)[0], {n: np.asarray(out[n]) for n in self.cache_names}
+        logits = None if name.startswith(contract.PREFILL_PREFIX) else np.asarray(
+            out[contract.LOGITS])[0]
+        return logits, {n: np.asarray(out[n]) for n in self.cache_names}
 
     def _run_compiled(self, name, tokens, input_pos, mask, caches):
+        prefill = name.startswith(contract.PREFILL_PREFIX)
         if name not in self._inputs:
             self._inputs[name] = {n: self._compiled.create_input_buffer_by_name(name, n)
                                   for n in (contract.TOKENS, contract.INPUT_POS, contract.MASK)}
             length = self.signatures[name]["inputs"][contract.TOKENS]["shape"][1]
-            logits = self._compiled.create_output_buffer_by_name(name, contract.LOGITS)
-            self._logits[name] = logits, (length, int(np.prod(
-                logits.get_tensor_details()["shape"])) // length)
+            outputs = self._compiled.get_output_tensor_details(name)
+            if contract.LOGITS in outputs:  # read only after a decode step
+                logits = self._compiled.create_output_buffer_by_name(name, contract.LOGITS)
+                self._logits[name] = logits, (length, int(np.prod(
+                    logits.get_tensor_details()["shape"])) // length)
         inputs = self._inputs[name]
         inputs[contract.TOKENS].write(np.ascontiguousarray(tokens, np.int32))
         inputs[contract.INPUT_POS].write(np.ascontiguousarray(input_pos, np.int32))
         inputs[contract.MASK].write(np.ascontiguousarray(mask, np.float32))
-        logits, shape = self._logits[name]
-        self._compiled.run_by_name(name, {**inputs, **caches}, {contract.LOGITS: logits, **caches})
+        logits, shape = self._logits.get(name, (None, None))
+        outputs = {contract.LOGITS: logits} if logits is not None else {}
+        self._compiled.run_by_name(name, {**inputs, **caches}, {**outputs, **caches})
+        if prefill:
+            return None, caches
         return logits.read(shape[0] * shape[1], np.float32).reshape(shape), caches
 
 
@@ -135,8 +144,8 @@ def _mask(start, length, cache_length):
 
 def _prefill(runners, tokens, caches):
     """Prefills `tokens` from slot 0, in chunks of the exported lengths.
-    Returns (logits of every token (n, vocab), caches)."""
-    out, start, n = [], 0, len(tokens)
+    Returns the caches."""
+    start, n = 0, len(tokens)
     while start < n:
         left = n - start
         length = next((L for L in runners.prefill_lengths if L >= left),
@@ -147,11 +156,10 @@ def _prefill(runners, tokens, caches):
         # Past the prompt the chunk's padding writes slots that decode
         # overwrites before any token attends them (or nothing, past the cache).
         pos = (start + np.arange(length)).astype(np.int32)
-        logits, caches = runners.run(contract.prefill_signature(length), chunk, pos,
-                                     _mask(start, length, runners.cache_length), caches)
-        out.append(logits[:real])
+        _, caches = runners.run(contract.prefill_signature(length), chunk, pos,
+                                _mask(start, length, runners.cache_length), caches)
         start += real
-    return np.concatenate(out), caches
+    return caches
 
 
 def _decode(runners, token, position, caches):
@@ -166,11 +174,12 @@ def _decode(runners, token, position, caches):
 
 
 def run_steps(runners, sequence, prompt_length):
-    """Logits at every position of `sequence`: a prefill of its first
-    `prompt_length` tokens, then one decode step per later token."""
-    logits, caches = _prefill(runners, sequence[:prompt_length], runners.empty_cache())
-    rows = [logits]
-    for position in range(prompt_length, len(sequence)):
+    """Logits at positions prompt_length - 1 .. len(sequence) - 1 of
+    `sequence`, as generation reaches them: a prefill of the first
+    `prompt_length - 1` tokens, then one decode step per later token."""
+    caches = _prefill(runners, sequence[:prompt_length - 1], runners.empty_cache())
+    rows = []
+    for position in range(prompt_length - 1, len(sequence)):
         step, caches = _decode(runners, sequence[position], position, caches)
         rows.append(step[None])
     return np.concatenate(rows)
@@ -225,8 +234,8 @@ class FalconCausalLM:
 
     def logits(self, token_ids):
         """Logits (len, vocabulary) at every position of one sequence of at most
-        `cache_length` ids, from an empty cache (a prefill in chunks of the
-        exported lengths): what perplexity is computed from."""
+        `cache_length` ids, from an empty cache, one decode step per id (a
+        prefill returns no logits): what perplexity is computed from."""
         ids = np.asarray(token_ids)
         if ids.ndim != 1 or not 1 <= len(ids) <= self.cache_length or not np.issubdtype(
                 ids.dtype, np.integer):
@@ -235,8 +244,7 @@ class FalconCausalLM:
         if ids.min() < 0 or ids.max() >= self.vocabulary_size:
             raise ValueError(f"`token_ids` must lie in [0, {self.vocabulary_size}).")
         with self._lock:
-            return _prefill(self._runners, ids.astype(np.int32).tolist(),
-                            self._runners.empty_cache())[0]
+            return run_steps(self._runners, ids.astype(np.int32).tolist(), 1)
 
     def generate(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto",
                  seed=None, strip_prompt=False, on_token=None):
@@ -254,8 +262,10 @@ class FalconCausalLM:
             for i, prompt in enumerate(request.rows):
                 row = list(prompt)
                 if len(row) < request.max_length:
-                    logits, caches = _prefill(self._runners, row, self._runners.empty_cache())
-                    last = logits[-1]
+                    # The prompt but its last token fills the caches; decoding
+                    # that token gives the first logits.
+                    caches = _prefill(self._runners, row[:-1], self._runners.empty_cache())
+                    last, caches = _decode(self._runners, row[-1], len(row) - 1, caches)
                     while True:
                         token = int(_samplers.sample_numpy(last[None], request.sampler, rng)[0])
                         row.append(token)

@@ -12,7 +12,7 @@ A scorer maps windows (rows, L) int32 to logits (rows, L, vocabulary):
 
     keras_scorer(lm)            falcon_tf.FalconCausalLM, XLA-compiled forward
     saved_model_scorer(lm)      falcon_tf.serving.FalconCausalLM, its `prefill`
-    tflite_scorer(lm)           falcon_tf.lite.FalconCausalLM, its prefill chunks
+    tflite_scorer(lm)           falcon_tf.lite.FalconCausalLM, its decode steps
 
 Example:
 
@@ -161,8 +161,8 @@ def saved_model_scorer(lm):
 
 
 def tflite_scorer(lm):
-    """falcon_tf.lite.FalconCausalLM: one window at a time, prefilled in
-    chunks of the file's lengths (the window must fit its cache)."""
+    """falcon_tf.lite.FalconCausalLM: one window at a time, one decode step
+    per token (a prefill returns no logits; the window must fit its cache)."""
     def score(rows):
         return np.stack([lm.logits(row) for row in np.asarray(rows, np.int32)])
 

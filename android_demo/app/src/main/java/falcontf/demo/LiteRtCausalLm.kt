@@ -121,21 +121,25 @@ class LiteRtCausalLm(model: ByteBuffer, cpuThreads: Int, source: String) : Causa
         }
     }
 
-    override fun run(signature: String, tokens: IntArray, inputPos: IntArray, mask: FloatArray): FloatArray {
+    /** Decode's logits; null for a prefill, which only fills the caches. */
+    override fun run(signature: String, tokens: IntArray, inputPos: IntArray, mask: FloatArray): FloatArray? {
         val length = tokens.size
         val inputs = HashMap<String, Any>()
         inputs[FalconContract.TOKENS] = buffer("tokens$length", 4 * length).apply { asIntBuffer().put(tokens) }
         inputs[FalconContract.INPUT_POS] = buffer("pos$length", 4 * length).apply { asIntBuffer().put(inputPos) }
         inputs[FalconContract.MASK] = buffer("mask$length", 4 * mask.size).apply { asFloatBuffer().put(mask) }
-        val logits = buffer("logits$length", 4 * length * vocab)
         val outputs = HashMap<String, Any>()
-        outputs[FalconContract.LOGITS] = logits
+        // A prefill has no logits output (a file exported earlier has one there: left unbound, unread).
+        val logits = if (FalconContract.prefillLength(signature) > 0) null
+            else buffer("logits$length", 4 * length * vocab)
+        if (logits != null) outputs[FalconContract.LOGITS] = logits
         for (name in cacheNames) {
             inputs[name] = cacheIn.getValue(name).rewind()
             outputs[name] = cacheOut.getValue(name).rewind()
         }
         interpreter.runSignature(inputs, outputs, signature)
         cacheIn = cacheOut.also { cacheOut = cacheIn }
+        if (logits == null) return null
         val result = FloatArray(length * vocab)
         logits.rewind()
         logits.asFloatBuffer().get(result)

@@ -6,10 +6,11 @@ package falcontf.core;
  * implement it with fake models.
  *
  * <p>Shapes follow {@link FalconContract}: for a signature of length L, {@code tokens}
- * and {@code inputPos} hold L values, {@code mask} holds L * cacheLength() values
- * (row-major [1, 1, L, cacheLength]), and the result holds L * vocabSize() logits
- * (row-major [1, L, vocab]). Each run writes its L tokens' keys and values to the
- * cache slots in {@code inputPos} and carries the cache over to the next run.
+ * and {@code inputPos} hold L values and {@code mask} holds L * cacheLength() values
+ * (row-major [1, 1, L, cacheLength]). A {@code decode} run returns vocabSize() logits
+ * (row-major [1, 1, vocab]); a {@code prefill_<L>} run only fills the cache and returns
+ * no logits. Each run writes its L tokens' keys and values to the cache slots in
+ * {@code inputPos} and carries the cache over to the next run.
  */
 public interface CausalLm {
     /** Positions the KV cache holds (the longest prompt plus generation). */
@@ -21,7 +22,12 @@ public interface CausalLm {
     /** The lengths L that have a {@code prefill_<L>} signature. */
     int[] prefillLengths();
 
-    /** Runs {@code signature} ("decode" or "prefill_L"); returns the logits. */
+    /**
+     * Runs {@code signature} ("decode" or "prefill_L"). For decode, returns its
+     * vocabSize() logits; for a prefill, returns null (the caller ignores whatever a
+     * prefill returns, so an implementation over a file exported when prefill still had
+     * logits may return them or null).
+     */
     float[] run(String signature, int[] tokens, int[] inputPos, float[] mask);
 
     /** Empties the cache before a new prompt (stale slots are masked anyway). */

@@ -7,8 +7,13 @@ package falcontf.core;
  * <p>Causal LM, batch 1: {@code prefill_<L>} and {@code decode} (L = 1) take
  * tokens int32 [1, L], input_pos int32 [L] (the cache slots written), mask float32
  * [1, 1, L, cache_len] (0 where attention is allowed, MASK_VALUE elsewhere) and
- * kv_cache_k_i / kv_cache_v_i float32 [1, cache_len, kv_heads, head_dim]; they return
- * logits float32 [1, L, vocab] and the updated caches under the same names.
+ * kv_cache_k_i / kv_cache_v_i float32 [1, cache_len, kv_heads, head_dim]. They return
+ * the updated caches under the same names; {@code decode} also returns logits float32
+ * [1, 1, vocab], {@code prefill_<L>} returns no logits (it only fills the caches; files
+ * exported earlier returned logits [1, L, vocab] there too, which a host ignores). A
+ * host prefills the prompt but its last token, then decodes that token for the first
+ * logits. Files may also have {@code decode_<W>} signatures (decode attending only the
+ * first W slots), which this app does not use.
  */
 public final class FalconContract {
     private FalconContract() {}

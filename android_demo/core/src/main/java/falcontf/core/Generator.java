@@ -6,16 +6,26 @@ import java.util.Arrays;
  * The prefill/decode loop over a {@link CausalLm}, the same as the Python host loop
  * over the exported file (falcon_tf/lite/causal_lm.py; golden-tested against it).
  *
- * <p>The prompt goes through the prefill signatures in chunks from slot 0: for the
- * tokens left, the shortest prefill length that holds them all, else the longest. A
- * chunk shorter than its signature is padded with token 0 at the following positions;
- * no real query can see those slots (the mask allows a query at position p only slots
- * 0..p), the following tokens overwrite them, and positions at or past the cache end
- * write nothing (the export's cache update). Then each new token is fed to
- * {@code decode} at the next position. Generation stops at a stop token, at
- * {@code maxNewTokens}, when the listener asks to, or when prompt and new tokens fill
- * the cache (as Python's {@code max_length <= cache_length}), with a message saying
- * which.
+ * <p>The prefill signatures only fill the cache (they return no logits), so the prompt
+ * but its last token goes through them in chunks from slot 0: for the tokens left, the
+ * shortest prefill length that holds them all, else the longest. A chunk shorter than
+ * its signature is padded with token 0 at the following positions; no real query can
+ * see those slots (the mask allows a query at position p only slots 0..p), the
+ * following tokens overwrite them, and positions at or past the cache end write nothing
+ * (the export's cache update). Then the prompt's last token goes to {@code decode} at
+ * its position n - 1, and its logits give the first new token; a one-token prompt
+ * needs no prefill at all. Each new token is then fed to {@code decode} at the next
+ * position. For example a 9-token prompt with prefill lengths {4, 8}: prefill_8 at 0
+ * (tokens 0..7), decode of token 8 at 8 (its logits give the first new token), then
+ * decode of each new token at 9, 10, ... Generation
+ * stops at a stop token, at {@code maxNewTokens}, when the listener asks to, or when
+ * prompt and new tokens fill the cache (as Python's {@code max_length <= cache_length}),
+ * with a message saying which.
+ *
+ * <p>Timing: {@link Result#prefillNanos} covers the prefill chunks and the decode of the
+ * prompt's last token, i.e. reading the whole prompt up to the first new token's
+ * logits; {@link Result#decodeNanos} and {@link Result#decodeSteps} cover the decodes of
+ * the new tokens only.
  */
 public final class Generator {
     /** Why generation ended. */
@@ -26,7 +36,11 @@ public final class Generator {
         boolean onToken(int tokenId);
     }
 
-    /** What a run produced, with timings. */
+    /**
+     * What a run produced, with timings: {@code prefillNanos} from the first prefill
+     * chunk to the first new token's logits (the decode of the prompt's last token
+     * included), {@code decodeNanos} over the {@code decodeSteps} decodes of new tokens.
+     */
     public static final class Result {
         public final int[] tokens;
         public final int promptTokens;
@@ -52,7 +66,10 @@ public final class Generator {
             return decodeSteps == 0 || decodeNanos <= 0 ? 0 : decodeSteps * 1e9 / decodeNanos;
         }
 
-        /** Prompt throughput: prompt tokens per second of prefill. */
+        /**
+         * Prompt throughput: prompt tokens per second over {@link #prefillNanos} (the
+         * prefill chunks and the decode of the prompt's last token).
+         */
         public double prefillTokensPerSecond() {
             return prefillNanos <= 0 ? 0 : promptTokens * 1e9 / prefillNanos;
         }
@@ -111,19 +128,21 @@ public final class Generator {
         model.resetCache();
 
         long start = System.nanoTime();
-        float[] logits = null;
-        int lastRow = 0;
+        int last = prompt.length - 1;
         int position = 0;
-        while (position < prompt.length) {
-            int left = prompt.length - position;
+        while (position < last) {
+            int left = last - position;
             int length = chunkLength(left);
             int used = Math.min(left, length);
             int[] tokens = new int[length];
             System.arraycopy(prompt, position, tokens, 0, used);
-            logits = runChecked(FalconContract.prefillSignature(length), tokens, position);
-            lastRow = used - 1;
+            // A prefill returns no logits (a file exported earlier returns some: not read).
+            model.run(FalconContract.prefillSignature(length), tokens, inputPos(position, length),
+                    mask(position, length));
             position += used;
         }
+        float[] logits = decode(prompt[last], last);
+        position = prompt.length;
         long prefillNanos = System.nanoTime() - start;
 
         TokenBuffer out = new TokenBuffer();
@@ -132,7 +151,7 @@ public final class Generator {
         StopReason reason;
         String message;
         while (true) {
-            int token = sampler.sample(logits, lastRow * vocab, vocab);
+            int token = sampler.sample(logits, 0, vocab);
             out.add(token);
             boolean keepGoing = listener == null || listener.onToken(token);
             if (contains(stopTokens, token)) {
@@ -157,10 +176,9 @@ public final class Generator {
                 break;
             }
             long stepStart = System.nanoTime();
-            logits = runChecked(FalconContract.DECODE_SIGNATURE, new int[] {token}, position);
+            logits = decode(token, position);
             decodeNanos += System.nanoTime() - stepStart;
             decodeSteps++;
-            lastRow = 0;
             position++;
         }
         return new Result(out.toArray(), prompt.length, reason, message, prefillNanos, decodeNanos, decodeSteps);
@@ -174,24 +192,34 @@ public final class Generator {
         return prefillLengths[prefillLengths.length - 1];
     }
 
-    /**
-     * Runs one signature over positions start .. start + L - 1 with the causal mask: row
-     * i allows slots 0 .. start + i (all of them for a padding row past the cache end).
-     */
-    private float[] runChecked(String signature, int[] tokens, int start) {
-        int length = tokens.length;
+    /** input_pos of a run over positions start .. start + length - 1. */
+    private static int[] inputPos(int start, int length) {
         int[] inputPos = new int[length];
+        for (int i = 0; i < length; i++) inputPos[i] = start + i;
+        return inputPos;
+    }
+
+    /**
+     * The causal mask of a run over positions start .. start + length - 1: row i allows
+     * slots 0 .. start + i (all of them for a padding row past the cache end).
+     */
+    private float[] mask(int start, int length) {
         float[] mask = new float[length * cacheLength];
         Arrays.fill(mask, FalconContract.MASK_VALUE);
         for (int i = 0; i < length; i++) {
-            inputPos[i] = start + i;
             Arrays.fill(mask, i * cacheLength, i * cacheLength + Math.min(start + i + 1, cacheLength), 0f);
         }
-        float[] logits = model.run(signature, tokens, inputPos, mask);
-        if (logits == null || logits.length != length * vocab) {
+        return mask;
+    }
+
+    /** One decode step of {@code token} at {@code position}; returns its vocab logits, checked. */
+    private float[] decode(int token, int position) {
+        String signature = FalconContract.DECODE_SIGNATURE;
+        float[] logits = model.run(signature, new int[] {token}, inputPos(position, 1), mask(position, 1));
+        if (logits == null || logits.length != vocab) {
             throw new IllegalStateException("Signature " + signature + " returned "
-                    + (logits == null ? "no" : String.valueOf(logits.length)) + " logits; expected "
-                    + length + " x " + vocab + ".");
+                    + (logits == null ? "no" : String.valueOf(logits.length)) + " logits; expected 1 x "
+                    + vocab + ".");
         }
         return logits;
     }

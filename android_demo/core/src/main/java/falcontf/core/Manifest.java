@@ -95,7 +95,10 @@ public final class Manifest {
         public final int kvHeads;
         public final int headDim;
         public final int vocabularySize;
-        /** {@code decode} and every {@code prefill_<L>}, checked against the contract. */
+        /**
+         * {@code decode} and every {@code prefill_<L>}, checked against the contract (decode's
+         * outputs are logits and the caches, a prefill's the caches only).
+         */
         public final Map<String, Signature> signatures;
 
         CausalLmInfo(Map<String, FileEntry> variants, int cacheLength, int[] prefillLengths, int[] stopTokenIds,
@@ -277,7 +280,8 @@ public final class Manifest {
             Map<String, Object> sig = (Map<String, Object>) signaturesJson.get(name);
             Signature signature = new Signature(specs(Json.object(sig, "inputs", at), at + ".inputs"),
                     specs(Json.object(sig, "outputs", at), at + ".outputs"));
-            checkSignature(signature, wanted[k], cacheLength, numLayers, kvHeads, headDim, vocab, at);
+            checkSignature(signature, wanted[k], k < prefill.length, cacheLength, numLayers, kvHeads, headDim,
+                    vocab, at);
             signatures.put(name, signature);
         }
 
@@ -311,15 +315,22 @@ public final class Manifest {
         return out;
     }
 
-    /** The contract's tensors for a signature of length L, with their dtypes and shapes. */
-    private static void checkSignature(Signature sig, int length, int cacheLength, int numLayers, int kvHeads,
-                                       int headDim, int vocab, String where) {
+    /**
+     * The contract's tensors for a signature of length L, with their dtypes and shapes:
+     * decode returns logits and the caches; a prefill returns the caches only (a manifest
+     * written when prefill still returned logits [1, L, vocab] records them too: accepted,
+     * as the Generator never reads a prefill's logits).
+     */
+    private static void checkSignature(Signature sig, int length, boolean prefill, int cacheLength, int numLayers,
+                                       int kvHeads, int headDim, int vocab, String where) {
         Map<String, TensorSpec> inputs = new TreeMap<>();
         Map<String, TensorSpec> outputs = new TreeMap<>();
         inputs.put(FalconContract.TOKENS, new TensorSpec(new int[] {1, length}, "int32"));
         inputs.put(FalconContract.INPUT_POS, new TensorSpec(new int[] {length}, "int32"));
         inputs.put(FalconContract.MASK, new TensorSpec(new int[] {1, 1, length, cacheLength}, "float32"));
-        outputs.put(FalconContract.LOGITS, new TensorSpec(new int[] {1, length, vocab}, "float32"));
+        if (!prefill || sig.outputs.containsKey(FalconContract.LOGITS)) {
+            outputs.put(FalconContract.LOGITS, new TensorSpec(new int[] {1, length, vocab}, "float32"));
+        }
         for (String cache : FalconContract.cacheNames(numLayers)) {
             TensorSpec spec = new TensorSpec(new int[] {1, cacheLength, kvHeads, headDim}, "float32");
             inputs.put(cache, spec);

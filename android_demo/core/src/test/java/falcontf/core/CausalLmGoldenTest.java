@@ -29,12 +29,15 @@ public class CausalLmGoldenTest {
 
     /**
      * Replays the recorded calls: each run must ask for the recorded signature with the
-     * recorded tokens, input_pos and mask, and gets the logits row the interpreter
-     * returned; the rows the Python loop never drew from are NaN.
+     * recorded tokens, input_pos and mask; a decode gets the logits row the interpreter
+     * returned, a prefill none (null), as the export's prefill returns none. With
+     * {@code prefillLogits} a prefill returns L rows of NaN instead, as a file exported
+     * when prefill still had logits would (rows that must go unread).
      */
     static final class ReplayModel implements CausalLm {
         final List<Map<String, Object>> calls;
         int next;
+        boolean prefillLogits;
 
         ReplayModel(List<Map<String, Object>> calls) {
             this.calls = calls;
@@ -64,15 +67,17 @@ public class CausalLmGoldenTest {
                 }
             }
             int vocab = vocabSize();
-            float[] logits = new float[tokens.length * vocab];
-            Arrays.fill(logits, Float.NaN);
-            if (call.get("logits_row") != null) {
-                int row = ((Long) call.get("logits_row")).intValue();
-                float[] recorded = decodeRow((String) call.get("logits"));
-                assertEquals(vocab, recorded.length);
-                System.arraycopy(recorded, 0, logits, row * vocab, vocab);
+            if (!signature.equals(FalconContract.DECODE_SIGNATURE)) {
+                assertEquals(at + ": a prefill records no logits", null, call.get("logits"));
+                if (!prefillLogits) return null;
+                float[] unread = new float[tokens.length * vocab];
+                Arrays.fill(unread, Float.NaN);
+                return unread;
             }
-            return logits;
+            assertEquals(at + ": decode's one row", 0L, call.get("logits_row"));
+            float[] recorded = decodeRow((String) call.get("logits"));
+            assertEquals(vocab, recorded.length);
+            return recorded;
         }
     }
 
@@ -97,9 +102,14 @@ public class CausalLmGoldenTest {
     }
 
     private static Generator.Result replay(Map<String, Object> c, int maxNewTokens) {
+        return replay(c, maxNewTokens, false);
+    }
+
+    private static Generator.Result replay(Map<String, Object> c, int maxNewTokens, boolean prefillLogits) {
         List<Map<String, Object>> calls = new ArrayList<>();
         for (Object call : (List<?>) c.get("calls")) calls.add(Golden.map(call));
         ReplayModel model = new ReplayModel(calls);
+        model.prefillLogits = prefillLogits;
         Generator.Result r = new Generator(model).generate(Golden.ints(c.get("prompt")), maxNewTokens,
                 Sampler.greedy(), LM.stopTokenIds, null);
         assertEquals(c.get("name") + ": every recorded call was made", calls.size(), model.next);
@@ -127,13 +137,48 @@ public class CausalLmGoldenTest {
     }
 
     @Test
+    public void prefillLogitsOfAnOlderExportAreNotRead() {
+        // The same calls and tokens when every prefill returns rows of NaN.
+        for (Map<String, Object> c : cases()) {
+            int[] prompt = Golden.ints(c.get("prompt"));
+            int maxLength = ((Long) c.get("max_length")).intValue();
+            Generator.Result r = replay(c, maxLength - prompt.length, true);
+            assertArrayEquals((String) c.get("name"), Golden.ints(c.get("generated")), r.tokens);
+        }
+    }
+
+    @Test
+    public void thePythonLoopDecodesThePromptsLastToken() {
+        // Every case: prefill calls for the prompt but its last token, then a decode of
+        // that token at its position, whose logits give the first new token.
+        for (Map<String, Object> c : cases()) {
+            String name = (String) c.get("name");
+            int[] prompt = Golden.ints(c.get("prompt"));
+            List<?> calls = (List<?>) c.get("calls");
+            int prefills = 0;
+            while (!FalconContract.DECODE_SIGNATURE.equals(Golden.map(calls.get(prefills)).get("signature"))) {
+                assertEquals(name, null, Golden.map(calls.get(prefills)).get("logits"));
+                prefills++;
+            }
+            Map<String, Object> first = Golden.map(calls.get(prefills));
+            assertArrayEquals(name, new int[] {prompt[prompt.length - 1]}, Golden.ints(first.get("tokens")));
+            assertArrayEquals(name, new int[] {prompt.length - 1}, Golden.ints(first.get("input_pos")));
+            assertEquals(name, Golden.ints(c.get("generated")).length, calls.size() - prefills);
+        }
+    }
+
+    @Test
     public void promptsSpanningChunksAndTheCacheEndAreCovered() {
         // The recorded cases exercise a padded prefill chunk after a full one, and a
         // run that stops because prompt and new tokens fill the cache.
         Map<String, Object> ids = named("ids");
         List<?> calls = (List<?>) ids.get("calls");
+        assertEquals(19, Golden.ints(ids.get("prompt")).length);
         assertEquals("prefill_16", Golden.map(calls.get(0)).get("signature"));
         assertEquals("prefill_8", Golden.map(calls.get(1)).get("signature"));
+        assertArrayEquals(new int[] {16, 17, 18, 19, 20, 21, 22, 23}, Golden.ints(Golden.map(calls.get(1)).get("input_pos")));
+        assertEquals("decode", Golden.map(calls.get(2)).get("signature"));
+        assertArrayEquals(new int[] {18}, Golden.ints(Golden.map(calls.get(2)).get("input_pos")));
 
         Map<String, Object> end = named("cache_end");
         int promptLength = Golden.ints(end.get("prompt")).length;

@@ -16,7 +16,9 @@ public class GeneratorTest {
      * A fake model with a real cache: it stores each run's tokens in the slots of
      * input_pos, and each row's next token is a hash of the tokens in the slots its
      * mask allows, in slot order. A generator that feeds wrong positions or masks, or
-     * lets a query see padding or an unwritten slot, gets other tokens.
+     * lets a query see padding or an unwritten slot, gets other tokens. Its prefill
+     * returns no logits (null), as the current export's; {@code prefillLogits} makes it
+     * return the hash rows for a prefill too, as files exported earlier did.
      */
     static class HashingModel implements CausalLm {
         final int cache;
@@ -24,6 +26,7 @@ public class GeneratorTest {
         final int[] prefill;
         final int[] slots;
         final List<String> calls = new ArrayList<>();
+        boolean prefillLogits;
 
         HashingModel(int cache, int vocab, int... prefill) {
             this.cache = cache;
@@ -66,7 +69,8 @@ public class GeneratorTest {
                 }
                 logits[i * vocab + (int) Math.floorMod(hash, (long) vocab)] = 1f;
             }
-            return logits;
+            boolean decode = signature.equals(FalconContract.DECODE_SIGNATURE);
+            return decode || prefillLogits ? logits : null;
         }
     }
 
@@ -92,32 +96,98 @@ public class GeneratorTest {
 
     @Test
     public void promptShorterThanPrefillIsPadded() {
+        // 5 tokens: the first 4 padded into prefill_8, the fifth decoded at 4.
         HashingModel model = new HashingModel(64, 50, 8, 32);
         Generator.Result r = new Generator(model).generate(prompt(5), 10, Sampler.greedy(), null, null);
         assertArrayEquals(expectedHashTokens(prompt(5), 10, 50), r.tokens);
         assertEquals(Generator.StopReason.MAX_TOKENS, r.stopReason);
-        assertEquals("prefill_8@0", model.calls.get(0));
-        assertEquals("decode@5", model.calls.get(1));
-        assertEquals(10, model.calls.size()); // prefill + 9 decodes
+        assertEquals(Arrays.asList("prefill_8@0", "decode@4", "decode@5"), model.calls.subList(0, 3));
+        assertEquals(11, model.calls.size()); // prefill + the prompt's last token + 9 decodes
         assertEquals(9, r.decodeSteps);
         assertEquals(5, r.promptTokens);
     }
 
     @Test
+    public void thePromptButItsLastTokenIsPrefilledThenDecoded() {
+        // 9 tokens, prefill lengths {4, 8}: the first 8 fill prefill_8 exactly, and the
+        // ninth is decoded at 8 for the first new token.
+        HashingModel model = new HashingModel(64, 50, 4, 8);
+        Generator.Result r = new Generator(model).generate(prompt(9), 3, Sampler.greedy(), null, null);
+        assertEquals(Arrays.asList("prefill_8@0", "decode@8", "decode@9", "decode@10"), model.calls);
+        assertArrayEquals(expectedHashTokens(prompt(9), 3, 50), r.tokens);
+        assertEquals(2, r.decodeSteps);
+
+        // 8 tokens: 7 padded into prefill_8, the eighth decoded at 7.
+        HashingModel eight = new HashingModel(64, 50, 4, 8);
+        Generator.Result e = new Generator(eight).generate(prompt(8), 2, Sampler.greedy(), null, null);
+        assertEquals(Arrays.asList("prefill_8@0", "decode@7", "decode@8"), eight.calls);
+        assertArrayEquals(expectedHashTokens(prompt(8), 2, 50), e.tokens);
+    }
+
+    @Test
+    public void aOneTokenPromptIsOnlyDecoded() {
+        HashingModel model = new HashingModel(64, 50, 4, 8);
+        Generator.Result r = new Generator(model).generate(new int[] {7}, 4, Sampler.greedy(), null, null);
+        assertEquals(Arrays.asList("decode@0", "decode@1", "decode@2", "decode@3"), model.calls);
+        assertArrayEquals(expectedHashTokens(new int[] {7}, 4, 50), r.tokens);
+        assertEquals(Generator.StopReason.MAX_TOKENS, r.stopReason);
+        assertEquals(3, r.decodeSteps);
+        assertEquals(1, r.promptTokens);
+
+        // Cache 2: the prompt's token and one new token fill it.
+        HashingModel tiny = new HashingModel(2, 50, 2);
+        Generator.Result t = new Generator(tiny).generate(new int[] {7}, 4, Sampler.greedy(), null, null);
+        assertEquals(Arrays.asList("decode@0"), tiny.calls);
+        assertArrayEquals(expectedHashTokens(new int[] {7}, 1, 50), t.tokens);
+        assertEquals(Generator.StopReason.CACHE_FULL, t.stopReason);
+        assertEquals(0, t.decodeSteps);
+    }
+
+    @Test
+    public void prefillLogitsAreIgnored() {
+        // A file exported when prefill still returned logits generates the same tokens
+        // with the same calls as one whose prefill returns none; for every prompt length
+        // over the chunk boundaries.
+        for (int n = 1; n <= 20; n++) {
+            HashingModel none = new HashingModel(32, 50, 4, 8);
+            HashingModel with = new HashingModel(32, 50, 4, 8);
+            with.prefillLogits = true;
+            Generator.Result a = new Generator(none).generate(prompt(n), 6, Sampler.greedy(), null, null);
+            Generator.Result b = new Generator(with).generate(prompt(n), 6, Sampler.greedy(), null, null);
+            assertArrayEquals("prompt of " + n, expectedHashTokens(prompt(n), 6, 50), a.tokens);
+            assertArrayEquals("prompt of " + n, a.tokens, b.tokens);
+            assertEquals("prompt of " + n, none.calls, with.calls);
+        }
+        // Whatever a prefill returns (here a wrong size) is not read.
+        HashingModel odd = new HashingModel(32, 50, 4, 8) {
+            @Override
+            public float[] run(String signature, int[] tokens, int[] inputPos, float[] mask) {
+                float[] logits = super.run(signature, tokens, inputPos, mask);
+                return signature.equals(FalconContract.DECODE_SIGNATURE) ? logits : new float[3];
+            }
+        };
+        assertArrayEquals(expectedHashTokens(prompt(11), 4, 50),
+                new Generator(odd).generate(prompt(11), 4, Sampler.greedy(), null, null).tokens);
+    }
+
+    @Test
     public void longPromptIsPrefilledInChunks() {
+        // 19 tokens: 18 prefilled (8, 8, then 2 padded into prefill_4), the last decoded at 18.
         HashingModel model = new HashingModel(64, 50, 4, 8);
         Generator.Result r = new Generator(model).generate(prompt(19), 6, Sampler.greedy(), null, null);
         assertArrayEquals(expectedHashTokens(prompt(19), 6, 50), r.tokens);
-        assertEquals(Arrays.asList("prefill_8@0", "prefill_8@8", "prefill_4@16"), model.calls.subList(0, 3));
+        assertEquals(Arrays.asList("prefill_8@0", "prefill_8@8", "prefill_4@16", "decode@18", "decode@19"),
+                model.calls.subList(0, 5));
     }
 
     @Test
     public void lastChunkIsPaddedPastTheCacheEndAsThePythonLoop() {
-        // 15 tokens, cache 16: prefill_8 at 0, then the 7 left padded into prefill_8 at
-        // slots 8..15. The sequence may fill the cache: one new token, then it is full.
+        // 15 tokens, cache 16: 14 prefilled, prefill_8 at 0, then the 6 left padded into
+        // prefill_8 at slots 8..15; the last decoded at 14. The sequence may fill the
+        // cache: one new token, then it is full.
         HashingModel model = new HashingModel(16, 50, 8);
         Generator.Result r = new Generator(model).generate(prompt(15), 5, Sampler.greedy(), null, null);
-        assertEquals(Arrays.asList("prefill_8@0", "prefill_8@8"), model.calls);
+        assertEquals(Arrays.asList("prefill_8@0", "prefill_8@8", "decode@14"), model.calls);
         assertArrayEquals(expectedHashTokens(prompt(15), 1, 50), r.tokens);
         assertEquals(Generator.StopReason.CACHE_FULL, r.stopReason);
 
@@ -125,7 +195,7 @@ public class GeneratorTest {
         // 12..15 are past the cache (they write nothing; their rows see every slot).
         HashingModel tight = new HashingModel(12, 50, 8);
         Generator.Result t = new Generator(tight).generate(prompt(11), 5, Sampler.greedy(), null, null);
-        assertEquals(Arrays.asList("prefill_8@0", "prefill_8@8"), tight.calls);
+        assertEquals(Arrays.asList("prefill_8@0", "prefill_8@8", "decode@10"), tight.calls);
         assertArrayEquals(expectedHashTokens(prompt(11), 1, 50), t.tokens);
     }
 
@@ -133,13 +203,38 @@ public class GeneratorTest {
     public void stopsWhenTheCacheIsFull() {
         HashingModel model = new HashingModel(10, 50, 4);
         Generator.Result r = new Generator(model).generate(prompt(4), 100, Sampler.greedy(), null, null);
-        // Prompt and new tokens fill the 10 slots: 6 new tokens, the last 5 fed at 4..8.
+        // Prompt and new tokens fill the 10 slots: 6 new tokens, the first 5 fed at 4..8.
         assertEquals(6, r.tokens.length);
         assertArrayEquals(expectedHashTokens(prompt(4), 6, 50), r.tokens);
         assertEquals(Generator.StopReason.CACHE_FULL, r.stopReason);
         assertEquals("Stopped: the model's cache of 10 positions is full (4 prompt + 6 new tokens).", r.message);
-        assertEquals(Arrays.asList("prefill_4@0", "decode@4", "decode@5", "decode@6", "decode@7", "decode@8"),
-                model.calls);
+        assertEquals(Arrays.asList("prefill_4@0", "decode@3", "decode@4", "decode@5", "decode@6", "decode@7",
+                "decode@8"), model.calls);
+        assertEquals(5, r.decodeSteps);
+    }
+
+    @Test
+    public void prefillTimeRunsToTheFirstLogits() {
+        // Each run takes at least 2 ms: the prefill time covers both prefill chunks and
+        // the decode of the prompt's last token, the decode time the new tokens' decodes.
+        HashingModel slow = new HashingModel(64, 50, 4) {
+            @Override
+            public float[] run(String signature, int[] tokens, int[] inputPos, float[] mask) {
+                try {
+                    Thread.sleep(2);
+                } catch (InterruptedException e) {
+                    throw new AssertionError(e);
+                }
+                return super.run(signature, tokens, inputPos, mask);
+            }
+        };
+        Generator.Result r = new Generator(slow).generate(prompt(7), 4, Sampler.greedy(), null, null);
+        assertEquals(Arrays.asList("prefill_4@0", "prefill_4@4", "decode@6", "decode@7", "decode@8", "decode@9"),
+                slow.calls);
+        assertEquals(3, r.decodeSteps);
+        assertTrue("prefill time " + r.prefillNanos, r.prefillNanos >= 3 * 2_000_000L);
+        assertTrue("decode time " + r.decodeNanos, r.decodeNanos >= 3 * 2_000_000L);
+        assertTrue(r.prefillTokensPerSecond() > 0 && r.decodeTokensPerSecond() > 0);
     }
 
     @Test
@@ -175,7 +270,10 @@ public class GeneratorTest {
         assertEquals(Arrays.asList(expected[0], expected[1], expected[2]), streamed);
     }
 
-    /** The golden logits as a model: the prefill returns row 0, each decode the next row. */
+    /**
+     * The golden logits as a model: the prefill returns none, each decode (the prompt's
+     * last token first) the next row.
+     */
     static final class RecordedModel implements CausalLm {
         final List<float[]> rows;
         int step;
@@ -191,10 +289,8 @@ public class GeneratorTest {
 
         @Override
         public float[] run(String signature, int[] tokens, int[] inputPos, float[] mask) {
-            float[] out = new float[tokens.length * vocabSize()];
-            int row = signature.equals(FalconContract.DECODE_SIGNATURE) ? 0 : 2; // prompt of 3
-            System.arraycopy(rows.get(step++), 0, out, row * vocabSize(), vocabSize());
-            return out;
+            if (!signature.equals(FalconContract.DECODE_SIGNATURE)) return null;
+            return rows.get(step++).clone();
         }
     }
 
@@ -232,7 +328,7 @@ public class GeneratorTest {
     }
 
     @Test
-    public void wrongLogitsSizeIsNamed() {
+    public void wrongDecodeLogitsAreNamed() {
         CausalLm broken = new HashingModel(8, 50, 4) {
             @Override
             public float[] run(String signature, int[] tokens, int[] inputPos, float[] mask) {
@@ -241,6 +337,16 @@ public class GeneratorTest {
         };
         String m = assertThrows(IllegalStateException.class,
                 () -> new Generator(broken).generate(prompt(2), 5, Sampler.greedy(), null, null)).getMessage();
-        assertEquals("Signature prefill_4 returned 3 logits; expected 4 x 50.", m);
+        assertEquals("Signature decode returned 3 logits; expected 1 x 50.", m);
+
+        CausalLm none = new HashingModel(8, 50, 4) {
+            @Override
+            public float[] run(String signature, int[] tokens, int[] inputPos, float[] mask) {
+                return null;
+            }
+        };
+        m = assertThrows(IllegalStateException.class,
+                () -> new Generator(none).generate(prompt(1), 5, Sampler.greedy(), null, null)).getMessage();
+        assertEquals("Signature decode returned no logits; expected 1 x 50.", m);
     }
 }

@@ -61,7 +61,11 @@ public class ManifestTest {
         assertEquals(Arrays.asList("prefill_8", "prefill_16", "decode"), List.copyOf(lm.signatures.keySet()));
         Manifest.Signature decode = lm.signatures.get(FalconContract.DECODE_SIGNATURE);
         assertArrayEquals(new int[] {1, 1, 1, 64}, decode.inputs.get(FalconContract.MASK).shape);
-        assertArrayEquals(new int[] {1, 16, 1024}, lm.signatures.get("prefill_16").outputs.get(FalconContract.LOGITS).shape);
+        // decode returns logits and the caches; a prefill the caches only.
+        assertArrayEquals(new int[] {1, 1, 1024}, decode.outputs.get(FalconContract.LOGITS).shape);
+        assertEquals(Arrays.asList("kv_cache_k_0", "kv_cache_k_1", "kv_cache_v_0", "kv_cache_v_1"),
+                List.copyOf(lm.signatures.get("prefill_16").outputs.keySet()));
+        assertFalse(lm.signatures.get("prefill_8").outputs.containsKey(FalconContract.LOGITS));
         assertEquals("int32", decode.inputs.get(FalconContract.INPUT_POS).dtype);
         assertEquals(MODEL_PATH, lm.variant(null).path);
         assertEquals(MODEL_PATH, lm.variant("fp32").path);
@@ -132,6 +136,45 @@ public class ManifestTest {
         assertTrue(error(REAL.replace("\"num_layers\": 2", "\"num_layers\": 3")).contains("kv_cache_k_2"));
     }
 
+    /** REAL with one more tensor first in the outputs of {@code signature}. */
+    private static String withOutput(String signature, String name, int... shape) {
+        int section = REAL.indexOf("\"" + signature + "\": {");
+        int at = REAL.indexOf("\"outputs\": {", section) + "\"outputs\": {".length();
+        assertTrue(signature, section >= 0 && at > section);
+        String[] dims = Arrays.stream(shape).mapToObj(String::valueOf).toArray(String[]::new);
+        return REAL.substring(0, at) + "\"" + name + "\": {\"dtype\": \"float32\", \"shape\": ["
+                + String.join(", ", dims) + "]}, " + REAL.substring(at);
+    }
+
+    @Test
+    public void prefillOutputsAreTheCachesOnlyAndOldManifestsWithLogitsAreRead() {
+        // A manifest written when prefill returned logits [1, L, vocab] is still read.
+        String old = withOutput("prefill_8", FalconContract.LOGITS, 1, 8, 1024);
+        Manifest.CausalLmInfo lm = Manifest.parse(old, "m.json").causalLm();
+        assertArrayEquals(new int[] {1, 8, 1024}, lm.signatures.get("prefill_8").outputs.get(FalconContract.LOGITS).shape);
+        // Its logits are still checked against the section's sizes.
+        assertEquals("m.json: causal_lm.signatures.prefill_8.outputs.logits is float32 [1, 1, 1024]; "
+                + "expected float32 [1, 8, 1024] from the section's sizes.",
+                error(withOutput("prefill_8", FalconContract.LOGITS, 1, 1, 1024)));
+        // Any other extra output of a prefill is named.
+        assertEquals("m.json: causal_lm.signatures.prefill_16.outputs are [hidden, kv_cache_k_0, kv_cache_k_1, "
+                + "kv_cache_v_0, kv_cache_v_1]; the contract needs [kv_cache_k_0, kv_cache_k_1, kv_cache_v_0, "
+                + "kv_cache_v_1].", error(withOutput("prefill_16", "hidden", 1, 16, 64)));
+    }
+
+    @Test
+    public void decodeMustReturnLogits() {
+        String noLogits = REAL.replaceFirst(",\\s*\"logits\": \\{\\s*\"dtype\": \"float32\",\\s*\"shape\": "
+                + "\\[\\s*1,\\s*1,\\s*1024\\s*\\]\\s*\\}", "");
+        assertTrue("the decode logits were removed", noLogits.length() < REAL.length());
+        assertEquals("m.json: causal_lm.signatures.decode.outputs are [kv_cache_k_0, kv_cache_k_1, kv_cache_v_0, "
+                + "kv_cache_v_1]; the contract needs [kv_cache_k_0, kv_cache_k_1, kv_cache_v_0, kv_cache_v_1, logits].",
+                error(noLogits));
+        assertEquals("m.json: causal_lm.signatures.decode.outputs.logits is float32 [1, 1, 1024]; "
+                + "expected float32 [1, 1, 2048] from the section's sizes.",
+                error(REAL.replaceFirst("\"vocabulary_size\": 1024", "\"vocabulary_size\": 2048")));
+    }
+
     private static String error(String json) {
         return assertThrows(IllegalArgumentException.class, () -> Manifest.parse(json, "m.json").causalLm()).getMessage();
     }
@@ -151,7 +194,7 @@ public class ManifestTest {
     }
 
     // AssetPackager, on a temporary artifact directory laid out as the exporter writes it.
-    // The .tflite is not committed (745 KB): a stand-in file takes its place, and the
+    // The .tflite is not committed (729 KB): a stand-in file takes its place, and the
     // manifest's record of it is replaced by the stand-in's size and sha256.
 
     static final byte[] MODEL = "a stand-in for the exported flatbuffer".getBytes(StandardCharsets.UTF_8);
