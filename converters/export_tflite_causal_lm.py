@@ -31,7 +31,7 @@ import os
 
 import numpy as np
 
-from converters import export_tflite, export_tflite_large
+from converters import export_tflite, export_tflite_large, flatbuffer_stitch
 from converters.export_tokenizer import export_tokenizer
 from converters.stages import input_specs, stamp
 from falcon_tf.artifacts import contract, manifest
@@ -289,7 +289,12 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                         float_models[integer] = float_file(integer)
                     data = export_tflite.quantize(float_models[integer], variant, recipes)
                 if not large:
-                    manifest.atomic_write(path, data)
+                    if integer:  # the lookup's int8 rows are the head's int8 weight
+                        flatbuffer_stitch.write_stored_once(data, path)
+                        with open(path, "rb") as f:
+                            data = f.read()
+                    else:
+                        manifest.atomic_write(path, data)
                     versions = export_tflite.op_versions(data)
                     parity = step_parity(data, reference)
                 entries[variant] = {

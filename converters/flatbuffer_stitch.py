@@ -275,3 +275,21 @@ class Stitcher:
                 os.remove(tmp)
             raise
         return os.path.getsize(path)
+
+
+def write_stored_once(data, path):
+    """Writes the .tflite `data` to `path` (atomically) as `Stitcher` lays a
+    file out, buffers of equal bytes stored once: the int8 files' embedding
+    lookup rows and LM head weight are the same bytes, which ai-edge-quantizer
+    writes twice. Returns the file's size in bytes."""
+    model = read_piece(data)
+    inputs, outputs = {}, {}
+    for signature in model.signatureDefs:
+        name = signature.signatureKey.decode()
+        inputs[name] = [port.name.decode() for port in signature.inputs]
+        outputs[name] = [port.name.decode() for port in signature.outputs]
+    del model
+    with Stitcher(os.path.dirname(os.path.abspath(path))) as stitcher:
+        stitcher.add(data)
+        return stitcher.write(path, inputs, outputs)
+

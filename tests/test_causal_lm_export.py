@@ -174,10 +174,23 @@ def int4_export(exported, tmp_path_factory):
 
 def test_int8_and_int4_feed_integer_weights_straight_into_fully_connected(exported,
                                                                          int4_export):
+    from ai_edge_litert import schema_py_generated as schema
+
     lm, artifact, entries = exported
     config = lm.backbone.falcon_config
     files = {"int8": artifact / entries["int8"]["file"], "int4": int4_export}
     for variant, path in files.items():
+        # The lookup's int8 rows and the LM head's int8 weight: one buffer.
+        model = schema.Model.GetRootAsModel(open(path, "rb").read(), 0)
+        tables = set()
+        for g in range(model.SubgraphsLength()):
+            graph_ = model.Subgraphs(g)
+            for t in range(graph_.TensorsLength()):
+                tensor = graph_.Tensors(t)
+                if tensor.ShapeLength() and tuple(tensor.ShapeAsNumpy()) == (
+                        config.vocabulary_size, config.hidden_dim):
+                    tables.add(tensor.Buffer())
+        assert len(tables) == 1, (variant, tables)
         for signature, (tensors, ops) in graph(path).items():
             assert "DEQUANTIZE" not in [op[0] for op in ops], (variant, signature)
             weights = [tensors[inputs[1]] for name, inputs, _ in ops
