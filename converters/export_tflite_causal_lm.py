@@ -55,8 +55,8 @@ def slot_write(input_pos, cache_length):
     prefill chunk that runs past the cache end is written at the clamped start
     cache_length - L, its rows shifted by the overrun, the cache's own rows
     GATHERed back below them. A decode step (L = 1) is a plain
-    DYNAMIC_UPDATE_SLICE at its position. Every index is a 1-D GATHER or a CONCATENATION:
-    the GPU accelerator runs the whole writer.
+    DYNAMIC_UPDATE_SLICE at its position. Every index is a 1-D GATHER or a
+    CONCATENATION: the GPU accelerator runs the whole writer.
     """
     import tensorflow as tf
     from tensorflow.compiler.tf2xla.python import xla

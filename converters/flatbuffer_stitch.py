@@ -292,4 +292,3 @@ def write_stored_once(data, path):
     with Stitcher(os.path.dirname(os.path.abspath(path))) as stitcher:
         stitcher.add(data)
         return stitcher.write(path, inputs, outputs)
-
