@@ -32,7 +32,6 @@ class Runner:
         self.window_signature = f"decode_{window}" if window else None
         details = self.model.get_input_tensor_details("decode")
         self.cache_names = [n for n in details if n.startswith("kv_cache_")]
-        self.cache_length = details[self.cache_names[0]]["shape"][1]
         self.caches = {n: self.model.create_input_buffer_by_name("decode", n)
                        for n in self.cache_names}
         for n, buffer in self.caches.items():

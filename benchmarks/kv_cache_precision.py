@@ -25,7 +25,7 @@ CACHE, PROMPT, STEPS = 64, 32, 16
 
 
 def rounding(kind):
-    """new keys or values (b, L, kv, d) -> as a `kind` cache would hold them."""
+    """new keys or values (b, kv, L, d) -> as a `kind` cache would hold them."""
     import tensorflow as tf
 
     def fp16(x):

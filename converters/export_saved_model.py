@@ -19,8 +19,10 @@ and of the causal LM (the LM head is tied to the token embedding), all
 dynamic in batch, length and cache size:
   prefill, decode   tokens, input_pos int32 [batch, L] (decode: L = 1; input_pos
                     the cache slot of each token, its position) and the cache
-                    kv_cache_k_<i>, kv_cache_v_<i> float32 [batch, cache, kv_heads,
-                    head_dim] -> logits [batch, L, vocab] and the updated cache.
+                    kv_cache_k_<i>, kv_cache_v_<i> float32 [batch, kv_heads, cache,
+                    head_dim] (head-major: attention reads them without a
+                    per-layer transpose) -> logits [batch, L, vocab] and the
+                    updated cache.
                     A token attends the slots up to its own.
   generate          token_ids, padding_mask [batch, seq] (right-padded prompts),
                     max_length, top_k, seed (int32 scalars), top_p, temperature
@@ -143,7 +145,7 @@ def causal_lm_functions(backbone):
     names = contract.cache_names(config.num_layers)
 
     def step(tokens, input_pos, *caches):
-        mask = causal_cache_mask(input_pos, tf.shape(caches[0])[1])
+        mask = causal_cache_mask(input_pos, tf.shape(caches[0])[2])
         caches = [tf.cast(c, backbone.compute_dtype) for c in caches]
         logits, caches = lm.call_with_cache(tokens, input_pos, mask, caches)
         out = {contract.LOGITS: logits}
@@ -246,7 +248,8 @@ def causal_lm_parity(loaded, reference):
     # Step logits: prefill the second prompt, decode its greedy continuation.
     sequence, full = reference["tokens"][1], reference["logits"]
     names = contract.cache_names(reference["num_layers"])
-    caches = {n: tf.zeros((1, 32, reference["kv_heads"], reference["head_dim"])) for n in names}
+    shape = contract.cache_shape(reference["kv_heads"], reference["head_dim"], 32)
+    caches = {n: tf.zeros(shape) for n in names}
     n = len(prompts[1])
     step = loaded.signatures["prefill"](tokens=tf.constant([sequence[:n]]),
                                         input_pos=tf.constant([list(range(n))]), **caches)

@@ -43,7 +43,9 @@ DEFAULT_PREFILL_LENGTHS = (8, 32)
 
 def slot_write(input_pos, cache_length):
     """A cache writer: the L new rows go to the contiguous slots input_pos[0] ..
-    input_pos[0] + L - 1, written in place by DYNAMIC_UPDATE_SLICE; the rest of
+    input_pos[0] + L - 1 (axis 2 of a (1, kv_heads, C, head_dim) cache; the
+    new rows arrive as (1, kv_heads, L, head_dim)), written in place by
+    DYNAMIC_UPDATE_SLICE at [0, 0, input_pos[0], 0]; the rest of
     the cache is neither read nor written, so a write costs the same at every
     cache capacity.
 
@@ -72,23 +74,23 @@ def slot_write(input_pos, cache_length):
         # max_num_tokens is the cache length), so the row is written where it
         # belongs, with none of the overrun's 5 ops per cache (4 % of an fp32
         # step at the generation benchmark's shape).
-        begin = tf.concat([zero, start, zero, zero], axis=0)
+        begin = tf.concat([zero, zero, start, zero], axis=0)
         return lambda cache, new: xla.dynamic_update_slice(cache, tf.cast(new, cache.dtype),
                                                            begin)
     rows = tf.constant(np.arange(length, dtype=np.int32))  # (L,)
     clamped = tf.minimum(start, cache_length - length)  # where DYNAMIC_UPDATE_SLICE writes
     overrun = start - clamped  # > 0 only for a chunk past the cache end
-    begin = tf.concat([zero, clamped, zero, zero], axis=0)
+    begin = tf.concat([zero, zero, clamped, zero], axis=0)
     # Row j of the written block: the cache's own row below the overrun, new row
     # j - overrun above it.
-    own = tf.cast(rows < overrun, tf.float32)[None, :, None, None]  # (1, L, 1, 1)
+    own = tf.cast(rows < overrun, tf.float32)[None, None, :, None]  # (1, 1, L, 1)
     source = tf.maximum(rows - overrun, 0)  # (L,)
     slots = clamped + rows  # (L,)
 
-    def write(cache, new):  # cache (1, C, kv, d), new (1, L, kv, d)
+    def write(cache, new):  # cache (1, kv, C, d), new (1, kv, L, d)
         new = tf.cast(new, cache.dtype)
-        block = tf.gather(new, source, axis=1)
-        block = block * (1 - own) + tf.gather(cache, slots, axis=1) * own
+        block = tf.gather(new, source, axis=2)
+        block = block * (1 - own) + tf.gather(cache, slots, axis=2) * own
         return xla.dynamic_update_slice(cache, block, begin)
 
     return write

@@ -71,7 +71,7 @@ def check_causal_lm_tflite(path, constants=None):
     Signatures: `decode` and at least one `prefill_<L>` (and any `decode_<W>`,
     which the app need not use); each takes tokens int32
     [1, L], input_pos int32 [L], mask float32 [1, 1, L, cache_len] and the caches
-    k_0, v_0 … float32 [1, cache_len, kv_heads, head_dim], and returns the same
+    k_0, v_0 … float32 [1, kv_heads, cache_len, head_dim], and returns the same
     caches; the decode signatures also return logits float32 [1, 1, vocab] (a
     prefill returns none). Returns a list of problems (empty: it conforms).
     """
@@ -118,7 +118,7 @@ def check_causal_lm_tflite(path, constants=None):
             problems.append(f"{name}: outputs {sorted(outputs)}, expected {sorted(want_out)}")
             continue
         cache_shape = tuple(inputs[caches[0]]["shape"])
-        cache_len = cache_shape[1] if len(cache_shape) == 4 else None
+        cache_len = cache_shape[2] if len(cache_shape) == 4 else None
         vocab = None if prefill else outputs[c["LOGITS"]]["shape"][-1]
         expected = {
             ("in", c["TOKENS"]): (np.int32, (1, length)),
@@ -134,10 +134,11 @@ def check_causal_lm_tflite(path, constants=None):
             detail = (inputs if side == "in" else outputs)[tensor]
             if detail["dtype"] != dtype or tuple(detail["shape"]) != shape:
                 problems.append(f"{name}: {tensor} is {np.dtype(detail['dtype']).name} "
-                                f"{list(detail['shape'])}, expected {np.dtype(dtype).name} {list(shape)}")
+                                f"{[int(d) for d in detail['shape']]}, expected "
+                                f"{np.dtype(dtype).name} {[d if d is None else int(d) for d in shape]}")
         if len(cache_shape) != 4 or cache_shape[0] != 1:
             problems.append(f"{name}: caches are {list(cache_shape)}, expected "
-                            f"[1, cache_len, kv_heads, head_dim]")
+                            f"[1, kv_heads, cache_len, head_dim]")
         shapes[name] = (cache_shape, layers)
         if vocab is not None:
             vocabs.add(vocab)
@@ -148,15 +149,18 @@ def check_causal_lm_tflite(path, constants=None):
 
 
 def build_tiny_causal_lm(path, names=None, prefill=(4,), cache_len=8, vocab=11, layers=2,
-                         kv_heads=1, head_dim=4):
+                         kv_heads=1, head_dim=4, head_major=True):
     """A tiny .tflite with the contract's signatures: a stand-in for the causal-LM
-    export, computing something cheap from every input so nothing is pruned."""
+    export, computing something cheap from every input so nothing is pruned.
+    `head_major=False` lays the caches out [1, cache_len, kv_heads, head_dim],
+    as the contract did before they became head-major."""
     tf = pytest.importorskip("tensorflow")
     n = dict(contract.__dict__, **(names or {}))
     cache_names = []
     for i in range(layers):
         cache_names += [f"{n['CACHE_K_PREFIX']}{i}", f"{n['CACHE_V_PREFIX']}{i}"]
-    cache_spec = [1, cache_len, kv_heads, head_dim]
+    cache_spec = [1, kv_heads, cache_len, head_dim] if head_major else [
+        1, cache_len, kv_heads, head_dim]
     embed = tf.constant(np.linspace(-1, 1, vocab * head_dim, dtype=np.float32).reshape(vocab, head_dim))
 
     def make(length, logits):
@@ -172,8 +176,10 @@ def build_tiny_causal_lm(path, names=None, prefill=(4,), cache_len=8, vocab=11, 
             onehot = tf.one_hot(inputs[n["INPUT_POS"]], cache_len)          # [L, cache_len]
             out = {}
             for cache in cache_names:
-                written = tf.einsum("lc,ld->cd", onehot, x)[None, :, None, :]
-                out[cache] = inputs[cache] + tf.tile(written, [1, 1, kv_heads, 1])
+                written = tf.einsum("lc,ld->cd", onehot, x)
+                written = written[None, None] if head_major else written[None, :, None]
+                tiles = [1, kv_heads, 1, 1] if head_major else [1, 1, kv_heads, 1]
+                out[cache] = inputs[cache] + tf.tile(written, tiles)
             if logits:
                 scores = tf.reduce_sum(inputs[n["MASK"]], axis=-1)[0, 0]    # [L]
                 out[n["LOGITS"]] = (tf.matmul(x, embed, transpose_b=True) + scores[:, None])[None]
@@ -213,6 +219,16 @@ def test_misnamed_tensor_is_reported(tmp_path):
     path = build_tiny_causal_lm(tmp_path / "bad.tflite", names={"INPUT_POS": "input_positions"})
     problems = check_causal_lm_tflite(path)
     assert problems and all("input_positions" in p for p in problems), problems
+
+
+def test_caches_laid_out_slot_major_are_reported(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    path = build_tiny_causal_lm(tmp_path / "slot_major.tflite", kv_heads=2, head_major=False)
+    problems = check_causal_lm_tflite(path)
+    # Read as [1, kv_heads, cache_len, head_dim], the caches hold 2 slots, not the mask's 8.
+    assert sorted(problems) == [
+        "decode: mask is float32 [1, 1, 1, 8], expected float32 [1, 1, 1, 2]",
+        "prefill_4: mask is float32 [1, 1, 4, 8], expected float32 [1, 1, 4, 2]"], problems
 
 
 def test_missing_decode_is_reported(tmp_path):

@@ -136,7 +136,8 @@ def graph(path):
 def test_caches_are_written_in_place_and_a_windowed_decode_reads_its_window_only(exported):
     lm, artifact, entries = exported
     config = lm.backbone.falcon_config
-    full = (1, CACHE, config.kv_heads, config.head_dim)
+    full = contract.cache_shape(config.kv_heads, config.head_dim, CACHE)
+    assert full == (1, config.kv_heads, CACHE, config.head_dim)  # head-major, slots on axis 2
     for variant, entry in entries.items():
         for signature, (tensors, ops) in graph(artifact / entry["file"]).items():
             length = 1 if signature.startswith("decode") else int(signature.split("_")[1])
@@ -146,18 +147,27 @@ def test_caches_are_written_in_place_and_a_windowed_decode_reads_its_window_only
             assert len(writes) == 2 * config.num_layers, (variant, signature)
             for _, inputs, outputs in writes:
                 assert tensors[inputs[0]][1] == full and tensors[outputs[0]][1] == full
-                assert tensors[inputs[1]][1] == (1, length, config.kv_heads, config.head_dim)
+                assert tensors[inputs[1]][1] == (1, config.kv_heads, length, config.head_dim)
+            windows = set()  # a decode_<W>'s window of each cache
             for name, inputs, outputs in ops:
-                reads_cache = any(tensors[i][1] == full for i in inputs if i >= 0)
-                if not reads_cache or name == "DYNAMIC_UPDATE_SLICE":
+                if not any(tensors[i][1] == full for i in inputs if i >= 0):
+                    continue
+                if name == "DYNAMIC_UPDATE_SLICE":
                     continue
                 # Nothing else touches every slot: L rows GATHERed for the
-                # writer, and a windowed decode SLICEs its window out.
-                assert name in ("GATHER", "STRIDED_SLICE") or window is None, (
-                    variant, signature, name)
+                # writer, a windowed decode SLICEs its window out, and a
+                # whole-cache step multiplies the cache as it lies: no
+                # TRANSPOSE of a cache (the layout is attention's own).
+                assert name in ("GATHER", "STRIDED_SLICE") or (
+                    window is None and name == "BATCH_MATMUL"), (variant, signature, name)
                 if window is not None:
-                    rows = tensors[outputs[0]][1][1]
+                    rows = tensors[outputs[0]][1][2]
                     assert rows in (length, window), (variant, signature, name)
+                    if name == "STRIDED_SLICE":
+                        windows.update(outputs)
+            # Nor is a window transposed: attention multiplies it as it lies.
+            assert all(name != "TRANSPOSE" or not windows.intersection(inputs)
+                       for name, inputs, _ in ops), (variant, signature)
 
 
 @pytest.fixture(scope="module")
@@ -306,11 +316,11 @@ def test_tflite_loader_takes_names_and_shapes_from_the_manifest(exported, tmp_pa
     lite = LiteLM.from_preset(str(artifact), variant="fp32")
     recorded = json.loads((artifact / "manifest.json").read_text())["causal_lm"]["signatures"]
     assert lite._runners.signatures == recorded
-    assert lite.cache_length == recorded["decode"]["inputs"]["kv_cache_k_0"]["shape"][1] == CACHE
+    assert lite.cache_length == recorded["decode"]["inputs"]["kv_cache_k_0"]["shape"][2] == CACHE
     copy = tmp_path / "copy"
     shutil.copytree(artifact, copy)
     data = json.loads((copy / "manifest.json").read_text())
-    data["causal_lm"]["signatures"]["decode"]["inputs"]["kv_cache_k_0"]["shape"][1] = 2 * CACHE
+    data["causal_lm"]["signatures"]["decode"]["inputs"]["kv_cache_k_0"]["shape"][2] = 2 * CACHE
     (copy / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"manifest.json: the inputs of signature `decode` "
                                          r"differ between the manifest"):

@@ -15,7 +15,7 @@ Causal LM, the on-device LLM convention (ai-edge-torch / LiteRT-LM), batch 1:
     prefill_<L>: tokens int32 [1, L], input_pos int32 [L],
                  mask float32 [1, 1, L, cache_length] (0 where attention is
                  allowed, MASK_VALUE elsewhere),
-                 kv_cache_k_<i>, kv_cache_v_<i> float32 [1, cache_length, kv_heads, head_dim]
+                 kv_cache_k_<i>, kv_cache_v_<i> float32 [1, kv_heads, cache_length, head_dim]
               -> kv_cache_k_<i>, kv_cache_v_<i> (updated); no logits, as in
                  LiteRT-LM's and litert-torch's files: a prefill only fills
                  the caches, so the last block stops at its keys and values
@@ -32,6 +32,11 @@ Causal LM, the on-device LLM convention (ai-edge-torch / LiteRT-LM), batch 1:
 tokens' keys and values go to the contiguous cache slots input_pos[0] ..
 input_pos[0] + L - 1, so padded rows of a chunk (LiteRT-LM sets their
 input_pos to 0) never overwrite earlier slots.
+
+The caches are head-major, [1, kv_heads, cache_length, head_dim] (the slot
+axis is 2): attention multiplies each key/value head's slots as they lie, so
+no step transposes a whole cache per layer; only the new tokens' keys and
+values turn head-major before they are written.
 
 The cache capacity is `cache_length` in every Python and Java API; the
 manifest stores it as `causal_lm.cache_len`, the artifact format's field name,
@@ -113,9 +118,11 @@ def decode_window(name):
 
 
 def cache_shape(kv_heads, head_dim, cache_length, batch=1):
-    """The shape of one layer's key or value cache: (batch, cache_length,
-    kv_heads, head_dim); None for a size a signature leaves open."""
-    return (batch, cache_length, kv_heads, head_dim)
+    """The shape of one layer's key or value cache: (batch, kv_heads,
+    cache_length, head_dim), head-major, the layout attention reads (no
+    per-layer transpose of the whole cache); None for a size a signature
+    leaves open."""
+    return (batch, kv_heads, cache_length, head_dim)
 
 
 def tensor_spec(shape, dtype):

@@ -65,7 +65,8 @@ class SignatureRunners:
                                    or n.startswith(contract.CACHE_V_PREFIX)),
                                   key=lambda n: (int(n.rsplit("_", 1)[1]), n))
         self.cache_shape = tuple(decode[self.cache_names[0]]["shape"])
-        self.cache_length = self.cache_shape[1]
+        # The mask's last axis: the slots a step may attend, whatever the caches' layout.
+        self.cache_length = decode[contract.MASK]["shape"][-1]
         self._inputs = {}  # signature -> {tokens, input_pos, mask: TensorBuffer}
         self._logits = {}  # signature -> (TensorBuffer, shape)
         self._caches = None  # cache name -> TensorBuffer, shared by every signature

@@ -78,19 +78,27 @@ class FalconAttention(keras.layers.Layer):
 
     def _attend(self, query, key, value, mask_bias, position, keep=None, training=None):
         """query (b, q, n, d) over key and value (b, k, kv, d) -> (b, q, hidden)."""
+        # Keys keep their rows of d (a transposed matmul, not a (b, kv, d, k)
+        # copy): moving whole rows is what a cache of many slots can afford.
+        key = ops.transpose(key, (0, 2, 1, 3))  # (b, kv, k, d)
+        value = ops.transpose(value, (0, 2, 1, 3))  # (b, kv, k, d)
+        return self._attend_heads(query, key, value, mask_bias, position, keep, training)
+
+    def _attend_heads(self, query, key, value, mask_bias, position, keep=None, training=None):
+        """query (b, q, n, d) over key and value (b, kv, k, d) -> (b, q, hidden).
+
+        Keys and values arrive head-major, as the caches hold them, so a
+        cached step moves no cache: only the query and the output turn.
+        """
         # No tensor here has more than 4 dimensions: the LiteRT GPU delegate
         # rejects 5-D ones. Query head j = h * g + i (h its key/value head), so
         # (b, n, q, d) and (b, kv, g * q, d) share one memory order, and grouped
         # attention is a 4-D batched matmul over the kv heads.
         n, kv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        batch, seq, keys = ops.shape(query)[0], ops.shape(query)[1], ops.shape(key)[1]
+        batch, seq, keys = ops.shape(query)[0], ops.shape(query)[1], ops.shape(key)[2]
         # Scaling the query scales the logits; an ALiBi bias arrives pre-scaled.
         query = query * ops.cast(1.0 / math.sqrt(d), query.dtype)
         query = ops.reshape(ops.transpose(query, (0, 2, 1, 3)), (batch, kv, -1, d))  # (b, kv, g q, d)
-        # Keys keep their rows of d (a transposed matmul, not a (b, kv, d, k)
-        # copy): moving whole rows is what a cache of many slots can afford.
-        key = ops.transpose(key, (0, 2, 1, 3))  # (b, kv, k, d)
-        value = ops.transpose(value, (0, 2, 1, 3))  # (b, kv, k, d)
         logits = tf.matmul(query, key, transpose_b=True)  # (b, kv, g q, k)
         logits = ops.reshape(logits, (batch, n, seq, keys))  # (b, n, q, k)
         logits = self._bias(ops.cast(logits, "float32"), position) + mask_bias
@@ -111,21 +119,26 @@ class FalconAttention(keras.layers.Layer):
         """Attention of new tokens over a fixed-size key/value cache.
 
         x: (b, L, hidden), the new tokens. cache_key, cache_value:
-        (b, C, kv, d). mask_bias: (b, 1, L, C), 0 where a new token may attend
-        a cache slot. position: rotary angles of the new tokens (b, L, 2, d),
-        or the ALiBi bias of every slot (1, n, 1, C). write(cache, new) puts
-        the new keys (values) into their slots. window: None, or attend only
-        the first `window` slots (a static int; mask_bias and an ALiBi
-        position then cover those slots only). Returns (out, cache_key,
-        cache_value), the caches holding the new tokens.
+        (b, kv, C, d), head-major, so attention reads them as they lie (no
+        whole-cache transpose per layer per step). mask_bias: (b, 1, L, C), 0
+        where a new token may attend a cache slot. position: rotary angles of
+        the new tokens (b, L, 2, d), or the ALiBi bias of every slot
+        (1, n, 1, C). write(cache, new) puts the new keys (values), given as
+        (b, kv, L, d), into their slots. window: None, or attend only the
+        first `window` slots (a static int; mask_bias and an ALiBi position
+        then cover those slots only). Returns (out, cache_key, cache_value),
+        the caches holding the new tokens.
         """
         query, key, value = self._project(x, position)
+        # Only the new rows turn head-major: L rows, not the cache's C.
+        key = ops.transpose(key, (0, 2, 1, 3))  # (b, kv, L, d)
+        value = ops.transpose(value, (0, 2, 1, 3))
         cache_key = write(cache_key, ops.cast(key, cache_key.dtype))
         cache_value = write(cache_value, ops.cast(value, cache_value.dtype))
         keys, values = (cache_key, cache_value) if window is None else (
-            cache_key[:, :window], cache_value[:, :window])
-        out = self._attend(query, ops.cast(keys, query.dtype),
-                           ops.cast(values, query.dtype), mask_bias, position)
+            cache_key[:, :, :window], cache_value[:, :, :window])
+        out = self._attend_heads(query, ops.cast(keys, query.dtype),
+                                 ops.cast(values, query.dtype), mask_bias, position)
         return out, cache_key, cache_value
 
     def compute_output_shape(self, input_shape):

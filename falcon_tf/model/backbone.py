@@ -188,7 +188,7 @@ class FalconBackbone(keras.Model):
             they go to (their positions).
         mask_bias: (b, 1, L, C) float32, 0 where a token may attend a slot
             and a large negative number elsewhere (`causal_cache_mask`).
-        caches: [k_0, v_0, …], each (b, C, kv_heads, head_dim).
+        caches: [k_0, v_0, …], each (b, kv_heads, C, head_dim).
         write: how new keys and values enter a cache: `write(cache, new)`.
         embed: as in `forward`.
         window: None, or a static int: the new tokens attend only the first
@@ -196,7 +196,7 @@ class FalconBackbone(keras.Model):
             the step reads that much of the cache, not all of it.
         Returns (sequence_output (b, L, hidden), updated caches).
         """
-        cache_length = tensor_dim(caches[0], 1)
+        cache_length = tensor_dim(caches[0], 2)
         if window is not None:
             cache_length, mask_bias = window, mask_bias[..., :window]
         x, position = self.embed_cached(token_ids, positions, cache_length, embed)

@@ -40,12 +40,17 @@ def _bucket(n, cap):
 
 def scatter_write(positions):
     """A cache writer for XLA: row b's new entries go to slots positions[b]
-    (b, L), in place."""
-    batch = tf.shape(positions)[0]
-    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(positions))
-    indices = tf.stack([rows, positions], axis=-1)  # (b, L, 2)
+    (b, L), in place, in every key/value head."""
+    shape = tf.shape(positions)
+    batch, length = shape[0], shape[1]
 
-    def write(cache, new):  # cache (b, C, kv, d), new (b, L, kv, d)
+    def write(cache, new):  # cache (b, kv, C, d), new (b, kv, L, d)
+        kv_heads = tf.shape(cache)[1]
+        grid = (batch, kv_heads, length)
+        rows = tf.broadcast_to(tf.range(batch)[:, None, None], grid)
+        heads = tf.broadcast_to(tf.range(kv_heads)[None, :, None], grid)
+        slots = tf.broadcast_to(positions[:, None, :], grid)
+        indices = tf.stack([rows, heads, slots], axis=-1)  # (b, kv, L, 3)
         return tf.tensor_scatter_nd_update(cache, indices, new)
 
     return write

@@ -146,12 +146,12 @@ def saved_model_scorer(lm):
 
     specs = lm.prefill.structured_input_signature[1]
     caches = sorted(n for n in specs if n not in ("tokens", "input_pos"))
-    kv_heads, head_dim = (int(d) for d in specs[caches[0]].shape[2:])
+    _, kv_heads, _, head_dim = specs[caches[0]].shape.as_list()  # (batch, kv, C, d)
 
     def score(rows):
         rows = np.asarray(rows, np.int32)
         batch, length = rows.shape
-        empty = tf.zeros((batch, length, kv_heads, head_dim), tf.float32)
+        empty = tf.zeros(contract.cache_shape(kv_heads, head_dim, length, batch), tf.float32)
         positions = np.broadcast_to(np.arange(length, dtype=np.int32), rows.shape)
         out = lm.prefill(tokens=tf.constant(rows), input_pos=tf.constant(positions),
                          **{n: empty for n in caches})

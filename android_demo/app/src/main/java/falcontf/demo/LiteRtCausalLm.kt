@@ -90,10 +90,10 @@ class LiteRtCausalLm(model: ByteBuffer, cpuThreads: Int, source: String) : Causa
             }
             val cache = interpreter.getInputTensorFromSignature(cacheNames[0], FalconContract.DECODE_SIGNATURE)
             require(cache.dataType() == DataType.FLOAT32 && cache.shape().size == 4) {
-                "$source: ${cacheNames[0]} must be float32 [1, cache_len, kv_heads, head_dim]; " +
+                "$source: ${cacheNames[0]} must be float32 [1, kv_heads, cache_len, head_dim]; " +
                     "it is ${cache.dataType()} ${cache.shape().contentToString()}."
             }
-            cacheLen = cache.shape()[1]
+            cacheLen = cache.shape()[2]
             cacheBytes = cache.numBytes()
             val logits = interpreter.getOutputTensorFromSignature(FalconContract.LOGITS, FalconContract.DECODE_SIGNATURE)
             vocab = logits.shape().last()

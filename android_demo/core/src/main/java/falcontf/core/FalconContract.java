@@ -7,7 +7,8 @@ package falcontf.core;
  * <p>Causal LM, batch 1: {@code prefill_<L>} and {@code decode} (L = 1) take
  * tokens int32 [1, L], input_pos int32 [L] (the cache slots written), mask float32
  * [1, 1, L, cache_len] (0 where attention is allowed, MASK_VALUE elsewhere) and
- * kv_cache_k_i / kv_cache_v_i float32 [1, cache_len, kv_heads, head_dim]. They return
+ * kv_cache_k_i / kv_cache_v_i float32 [1, kv_heads, cache_len, head_dim] (head-major, as
+ * attention reads them: no step transposes a whole cache). They return
  * the updated caches under the same names; {@code decode} also returns logits float32
  * [1, 1, vocab], {@code prefill_<L>} returns no logits (it only fills the caches; files
  * exported earlier returned logits [1, L, vocab] there too, which a host ignores). A

@@ -332,7 +332,7 @@ public final class Manifest {
             outputs.put(FalconContract.LOGITS, new TensorSpec(new int[] {1, length, vocab}, "float32"));
         }
         for (String cache : FalconContract.cacheNames(numLayers)) {
-            TensorSpec spec = new TensorSpec(new int[] {1, cacheLength, kvHeads, headDim}, "float32");
+            TensorSpec spec = new TensorSpec(new int[] {1, kvHeads, cacheLength, headDim}, "float32");
             inputs.put(cache, spec);
             outputs.put(cache, spec);
         }

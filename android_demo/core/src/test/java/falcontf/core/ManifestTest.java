@@ -61,6 +61,8 @@ public class ManifestTest {
         assertEquals(Arrays.asList("prefill_8", "prefill_16", "decode"), List.copyOf(lm.signatures.keySet()));
         Manifest.Signature decode = lm.signatures.get(FalconContract.DECODE_SIGNATURE);
         assertArrayEquals(new int[] {1, 1, 1, 64}, decode.inputs.get(FalconContract.MASK).shape);
+        // The caches are head-major: [1, kv_heads, cache_len, head_dim].
+        assertArrayEquals(new int[] {1, 4, 64, 16}, decode.inputs.get("kv_cache_k_0").shape);
         // decode returns logits and the caches; a prefill the caches only.
         assertArrayEquals(new int[] {1, 1, 1024}, decode.outputs.get(FalconContract.LOGITS).shape);
         assertEquals(Arrays.asList("kv_cache_k_0", "kv_cache_k_1", "kv_cache_v_0", "kv_cache_v_1"),
@@ -130,8 +132,8 @@ public class ManifestTest {
         assertTrue(renamed, renamed.startsWith("m.json: causal_lm.signatures.decode.inputs are [input_positions, "));
         assertTrue(renamed, renamed.contains("the contract needs [input_pos, "));
         // Sizes that disagree with the tensors recorded for the signatures.
-        assertEquals("m.json: causal_lm.signatures.prefill_8.inputs.kv_cache_k_0 is float32 [1, 64, 4, 16]; "
-                + "expected float32 [1, 64, 2, 16] from the section's sizes.",
+        assertEquals("m.json: causal_lm.signatures.prefill_8.inputs.kv_cache_k_0 is float32 [1, 4, 64, 16]; "
+                + "expected float32 [1, 2, 64, 16] from the section's sizes.",
                 error(REAL.replace("\"kv_heads\": 4", "\"kv_heads\": 2")));
         assertTrue(error(REAL.replace("\"num_layers\": 2", "\"num_layers\": 3")).contains("kv_cache_k_2"));
     }
