@@ -144,3 +144,32 @@ def test_trained_preset_reproduces_its_recorded_heldout_perplexity():
     calibration = evaluation.preset_token_ids("falcon_tiny_trained",
                                               evaluation.CALIBRATION_FILE)
     assert calibration.ndim == 2 and calibration.max() < lm.backbone.vocabulary_size
+
+
+@pytest.mark.parametrize("layout", ["head-major", "slot-major"])
+def test_saved_model_scorer_builds_caches_in_the_signatures_layout(layout):
+    # Head-major (batch, kv, C, d) caches, and the slot-major (batch, C, kv, d)
+    # ones of SavedModels exported before them: the scorer's empty caches take
+    # the layout the `prefill` signature declares.
+    import types
+
+    import tensorflow as tf
+
+    from falcon_tf.runtime.evaluation import saved_model_scorer
+
+    kv, d, vocab = 2, 4, 5
+    shape = [None, kv, None, d] if layout == "head-major" else [None, None, kv, d]
+    seen = []
+
+    def prefill(tokens, input_pos, kv_cache_k_0, kv_cache_v_0):
+        seen.append(tuple(kv_cache_k_0.shape))
+        return {"logits": tf.zeros(tuple(tokens.shape) + (vocab,))}
+
+    # As a loaded SavedModel's signature describes itself: keyword inputs only.
+    ids = tf.TensorSpec([None, None], tf.int32)
+    prefill.structured_input_signature = ((), {
+        "tokens": ids, "input_pos": ids, "kv_cache_k_0": tf.TensorSpec(shape, tf.float32),
+        "kv_cache_v_0": tf.TensorSpec(shape, tf.float32)})
+    logits = saved_model_scorer(types.SimpleNamespace(prefill=prefill))(np.zeros((3, 7), np.int32))
+    assert logits.shape == (3, 7, vocab)
+    assert seen == [(3, kv, 7, d) if layout == "head-major" else (3, 7, kv, d)]

@@ -146,12 +146,16 @@ def saved_model_scorer(lm):
 
     specs = lm.prefill.structured_input_signature[1]
     caches = sorted(n for n in specs if n not in ("tokens", "input_pos"))
-    _, kv_heads, _, head_dim = specs[caches[0]].shape.as_list()  # (batch, kv, C, d)
+    # The batch (axis 0) and the slots are left open: (batch, kv, C, d), or
+    # (batch, C, kv, d) in SavedModels exported before the head-major caches.
+    layout = specs[caches[0]].shape.as_list()
 
     def score(rows):
         rows = np.asarray(rows, np.int32)
         batch, length = rows.shape
-        empty = tf.zeros(contract.cache_shape(kv_heads, head_dim, length, batch), tf.float32)
+        shape = [batch if axis == 0 else length if size is None else size
+                 for axis, size in enumerate(layout)]
+        empty = tf.zeros(shape, tf.float32)
         positions = np.broadcast_to(np.arange(length, dtype=np.int32), rows.shape)
         out = lm.prefill(tokens=tf.constant(rows), input_pos=tf.constant(positions),
                          **{n: empty for n in caches})
