@@ -161,14 +161,15 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths, decode_windows=(),
     for i, layer in enumerate(backbone.transformer_layers):
         pieces.append(Piece(name=layer.name, variables=layer.variables,
                             functions={s: block(i, s) for s in specs}, block=layer, module=None))
+    # A prefill returns the caches only: the head serves the decode signatures,
+    # and the stitcher drops the last block's work that only logits needed.
     pieces.append(Piece(name="head", variables=backbone.final_layernorm.variables
                         + ([] if project is not None else backbone.token_embedding.variables),
-                        functions={s: head(s) for s in specs}, block=None, module=head_module,
-                        kind=head_kind))
+                        functions={s: head(s) for s in specs
+                                   if not s.startswith(contract.PREFILL_PREFIX)},
+                        block=None, module=head_module, kind=head_kind))
     names = contract.cache_names(backbone.num_layers)
     inputs = {s: list(spec) for s, spec in specs.items()}
-    # A prefill returns the caches only: the stitcher drops the head and what
-    # else only its logits needed.
     outputs = {s: ([] if s.startswith(contract.PREFILL_PREFIX) else [contract.LOGITS]) + names
                for s in specs}
     return pieces, inputs, outputs

@@ -67,7 +67,7 @@ def _detach(obj):
 def _drop_dead_operators(graph):
     """Removes the operators whose outputs neither a later operator nor the
     signature reads: a signature that returns fewer outputs than its pieces
-    compute (a prefill without logits drops the head and the last block's
+    compute (a prefill without logits drops the last block's
     attention output and MLP). Their tensors stay, unused."""
     live, kept = set(graph.outputs), []
     for op in reversed(graph.operators):
@@ -282,13 +282,16 @@ def write_stored_once(data, path):
     file out, buffers of equal bytes stored once: the int8 files' embedding
     lookup rows and LM head weight are the same bytes, which ai-edge-quantizer
     writes twice. Returns the file's size in bytes."""
-    model = read_piece(data)
+    # The signatures' port names, read in place (`Stitcher.add` unpacks the file).
+    model = _schema().Model.GetRootAsModel(data, 0)
     inputs, outputs = {}, {}
-    for signature in model.signatureDefs:
-        name = signature.signatureKey.decode()
-        inputs[name] = [port.name.decode() for port in signature.inputs]
-        outputs[name] = [port.name.decode() for port in signature.outputs]
-    del model
+    for s in range(model.SignatureDefsLength()):
+        signature = model.SignatureDefs(s)
+        name = signature.SignatureKey().decode()
+        inputs[name] = [signature.Inputs(i).Name().decode()
+                        for i in range(signature.InputsLength())]
+        outputs[name] = [signature.Outputs(i).Name().decode()
+                         for i in range(signature.OutputsLength())]
     with Stitcher(os.path.dirname(os.path.abspath(path))) as stitcher:
         stitcher.add(data)
         return stitcher.write(path, inputs, outputs)
