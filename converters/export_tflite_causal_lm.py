@@ -14,9 +14,8 @@ The cache is updated in place: DYNAMIC_UPDATE_SLICE writes the new keys and
 values to the slots input_pos[0] .. input_pos[0] + L - 1 and touches no other
 slot (`slot_write`), on the CPU and on the GPU accelerator alike. A chunk's
 tokens take contiguous slots from its first position (LiteRT-LM pads unused
-rows with input_pos 0, which must not overwrite slot 0); a prefill chunk's
-rows at or past cache_length write nothing (a decode step there is refused by
-every host). The files and their parity go into the manifest's
+rows with input_pos 0, which must not overwrite slot 0), and a chunk must fit
+the cache: input_pos[0] + L <= cache_length. The files and their parity go into the manifest's
 `causal_lm` entry; the tokenizer goes to tokenizer/.
 
 Variants (converters/export_tflite.py CAUSAL_LM_RECIPES): fp32; fp16 weights
@@ -44,21 +43,24 @@ DEFAULT_PREFILL_LENGTHS = (8, 32)
 def slot_write(input_pos, cache_length):
     """A cache writer: the L new rows go to the contiguous slots input_pos[0] ..
     input_pos[0] + L - 1 (axis 2 of a (1, kv_heads, C, head_dim) cache; the
-    new rows arrive as (1, kv_heads, L, head_dim)), written in place by
-    DYNAMIC_UPDATE_SLICE at [0, 0, input_pos[0], 0]; the rest of
-    the cache is neither read nor written, so a write costs the same at every
-    cache capacity.
+    new rows arrive as (1, kv_heads, L, head_dim)), written in place by one
+    DYNAMIC_UPDATE_SLICE at [0, 0, input_pos[0], 0]; the rest of the cache is
+    neither read nor written, so a write costs the same at every cache
+    capacity, and the GPU accelerator runs it.
 
     Only the first position is read: LiteRT-LM's runtime sets `input_pos` to 0
     for the unused rows of a prefill chunk, and those rows must not land in
     slot 0. Written past the prompt, they sit in slots that decode overwrites
-    before any token attends them; past the cache they write nothing.
-    DYNAMIC_UPDATE_SLICE clamps its start so that the update fits, so a
-    prefill chunk that runs past the cache end is written at the clamped start
-    cache_length - L, its rows shifted by the overrun, the cache's own rows
-    GATHERed back below them. A decode step (L = 1) is a plain
-    DYNAMIC_UPDATE_SLICE at its position. Every index is a 1-D GATHER or a
-    CONCATENATION: the GPU accelerator runs the whole writer.
+    before any token attends them.
+
+    A chunk must fit the cache: input_pos[0] + L <= cache_length
+    (DYNAMIC_UPDATE_SLICE would clamp its start and shift the rows over
+    earlier ones). Every host keeps to that: `falcon_tf.lite` and the Android
+    core choose prefill chunks that fit and decode a tail that none fits, and
+    LiteRT-LM's Engine runs only prefill signatures no longer than the cache
+    entries left. Reading the cache's own rows back under a clamped chunk
+    cost 5 ops per cache, 14 % of an int8 prefill at the generation
+    benchmark's shape.
     """
     import tensorflow as tf
     from tensorflow.compiler.tf2xla.python import xla
@@ -66,34 +68,9 @@ def slot_write(input_pos, cache_length):
     length = input_pos.shape[0]
     if length > cache_length:
         raise ValueError(f"A chunk of {length} tokens does not fit a cache of {cache_length}.")
-    start = input_pos[:1]  # (1,)
     zero = tf.zeros((1,), tf.int32)
-    if length == 1:
-        # A decode step's one row cannot run past the cache end: every host
-        # refuses a position at or past cache_length (LiteRT-LM's
-        # max_num_tokens is the cache length), so the row is written where it
-        # belongs, with none of the overrun's 5 ops per cache (4 % of an fp32
-        # step at the generation benchmark's shape).
-        begin = tf.concat([zero, zero, start, zero], axis=0)
-        return lambda cache, new: xla.dynamic_update_slice(cache, tf.cast(new, cache.dtype),
-                                                           begin)
-    rows = tf.constant(np.arange(length, dtype=np.int32))  # (L,)
-    clamped = tf.minimum(start, cache_length - length)  # where DYNAMIC_UPDATE_SLICE writes
-    overrun = start - clamped  # > 0 only for a chunk past the cache end
-    begin = tf.concat([zero, zero, clamped, zero], axis=0)
-    # Row j of the written block: the cache's own row below the overrun, new row
-    # j - overrun above it.
-    own = tf.cast(rows < overrun, tf.float32)[None, None, :, None]  # (1, 1, L, 1)
-    source = tf.maximum(rows - overrun, 0)  # (L,)
-    slots = clamped + rows  # (L,)
-
-    def write(cache, new):  # cache (1, kv, C, d), new (1, kv, L, d)
-        new = tf.cast(new, cache.dtype)
-        block = tf.gather(new, source, axis=2)
-        block = block * (1 - own) + tf.gather(cache, slots, axis=2) * own
-        return xla.dynamic_update_slice(cache, block, begin)
-
-    return write
+    begin = tf.concat([zero, zero, input_pos[:1], zero], axis=0)
+    return lambda cache, new: xla.dynamic_update_slice(cache, tf.cast(new, cache.dtype), begin)
 
 
 def default_decode_windows(cache_length):

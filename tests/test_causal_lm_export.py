@@ -154,11 +154,11 @@ def test_caches_are_written_in_place_and_a_windowed_decode_reads_its_window_only
                     continue
                 if name == "DYNAMIC_UPDATE_SLICE":
                     continue
-                # Nothing else touches every slot: L rows GATHERed for the
-                # writer, a windowed decode SLICEs its window out, and a
+                # Nothing else touches every slot: the writer reads no cache
+                # row, a windowed decode SLICEs its window out, and a
                 # whole-cache step multiplies the cache as it lies: no
                 # TRANSPOSE of a cache (the layout is attention's own).
-                assert name in ("GATHER", "STRIDED_SLICE") or (
+                assert name == "STRIDED_SLICE" or (
                     window is None and name == "BATCH_MATMUL"), (variant, signature, name)
                 if window is not None:
                     rows = tensors[outputs[0]][1][2]
@@ -351,6 +351,32 @@ def test_rotary_and_grouped_variants_export_and_match(variant, tmp_path):
     if os.environ.get("FALCON_TF_REQUIRE_GPU") == "1" or entries["fp32"][
             "gpu_fully_accelerated"] is not None:
         assert entries["fp32"]["gpu_fully_accelerated"] is True
+
+
+def test_a_prompt_near_the_cache_end_is_prefilled_in_chunks_that_fit(tmp_path):
+    """The writer puts a chunk's rows at input_pos[0] .. + L - 1 with one
+    DYNAMIC_UPDATE_SLICE, which would clamp a chunk running past the cache end
+    over earlier slots; so the host takes only chunks that fit and decodes a
+    tail too near the end for any. Cache 36, prefill (8, 16): 34 prompt tokens
+    are prefill_16 at 0 and 16, then decode at 32 and 33."""
+    from falcon_tf.lite import FalconCausalLM as LiteLM
+    from falcon_tf.lite.causal_lm import run_steps
+
+    backbone = randomize(FalconBackbone(**tiny_kwargs(vocabulary_size=37)), seed=2, scale=0.2)
+    export_tflite_causal_lm("tiny", tmp_path, model=backbone, variants=("fp32",),
+                            cache_length=36, prefill_lengths=(8, 16))
+    runners = LiteLM.from_preset(str(tmp_path / "tiny"), variant="fp32")._runners
+    calls, run = [], runners.run
+    runners.run = lambda name, tokens, pos, *rest: (calls.append((name, int(pos[0]))),
+                                                    run(name, tokens, pos, *rest))[1]
+    sequence = np.random.default_rng(0).integers(0, 37, 36).tolist()
+    logits = run_steps(runners, sequence, 35)
+    assert calls == [("prefill_16", 0), ("prefill_16", 16), ("decode", 32), ("decode", 33),
+                     ("decode", 34), ("decode", 35)]
+    full = FalconCausalLM(backbone, cache_length=36)({
+        "token_ids": np.array([sequence], "int32"),
+        "padding_mask": np.ones((1, 36), "int32")}).numpy()[0]
+    np.testing.assert_allclose(logits, full[34:], atol=LOGIT_TOL)
 
 
 GPU_CHILD = textwrap.dedent("""

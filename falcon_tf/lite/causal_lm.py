@@ -144,18 +144,23 @@ def _mask(start, length, cache_length):
 
 
 def _prefill(runners, tokens, caches):
-    """Prefills `tokens` from slot 0, in chunks of the exported lengths.
-    Returns the caches."""
+    """Prefills `tokens` from slot 0, in chunks of the exported lengths that
+    fit the cache (a chunk must end at or before cache_length). Returns the
+    caches."""
     start, n = 0, len(tokens)
     while start < n:
         left = n - start
-        length = next((L for L in runners.prefill_lengths if L >= left),
-                      runners.prefill_lengths[-1])
+        fitting = [L for L in runners.prefill_lengths if start + L <= runners.cache_length]
+        if not fitting:  # too near the cache end for any prefill: decode the rest
+            for position in range(start, n):
+                _, caches = _decode(runners, tokens[position], position, caches)
+            break
+        length = next((L for L in fitting if L >= left), fitting[-1])
         chunk = np.zeros((1, length), np.int32)
         real = min(left, length)
         chunk[0, :real] = tokens[start:start + real]
         # Past the prompt the chunk's padding writes slots that decode
-        # overwrites before any token attends them (or nothing, past the cache).
+        # overwrites before any token attends them.
         pos = (start + np.arange(length)).astype(np.int32)
         _, caches = runners.run(contract.prefill_signature(length), chunk, pos,
                                 _mask(start, length, runners.cache_length), caches)

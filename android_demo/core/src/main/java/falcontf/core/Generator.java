@@ -8,11 +8,13 @@ import java.util.Arrays;
  *
  * <p>The prefill signatures only fill the cache (they return no logits), so the prompt
  * but its last token goes through them in chunks from slot 0: for the tokens left, the
- * shortest prefill length that holds them all, else the longest. A chunk shorter than
+ * shortest prefill length that holds them all, else the longest, among the lengths whose
+ * chunk ends within the cache (the export's cache update writes a chunk whole, so one
+ * running past the cache end would land over earlier slots); tokens too near the cache
+ * end for any prefill length go to {@code decode} one by one. A chunk shorter than
  * its signature is padded with token 0 at the following positions; no real query can
- * see those slots (the mask allows a query at position p only slots 0..p), the
- * following tokens overwrite them, and positions at or past the cache end write nothing
- * (the export's cache update). Then the prompt's last token goes to {@code decode} at
+ * see those slots (the mask allows a query at position p only slots 0..p), and the
+ * following tokens overwrite them. Then the prompt's last token goes to {@code decode} at
  * its position n - 1, and its logits give the first new token; a one-token prompt
  * needs no prefill at all. Each new token is then fed to {@code decode} at the next
  * position. For example a 9-token prompt with prefill lengths {4, 8}: prefill_8 at 0
@@ -132,7 +134,11 @@ public final class Generator {
         int position = 0;
         while (position < last) {
             int left = last - position;
-            int length = chunkLength(left);
+            int length = chunkLength(left, cacheLength - position);
+            if (length == 0) {  // no prefill length fits before the cache end
+                for (; position < last; position++) decode(prompt[position], position);
+                break;
+            }
             int used = Math.min(left, length);
             int[] tokens = new int[length];
             System.arraycopy(prompt, position, tokens, 0, used);
@@ -184,12 +190,19 @@ public final class Generator {
         return new Result(out.toArray(), prompt.length, reason, message, prefillNanos, decodeNanos, decodeSteps);
     }
 
-    /** The prefill length for the next prompt chunk: the shortest holding all, else the longest. */
-    private int chunkLength(int left) {
+    /**
+     * The prefill length for the next prompt chunk, among those no longer than {@code room}
+     * (the slots left before the cache end): the shortest holding all {@code left} tokens,
+     * else the longest; 0 when none fits.
+     */
+    private int chunkLength(int left, int room) {
+        int longest = 0;
         for (int length : prefillLengths) {
+            if (length > room) break;
             if (length >= left) return length;
+            longest = length;
         }
-        return prefillLengths[prefillLengths.length - 1];
+        return longest;
     }
 
     /** input_pos of a run over positions start .. start + length - 1. */
@@ -201,13 +214,13 @@ public final class Generator {
 
     /**
      * The causal mask of a run over positions start .. start + length - 1: row i allows
-     * slots 0 .. start + i (all of them for a padding row past the cache end).
+     * slots 0 .. start + i.
      */
     private float[] mask(int start, int length) {
         float[] mask = new float[length * cacheLength];
         Arrays.fill(mask, FalconContract.MASK_VALUE);
         for (int i = 0; i < length; i++) {
-            Arrays.fill(mask, i * cacheLength, i * cacheLength + Math.min(start + i + 1, cacheLength), 0f);
+            Arrays.fill(mask, i * cacheLength, i * cacheLength + start + i + 1, 0f);
         }
         return mask;
     }

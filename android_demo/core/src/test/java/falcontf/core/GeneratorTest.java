@@ -50,11 +50,14 @@ public class GeneratorTest {
             assertEquals(length, inputPos.length);
             assertEquals(length * cache, mask.length);
             calls.add(signature + "@" + inputPos[0]);
+            // The export writes a chunk whole at its start: one running past the cache
+            // end would land over earlier slots.
+            assertTrue(signature + "@" + inputPos[0] + " runs past the cache end",
+                    inputPos[0] + length <= cache);
             for (int i = 0; i < length; i++) {
                 assertEquals("input_pos counts up from the chunk's start", inputPos[0] + i, inputPos[i]);
                 assertTrue("input_pos is not negative", inputPos[i] >= 0);
-                // As the export: a slot at or past the cache end writes nothing.
-                if (inputPos[i] < cache) slots[inputPos[i]] = tokens[i];
+                slots[inputPos[i]] = tokens[i];
             }
             float[] logits = new float[length * vocab];
             for (int i = 0; i < length; i++) {
@@ -181,7 +184,7 @@ public class GeneratorTest {
     }
 
     @Test
-    public void lastChunkIsPaddedPastTheCacheEndAsThePythonLoop() {
+    public void chunksEndWithinTheCacheAsThePythonLoop() {
         // 15 tokens, cache 16: 14 prefilled, prefill_8 at 0, then the 6 left padded into
         // prefill_8 at slots 8..15; the last decoded at 14. The sequence may fill the
         // cache: one new token, then it is full.
@@ -191,12 +194,18 @@ public class GeneratorTest {
         assertArrayEquals(expectedHashTokens(prompt(15), 1, 50), r.tokens);
         assertEquals(Generator.StopReason.CACHE_FULL, r.stopReason);
 
-        // 11 tokens, cache 12: the second prefill_8 covers positions 8..15, of which
-        // 12..15 are past the cache (they write nothing; their rows see every slot).
+        // 11 tokens, cache 12: after prefill_8 at 0 only 4 slots are left, too few for
+        // prefill_8, so tokens 8 and 9 are decoded one by one, then the last at 10.
         HashingModel tight = new HashingModel(12, 50, 8);
         Generator.Result t = new Generator(tight).generate(prompt(11), 5, Sampler.greedy(), null, null);
-        assertEquals(Arrays.asList("prefill_8@0", "prefill_8@8", "decode@10"), tight.calls);
+        assertEquals(Arrays.asList("prefill_8@0", "decode@8", "decode@9", "decode@10"), tight.calls);
         assertArrayEquals(expectedHashTokens(prompt(11), 1, 50), t.tokens);
+
+        // With prefill_4 too, the two go into prefill_4 at 8, which ends at the cache end.
+        HashingModel fits = new HashingModel(12, 50, 4, 8);
+        Generator.Result f = new Generator(fits).generate(prompt(11), 5, Sampler.greedy(), null, null);
+        assertEquals(Arrays.asList("prefill_8@0", "prefill_4@8", "decode@10"), fits.calls);
+        assertArrayEquals(expectedHashTokens(prompt(11), 1, 50), f.tokens);
     }
 
     @Test
