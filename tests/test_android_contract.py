@@ -69,7 +69,7 @@ def check_causal_lm_tflite(path, constants=None):
     """Checks an exported causal-LM .tflite against the app's constants.
 
     Signatures: `decode` and at least one `prefill_<L>` (and any `decode_<W>`,
-    which the app need not use); each takes tokens int32
+    which the app takes below W); each takes tokens int32
     [1, L], input_pos int32 [L], mask float32 [1, 1, L, cache_len] and the caches
     k_0, v_0 … float32 [1, kv_heads, cache_len, head_dim], and returns the same
     caches; the decode signatures also return logits float32 [1, 1, vocab] (a
@@ -274,7 +274,9 @@ def test_real_export_signatures_match_java_constants_and_manifest(real_export):
     for i in range(section["num_layers"]):
         caches += [f"{java['CACHE_K_PREFIX']}{i}", f"{java['CACHE_V_PREFIX']}{i}"]
     expected_names = {java["DECODE_SIGNATURE"]} | {
-        f"{java['PREFILL_PREFIX']}{n}" for n in section["prefill_lengths"]}
+        f"{java['PREFILL_PREFIX']}{n}" for n in section["prefill_lengths"]} | {
+        f"{java['DECODE_SIGNATURE']}_{w}" for w in section["decode_windows"]}
+    assert section["decode_windows"], "the golden export has a decode window to check"
     assert set(section["signatures"]) == expected_names
     assert java["TOKENIZER_FILE"] in manifest["tokenizer"]["files"]
     assert os.path.isfile(os.path.join(artifact_dir, java["TOKENIZER_FILE"]))

@@ -119,7 +119,8 @@ def logits_row(call, vocab):
 def test_causal_lm_golden_is_self_consistent():
     # Without regenerating: the manifest describes the committed tokenizer.json, the
     # prefills feed the prompt but its last token and return no logits, the decodes
-    # feed that token then the generated ids at the following positions, and each
+    # (decode_32 below slot 32, decode past it) feed that token then the generated
+    # ids at the following positions, and each
     # generated id is the first maximum of the logits row recorded for it (greedy).
     manifest = json.loads(committed_causal_lm("manifest.json"))
     data = json.loads(committed_causal_lm("generation.json"))
@@ -131,7 +132,7 @@ def test_causal_lm_golden_is_self_consistent():
     assert data["vocabulary_size"] == vocab
     for case in data["cases"]:
         calls, prompt, generated = case["calls"], case["prompt"], case["generated"]
-        prefills = [c for c in calls if c["signature"] != "decode"]
+        prefills = [c for c in calls if c["signature"].startswith("prefill_")]
         assert all(c["logits"] is None for c in prefills), case["name"]
         fed = [t for c in prefills for t, p in zip(c["tokens"], c["input_pos"])
                if p < len(prompt) - 1]
@@ -140,6 +141,8 @@ def test_causal_lm_golden_is_self_consistent():
         assert [c["tokens"][0] for c in decodes] == prompt[-1:] + generated[:-1], case["name"]
         assert [c["input_pos"][0] for c in decodes] == list(
             range(len(prompt) - 1, len(prompt) - 1 + len(decodes))), case["name"]
+        assert [c["signature"] for c in decodes] == [
+            "decode_32" if c["input_pos"][0] < 32 else "decode" for c in decodes], case["name"]
         drawn = [int(np.argmax(logits_row(c, vocab))) for c in calls if c["logits"]]
         assert drawn == generated, case["name"]
 
@@ -174,7 +177,7 @@ def _java_relevant(manifest):
     a GPU driver was there to probe) cannot change what the app sees."""
     lm = manifest["causal_lm"]
     read = ("cache_len", "num_layers", "kv_heads", "head_dim", "vocabulary_size", "mask_value",
-            "prefill_lengths", "signatures", "stop_token_ids", "start_token_id")
+            "prefill_lengths", "decode_windows", "signatures", "stop_token_ids", "start_token_id")
     return {
         "format_version": manifest.get("format_version"),
         "preset": manifest.get("preset"),

@@ -66,6 +66,9 @@ class FalconEngine(private val context: Context) : Closeable {
             !opened.prefillLengths().contentEquals(lm.prefillLengths) ->
                 "prefill lengths ${opened.prefillLengths().joinToString("/")}; manifest.json says " +
                     lm.prefillLengths.joinToString("/")
+            !opened.decodeWindows().contentEquals(lm.decodeWindows) ->
+                "decode windows [${opened.decodeWindows().joinToString("/")}]; manifest.json says [" +
+                    lm.decodeWindows.joinToString("/") + "]"
             opened.numLayers != lm.numLayers ->
                 "${opened.numLayers} layers of KV cache; manifest.json says ${lm.numLayers}"
             else -> null

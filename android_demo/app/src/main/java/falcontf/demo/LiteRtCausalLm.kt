@@ -35,6 +35,7 @@ class LiteRtCausalLm(model: ByteBuffer, cpuThreads: Int, source: String) : Causa
     private val cacheLen: Int
     private val vocab: Int
     private val prefill: IntArray
+    private val windows: IntArray
     private var cacheIn: Map<String, ByteBuffer>
     private var cacheOut: Map<String, ByteBuffer>
     private val scratch = HashMap<String, ByteBuffer>()
@@ -78,6 +79,8 @@ class LiteRtCausalLm(model: ByteBuffer, cpuThreads: Int, source: String) : Causa
             }
             prefill = signatures.map { FalconContract.prefillLength(it) }.filter { it > 0 }.sorted().toIntArray()
             require(prefill.isNotEmpty()) { "$source has no ${FalconContract.PREFILL_PREFIX}<L> signature." }
+            // decode_<W>: decode's tensors, attending the first W slots; Generator takes them below W.
+            windows = signatures.map { FalconContract.decodeWindow(it) }.filter { it > 0 }.sorted().toIntArray()
             val decodeInputs = interpreter.getSignatureInputs(FalconContract.DECODE_SIGNATURE).toSet()
             for (name in listOf(FalconContract.TOKENS, FalconContract.INPUT_POS, FalconContract.MASK)) {
                 require(name in decodeInputs) { "$source: signature decode lacks input `$name` (has $decodeInputs)." }
@@ -110,6 +113,8 @@ class LiteRtCausalLm(model: ByteBuffer, cpuThreads: Int, source: String) : Causa
     override fun vocabSize() = vocab
 
     override fun prefillLengths(): IntArray = prefill.clone()
+
+    override fun decodeWindows(): IntArray = windows.clone()
 
     override fun resetCache() {
         // Stale slots are masked out, but a masked NaN still poisons the softmax sum.

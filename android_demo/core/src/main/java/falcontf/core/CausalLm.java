@@ -7,7 +7,7 @@ package falcontf.core;
  *
  * <p>Shapes follow {@link FalconContract}: for a signature of length L, {@code tokens}
  * and {@code inputPos} hold L values and {@code mask} holds L * cacheLength() values
- * (row-major [1, 1, L, cacheLength]). A {@code decode} run returns vocabSize() logits
+ * (row-major [1, 1, L, cacheLength]; a {@code decode_<W>} too). A decode run returns vocabSize() logits
  * (row-major [1, 1, vocab]); a {@code prefill_<L>} run only fills the cache and returns
  * no logits. Each run writes its L tokens' keys and values to the cache slots in
  * {@code inputPos} and carries the cache over to the next run.
@@ -23,8 +23,16 @@ public interface CausalLm {
     int[] prefillLengths();
 
     /**
-     * Runs {@code signature} ("decode" or "prefill_L"). For decode, returns its
-     * vocabSize() logits; for a prefill, returns null (the caller ignores whatever a
+     * The windows W that have a {@code decode_<W>} signature (decode attending only the
+     * first W slots, with decode's inputs and outputs); none by default.
+     */
+    default int[] decodeWindows() {
+        return new int[0];
+    }
+
+    /**
+     * Runs {@code signature} ("decode", "decode_W" or "prefill_L"). For a decode, returns
+     * its vocabSize() logits; for a prefill, returns null (the caller ignores whatever a
      * prefill returns, so an implementation over a file exported when prefill still had
      * logits may return them or null).
      */

@@ -13,8 +13,9 @@ package falcontf.core;
  * [1, 1, vocab], {@code prefill_<L>} returns no logits (it only fills the caches; files
  * exported earlier returned logits [1, L, vocab] there too, which a host ignores). A
  * host prefills the prompt but its last token, then decodes that token for the first
- * logits. Files may also have {@code decode_<W>} signatures (decode attending only the
- * first W slots), which this app does not use.
+ * logits. Files may also have {@code decode_<W>} signatures: decode's inputs and outputs,
+ * attending only the first W slots, for a position below W ({@link Generator} takes the
+ * smallest that holds the position, as the Python host does).
  */
 public final class FalconContract {
     private FalconContract() {}
@@ -49,15 +50,30 @@ public final class FalconContract {
         return names;
     }
 
+    /** The decode signature that attends only the first {@code window} slots. */
+    public static String decodeWindowSignature(int window) {
+        return DECODE_SIGNATURE + "_" + window;
+    }
+
     /** The L of a "prefill_L" name, or -1 for any other name. */
     public static int prefillLength(String signature) {
-        if (signature == null || !signature.startsWith(PREFILL_PREFIX)) return -1;
-        String digits = signature.substring(PREFILL_PREFIX.length());
+        return positiveSuffix(signature, PREFILL_PREFIX);
+    }
+
+    /** The W of a "decode_W" name, or -1 for any other name. */
+    public static int decodeWindow(String signature) {
+        return positiveSuffix(signature, DECODE_SIGNATURE + "_");
+    }
+
+    /** The positive number after {@code prefix} in {@code signature}, or -1. */
+    private static int positiveSuffix(String signature, String prefix) {
+        if (signature == null || !signature.startsWith(prefix)) return -1;
+        String digits = signature.substring(prefix.length());
         if (digits.isEmpty() || digits.length() > 9) return -1;
         for (int i = 0; i < digits.length(); i++) {
             if (digits.charAt(i) < '0' || digits.charAt(i) > '9') return -1;
         }
-        int length = Integer.parseInt(digits);
-        return length > 0 ? length : -1;
+        int value = Integer.parseInt(digits);
+        return value > 0 ? value : -1;
     }
 }

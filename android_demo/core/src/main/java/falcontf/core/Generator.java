@@ -17,7 +17,9 @@ import java.util.Arrays;
  * following tokens overwrite them. Then the prompt's last token goes to {@code decode} at
  * its position n - 1, and its logits give the first new token; a one-token prompt
  * needs no prefill at all. Each new token is then fed to {@code decode} at the next
- * position. For example a 9-token prompt with prefill lengths {4, 8}: prefill_8 at 0
+ * position. Every decode runs on the smallest {@code decode_<W>} of the file whose
+ * window holds its position (it reads W slots, not the whole cache), else on
+ * {@code decode}. For example a 9-token prompt with prefill lengths {4, 8}: prefill_8 at 0
  * (tokens 0..7), decode of token 8 at 8 (its logits give the first new token), then
  * decode of each new token at 9, 10, ... Generation
  * stops at a stop token, at {@code maxNewTokens}, when the listener asks to, or when
@@ -81,6 +83,7 @@ public final class Generator {
     private final int cacheLength;
     private final int vocab;
     private final int[] prefillLengths;
+    private final int[] decodeWindows;
 
     public Generator(CausalLm model) {
         this.model = model;
@@ -102,6 +105,15 @@ public final class Generator {
             }
         }
         this.prefillLengths = lengths;
+        int[] windows = model.decodeWindows().clone();
+        Arrays.sort(windows);
+        for (int window : windows) {
+            if (window <= 0 || window >= cacheLength) {
+                throw new IllegalArgumentException("Decode window " + window + " must be in [1, "
+                        + cacheLength + "), below the cache length.");
+            }
+        }
+        this.decodeWindows = windows;
     }
 
     /**
@@ -225,9 +237,19 @@ public final class Generator {
         return mask;
     }
 
-    /** One decode step of {@code token} at {@code position}; returns its vocab logits, checked. */
+    /**
+     * One decode step of {@code token} at {@code position}, on the smallest
+     * {@code decode_<W>} whose window holds the position, else {@code decode}; returns its
+     * vocab logits, checked.
+     */
     private float[] decode(int token, int position) {
         String signature = FalconContract.DECODE_SIGNATURE;
+        for (int window : decodeWindows) {
+            if (position < window) {
+                signature = FalconContract.decodeWindowSignature(window);
+                break;
+            }
+        }
         float[] logits = model.run(signature, new int[] {token}, inputPos(position, 1), mask(position, 1));
         if (logits == null || logits.length != vocab) {
             throw new IllegalStateException("Signature " + signature + " returned "

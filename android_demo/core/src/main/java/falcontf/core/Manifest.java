@@ -88,6 +88,8 @@ public final class Manifest {
         public final Map<String, FileEntry> variants;
         public final int cacheLength;
         public final int[] prefillLengths;
+        /** The W of the {@code decode_<W>} signatures (none in a manifest that lists none). */
+        public final int[] decodeWindows;
         public final int[] stopTokenIds;
         /** -1 when the model has none. */
         public final int startTokenId;
@@ -96,17 +98,19 @@ public final class Manifest {
         public final int headDim;
         public final int vocabularySize;
         /**
-         * {@code decode} and every {@code prefill_<L>}, checked against the contract (decode's
-         * outputs are logits and the caches, a prefill's the caches only).
+         * {@code decode}, every {@code decode_<W>} and every {@code prefill_<L>}, checked
+         * against the contract (a decode's outputs are logits and the caches, a prefill's the
+         * caches only).
          */
         public final Map<String, Signature> signatures;
 
-        CausalLmInfo(Map<String, FileEntry> variants, int cacheLength, int[] prefillLengths, int[] stopTokenIds,
-                     int startTokenId, int numLayers, int kvHeads, int headDim, int vocabularySize,
+        CausalLmInfo(Map<String, FileEntry> variants, int cacheLength, int[] prefillLengths, int[] decodeWindows,
+                     int[] stopTokenIds, int startTokenId, int numLayers, int kvHeads, int headDim, int vocabularySize,
                      Map<String, Signature> signatures) {
             this.variants = variants;
             this.cacheLength = cacheLength;
             this.prefillLengths = prefillLengths;
+            this.decodeWindows = decodeWindows;
             this.stopTokenIds = stopTokenIds;
             this.startTokenId = startTokenId;
             this.numLayers = numLayers;
@@ -264,13 +268,34 @@ public final class Manifest {
             }
         }
 
+        int[] windows = new int[0];
+        if (lm.get("decode_windows") != null) {  // manifests written before decode_<W> have none
+            List<Object> ws = Json.list(lm, "decode_windows", where);
+            windows = new int[ws.size()];
+            for (int i = 0; i < windows.length; i++) {
+                windows[i] = positive(ws.get(i), where + ".decode_windows[" + i + "]");
+                if (windows[i] >= cacheLength) {
+                    throw new IllegalArgumentException(where + ": decode window " + windows[i]
+                            + " is not below cache_len " + cacheLength + ".");
+                }
+            }
+            Arrays.sort(windows);
+        }
+
         Map<String, Object> signaturesJson = Json.object(lm, "signatures", where);
         Map<String, Signature> signatures = new LinkedHashMap<>();
-        int[] wanted = new int[prefill.length + 1];
-        System.arraycopy(prefill, 0, wanted, 0, prefill.length);
-        wanted[prefill.length] = 1;
+        // prefill_<L> for each L, decode, then decode_<W> for each W (all decodes have L = 1).
+        String[] names = new String[prefill.length + 1 + windows.length];
+        int[] wanted = new int[names.length];
+        for (int k = 0; k < names.length; k++) {
+            boolean isPrefill = k < prefill.length;
+            wanted[k] = isPrefill ? prefill[k] : 1;
+            names[k] = isPrefill ? FalconContract.prefillSignature(prefill[k])
+                    : k == prefill.length ? FalconContract.DECODE_SIGNATURE
+                    : FalconContract.decodeWindowSignature(windows[k - prefill.length - 1]);
+        }
         for (int k = 0; k < wanted.length; k++) {
-            String name = k == prefill.length ? FalconContract.DECODE_SIGNATURE : FalconContract.prefillSignature(wanted[k]);
+            String name = names[k];
             String at = where + ".signatures." + name;
             if (!(signaturesJson.get(name) instanceof Map)) {
                 throw new IllegalArgumentException(where + ".signatures lacks `" + name + "` (it has "
@@ -294,8 +319,8 @@ public final class Manifest {
             }
         }
         int start = lm.get("start_token_id") == null ? -1 : tokenId(lm.get("start_token_id"), vocab, where + ".start_token_id");
-        return new CausalLmInfo(Collections.unmodifiableMap(variants), cacheLength, prefill, stops, start, numLayers,
-                kvHeads, headDim, vocab, Collections.unmodifiableMap(signatures));
+        return new CausalLmInfo(Collections.unmodifiableMap(variants), cacheLength, prefill, windows, stops, start,
+                numLayers, kvHeads, headDim, vocab, Collections.unmodifiableMap(signatures));
     }
 
     private static Map<String, TensorSpec> specs(Map<String, Object> json, String where) {

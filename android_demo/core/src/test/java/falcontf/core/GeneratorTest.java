@@ -27,6 +27,7 @@ public class GeneratorTest {
         final int[] slots;
         final List<String> calls = new ArrayList<>();
         boolean prefillLogits;
+        int[] windows = new int[0];
 
         HashingModel(int cache, int vocab, int... prefill) {
             this.cache = cache;
@@ -38,13 +39,18 @@ public class GeneratorTest {
         @Override public int cacheLength() { return cache; }
         @Override public int vocabSize() { return vocab; }
         @Override public int[] prefillLengths() { return prefill; }
+        @Override public int[] decodeWindows() { return windows; }
         @Override public void resetCache() { Arrays.fill(slots, -1); }
 
         @Override
         public float[] run(String signature, int[] tokens, int[] inputPos, float[] mask) {
             int length = tokens.length;
-            int expectedLength = signature.equals(FalconContract.DECODE_SIGNATURE) ? 1
-                    : FalconContract.prefillLength(signature);
+            boolean decode = FalconContract.prefillLength(signature) < 0;
+            int window = FalconContract.decodeWindow(signature);
+            assertTrue(signature, signature.equals(FalconContract.DECODE_SIGNATURE)
+                    || Arrays.stream(windows).anyMatch(w -> w == window)
+                    || Arrays.stream(prefill).anyMatch(p -> p == FalconContract.prefillLength(signature)));
+            int expectedLength = decode ? 1 : FalconContract.prefillLength(signature);
             assertEquals(signature, expectedLength, length);
             assertTrue(signature, expectedLength == 1 || Arrays.stream(prefill).anyMatch(p -> p == length));
             assertEquals(length, inputPos.length);
@@ -66,13 +72,14 @@ public class GeneratorTest {
                     float m = mask[i * cache + j];
                     assertTrue(m == 0f || m == FalconContract.MASK_VALUE);
                     if (m == 0f) {
+                        // As the export: decode_<W> attends the first W slots only.
+                        assertTrue(signature + " allows slot " + j, window < 0 || j < window);
                         assertTrue("a query sees an unwritten slot " + j, slots[j] >= 0);
                         hash = hash * 31 + slots[j] + 1;
                     }
                 }
                 logits[i * vocab + (int) Math.floorMod(hash, (long) vocab)] = 1f;
             }
-            boolean decode = signature.equals(FalconContract.DECODE_SIGNATURE);
             return decode || prefillLogits ? logits : null;
         }
     }
@@ -206,6 +213,24 @@ public class GeneratorTest {
         Generator.Result f = new Generator(fits).generate(prompt(11), 5, Sampler.greedy(), null, null);
         assertEquals(Arrays.asList("prefill_8@0", "prefill_4@8", "decode@10"), fits.calls);
         assertArrayEquals(expectedHashTokens(prompt(11), 1, 50), f.tokens);
+    }
+
+    @Test
+    public void eachDecodeTakesTheSmallestWindowHoldingItsPosition() {
+        // Windows {4, 8}, cache 16, prefill {4}: the prompt's last token at 2 and the new
+        // tokens at 3 on decode_4, 4..7 on decode_8, 8 on decode; same tokens as
+        // without windows.
+        HashingModel model = new HashingModel(16, 50, 4);
+        model.windows = new int[] {8, 4};
+        Generator.Result r = new Generator(model).generate(prompt(3), 7, Sampler.greedy(), null, null);
+        assertArrayEquals(expectedHashTokens(prompt(3), 7, 50), r.tokens);
+        assertEquals(Arrays.asList("prefill_4@0", "decode_4@2", "decode_4@3", "decode_8@4", "decode_8@5",
+                "decode_8@6", "decode_8@7", "decode@8"), model.calls);
+
+        HashingModel bad = new HashingModel(16, 50, 4);
+        bad.windows = new int[] {16};
+        assertEquals("Decode window 16 must be in [1, 16), below the cache length.",
+                assertThrows(IllegalArgumentException.class, () -> new Generator(bad)).getMessage());
     }
 
     @Test
