@@ -31,7 +31,7 @@ demo: $(VENV)/.base-$(HASH)
 # enable them.
 test: $(VENV)/.test-$(HASH)
 	@bash scripts/setup_test_system.sh
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 	@bash android_demo/scripts/test_core.sh
 
 # The benchmarks' references (keras-hub, torch, transformers) are the tests' ones.
