@@ -15,8 +15,8 @@ values to the slots input_pos[0] .. input_pos[0] + L - 1 and touches no other
 slot (`slot_write`), on the CPU and on the GPU accelerator alike. A chunk's
 tokens take contiguous slots from its first position (LiteRT-LM pads unused
 rows with input_pos 0, which must not overwrite slot 0), and a chunk must fit
-the cache: input_pos[0] + L <= cache_length. The files and their parity go into the manifest's
-`causal_lm` entry; the tokenizer goes to tokenizer/.
+the cache: input_pos[0] + L <= cache_length. The files and their parity go
+into the manifest's `causal_lm` entry; the tokenizer goes to tokenizer/.
 
 Variants (converters/export_tflite.py CAUSAL_LM_RECIPES): fp32; fp16 weights
 of the decoder projections; int8 and int4 compute with integers: every
