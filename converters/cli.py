@@ -385,7 +385,9 @@ def main(argv=None):
             print(f"wrote {convert_checkpoint(args.source, args.output)}")
         else:
             print(list_presets())
-    except (ValueError, FileNotFoundError, ImportError) as err:
+    except (ValueError, OSError, ImportError) as err:
+        # OSError: a path that cannot be read or written (missing, not a
+        # directory, no permission, disk full); its message names the path.
         print(f"falcon-tf: error: {err}", file=sys.stderr)
         return 2
     return 0

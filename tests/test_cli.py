@@ -60,6 +60,18 @@ def test_demo_with_a_bad_preset_is_a_clear_error(tmp_path, capsys):
     assert "no_such_preset" in err and "local directory" in err and "Traceback" not in err
 
 
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path, capsys):
+    # --out under a file: the error names the path, with no traceback.
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    out = blocker / "artifacts"
+    assert cli.main(["export", "--preset", "falcon_tiny_random", "--format", "saved_model",
+                     "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("falcon-tf: error: ") and str(blocker) in err, err
+    assert "Traceback" not in err
+
+
 def test_presets_lists_every_builtin(capsys):
     assert cli.main(["presets"]) == 0
     out = capsys.readouterr().out
