@@ -253,12 +253,7 @@ public final class Manifest {
                     + FalconContract.MASK_VALUE + ". Export again with the falcon-tf this app was built with.");
         }
 
-        List<Object> lengths = Json.list(lm, "prefill_lengths", where);
-        int[] prefill = new int[lengths.size()];
-        for (int i = 0; i < prefill.length; i++) {
-            prefill[i] = positive(lengths.get(i), where + ".prefill_lengths[" + i + "]");
-        }
-        Arrays.sort(prefill);
+        int[] prefill = sortedPositives(lm, "prefill_lengths", where);
         if (prefill.length == 0) {
             throw new IllegalArgumentException(where + ": `prefill_lengths` is empty.");
         }
@@ -268,18 +263,14 @@ public final class Manifest {
             }
         }
 
-        int[] windows = new int[0];
-        if (lm.get("decode_windows") != null) {  // manifests written before decode_<W> have none
-            List<Object> ws = Json.list(lm, "decode_windows", where);
-            windows = new int[ws.size()];
-            for (int i = 0; i < windows.length; i++) {
-                windows[i] = positive(ws.get(i), where + ".decode_windows[" + i + "]");
-                if (windows[i] >= cacheLength) {
-                    throw new IllegalArgumentException(where + ": decode window " + windows[i]
-                            + " is not below cache_len " + cacheLength + ".");
-                }
+        // Manifests written before decode_<W> have no `decode_windows`.
+        int[] windows = lm.get("decode_windows") == null ? new int[0]
+                : sortedPositives(lm, "decode_windows", where);
+        for (int window : windows) {
+            if (window >= cacheLength) {
+                throw new IllegalArgumentException(where + ": decode window " + window
+                        + " is not below cache_len " + cacheLength + ".");
             }
-            Arrays.sort(windows);
         }
 
         Map<String, Object> signaturesJson = Json.object(lm, "signatures", where);
@@ -425,6 +416,17 @@ public final class Manifest {
             throw new IllegalArgumentException(where + ".bytes must not be negative.");
         }
         return new FileEntry(path, sha, bytes);
+    }
+
+    /** The list {@code key} of {@code object}, each a positive integer, sorted. */
+    private static int[] sortedPositives(Map<String, Object> object, String key, String where) {
+        List<Object> list = Json.list(object, key, where);
+        int[] values = new int[list.size()];
+        for (int i = 0; i < values.length; i++) {
+            values[i] = positive(list.get(i), where + "." + key + "[" + i + "]");
+        }
+        Arrays.sort(values);
+        return values;
     }
 
     private static int positive(Object value, String where) {
