@@ -25,7 +25,14 @@ class Runner:
                 num_threads=spec["threads"], xnnpack_weight_cache_path=":memory:")))
         self.prompt, self.position = list(spec["prompt"]), spec["position"]
         names = list(self.model.get_signature_list())
-        self.prefill_signature = next(n for n in names if n.startswith("prefill"))
+        self.whole_prefill = next(n for n in names if n.startswith("prefill"))
+        # Ours: the windowed_prefill_<L>_<W> our host loop takes for a chunk at slot 0
+        # (the smallest window holding it), else prefill_<L>.
+        length = int(self.whole_prefill.split("_")[1])
+        windowed = sorted((int(n.split("_")[-1]), n) for n in names
+                          if n.startswith(f"windowed_prefill_{length}_"))
+        windowed = [n for w, n in windowed if length <= w]
+        self.prefill_signature = windowed[0] if windowed else self.whole_prefill
         windows = sorted(int(n.split("_")[1]) for n in names
                          if n.startswith("decode_") and n.split("_")[1].isdigit())
         window = next((w for w in windows if self.position < w), None)
@@ -75,6 +82,9 @@ class Runner:
 
     def decode(self):
         return self.run(self.window_signature or "decode", [self.prompt[0]], self.position)
+
+    def prefill_full(self):
+        return self.run(self.whole_prefill, self.prompt, 0)
 
     def decode_full(self):
         return self.run("decode", [self.prompt[0]], self.position)

@@ -14,7 +14,9 @@ Every file runs in ai-edge-litert's `CompiledModel` on the CPU (XNNPACK, 2
 threads, in-memory weight cache), the caches bound as one buffer for a
 signature's input and output, as LiteRT-LM binds them. Timed, interleaved
 round by round, median of `--runs`:
-  prefill  32 prompt tokens from slot 0
+  prefill  32 prompt tokens from slot 0 (ours: the prefill signature our host
+           loop takes there, windowed_prefill_32_<W> when the file has one;
+           `prefill_32` over the whole cache also printed)
   decode   one token at position 40 (ours: the decode signature our host loop
            takes there, decode_<W> when the file has one; `decode` over the
            whole cache also printed)
@@ -186,6 +188,8 @@ def main():
     for key, runner in runners.items():
         timings[key + ("prefill",)] = runner.prefill
         timings[key + ("decode",)] = runner.decode
+        if key[0] == "ours" and runner.prefill_signature != runner.whole_prefill:
+            timings[key + ("prefill over the whole cache",)] = runner.prefill_full
         if key[0] == "ours" and runner.window_signature:
             timings[key + ("decode over the whole cache",)] = runner.decode_full
     for fn in timings.values():
@@ -223,11 +227,10 @@ def main():
             for what in ("prefill", "decode"):
                 o, t = med[("ours", variant, cache, what)], med[("theirs", variant, cache, what)]
                 print(f"{variant:8s} {cache:5d} {what:28s} {o:9.2f} {t:10.2f} {o / t:12.2f}")
-            full = ("ours", variant, cache, "decode over the whole cache")
-            if full in med:
-                t = med[("theirs", variant, cache, "decode")]
-                print(f"{variant:8s} {cache:5d} {full[3]:28s} {med[full]:9.2f} {t:10.2f} "
-                      f"{med[full] / t:12.2f}")
+                full = ("ours", variant, cache, f"{what} over the whole cache")
+                if full in med:
+                    print(f"{variant:8s} {cache:5d} {full[3]:28s} {med[full]:9.2f} {t:10.2f} "
+                          f"{med[full] / t:12.2f}")
     print(f"\n{'variant':8s} {'cache':>5s} {'file MB ours':>13s} {'theirs':>8s} "
           f"{'RSS after load+run MB ours':>27s} {'theirs':>8s} {'ours/theirs':>12s}")
     for variant in VARIANTS:

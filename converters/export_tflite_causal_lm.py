@@ -6,9 +6,10 @@ writes `artifacts/<name>/tflite/<name>_causal_lm_<variant>.tflite`, one file per
 variant holding every signature of the on-device LLM convention
 (ai-edge-torch / LiteRT-LM), batch 1, static shapes: prefill_<L> for each L
 in `prefill_lengths` (the caches only: no LM head, and the last block stops
-at its keys and values), decode, and decode_<W> for each W in
-`decode_windows`, their tensors as `falcon_tf.artifacts.contract` describes
-and builds them.
+at its keys and values), decode, decode_<W> for each W in `decode_windows`,
+and windowed_prefill_<L>_<W> for each W in `prefill_windows` and L <= W (a
+prompt's first chunks attend W slots, not the whole cache), their tensors as
+`falcon_tf.artifacts.contract` describes and builds them.
 
 The cache is updated in place: DYNAMIC_UPDATE_SLICE writes the new keys and
 values to the slots input_pos[0] .. input_pos[0] + L - 1 and touches no other
@@ -82,6 +83,25 @@ def default_decode_windows(cache_length):
     return windows
 
 
+def default_prefill_windows(decode_windows):
+    """The smallest decode window, if any: the windowed_prefill_<L>_<W>
+    signatures serve a prompt's first W tokens (a chat's first turn), one
+    signature per prefill length; more windows would add a signature per
+    prefill length each."""
+    return sorted(decode_windows)[:1]
+
+
+def check_windows(windows, cache_length, argument):
+    """`windows` sorted and deduplicated; ValueError naming `argument` unless
+    each is an integer in [1, cache_length)."""
+    windows = sorted(set(windows))
+    if any(isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < cache_length
+           for n in windows):
+        raise ValueError(f"`{argument}` must be integers in [1, cache_length="
+                         f"{cache_length}); received {windows}.")
+    return windows
+
+
 def cache_writer(input_pos, cache_length):
     """How every exported graph, whole or in pieces, writes a step's keys and
     values into a cache."""
@@ -89,9 +109,10 @@ def cache_writer(input_pos, cache_length):
 
 
 def signature_functions(lm, cache_length, prefill_lengths, embed=None, decode_windows=(),
-                        project=None):
-    """{signature name: tf.function} for prefill_<L>, decode and decode_<W>
-    for W in `decode_windows`.
+                        project=None, prefill_windows=()):
+    """{signature name: tf.function} for prefill_<L>, decode, decode_<W> for
+    W in `decode_windows` and windowed_prefill_<L>_<W> for W in
+    `prefill_windows` and L <= W.
 
     `embed`: None (the backbone's float table), or a lookup token_ids ->
     embedded rows (`export_tflite.int8_embedding_lookup`: rows GATHERed as
@@ -130,6 +151,9 @@ def signature_functions(lm, cache_length, prefill_lengths, embed=None, decode_wi
     functions[contract.DECODE_SIGNATURE] = make(1)
     for window in decode_windows:
         functions[contract.decode_window_signature(window)] = make(1, window)
+    for length, window in contract.windowed_prefills(prefill_lengths, prefill_windows):
+        functions[contract.windowed_prefill_signature(length, window)] = make(
+            length, window, logits=False)
     return functions
 
 
@@ -150,14 +174,25 @@ def step_parity(data, reference):
     """Runs the file on the CPU interpreter through `falcon_tf.lite`'s own host
     loop pieces: prefill the reference's prompt but its last token, decode
     from that token through the greedy continuation, and compare every decode
-    step's logits with the Keras ones."""
+    step's logits with the Keras ones (`runs_parity`)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from falcon_tf.lite.causal_lm import SignatureRunners, run_steps
+    from falcon_tf.lite.causal_lm import SignatureRunners, run_steps_both_ways
 
     prompt_length, sequence, _ = reference
     runners = SignatureRunners(Interpreter(model_content=data))
-    return logit_parity(run_steps(runners, sequence, prompt_length), reference)
+    return runs_parity(run_steps_both_ways(runners, sequence, prompt_length), reference)
+
+
+def runs_parity(runs, reference):
+    """The parity entry of `runs` (`run_steps_both_ways`: the host loop on the
+    windowed signatures it takes, then on prefill_<L> and decode alone, as
+    LiteRT-LM and hosts past the windows run them): the worse of the two."""
+    parities = [logit_parity(got, reference) for got in runs]
+    return {"max_abs_diff_vs_keras": max(p["max_abs_diff_vs_keras"] for p in parities),
+            "cosine_vs_keras": min(p["cosine_vs_keras"] for p in parities),
+            "greedy_tokens_equal_keras": all(p["greedy_tokens_equal_keras"] for p in parities),
+            "of": "logits"}
 
 
 def logit_parity(got, reference):
@@ -177,12 +212,15 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                             variants=("fp32", "fp16", "int8"),
                             cache_length=DEFAULT_CACHE_LENGTH,
                             prefill_lengths=DEFAULT_PREFILL_LENGTHS, tokenizer=None,
-                            rounding="gptq", calibration=None, decode_windows=None):
+                            rounding="gptq", calibration=None, decode_windows=None,
+                            prefill_windows=None):
     """Exports the causal LM of `preset` (or of `model`, a FalconBackbone) and
     its tokenizer. `rounding` and `calibration`: how int8 and int4 round their
     projection weights, as for the backbone (`export_tflite.convert`).
     `decode_windows`: the W of the decode_<W> signatures, each in [1,
-    cache_length) (None: `default_decode_windows`).
+    cache_length) (None: `default_decode_windows`). `prefill_windows`: the W
+    of the windowed_prefill_<L>_<W> signatures, each in [1, cache_length)
+    (None: `default_prefill_windows`).
     Returns {variant: manifest entry}."""
     import tensorflow as tf
 
@@ -198,12 +236,11 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                                   1 <= n <= cache_length for n in prefill_lengths):
         raise ValueError(f"`prefill_lengths` must be integers in [1, cache_length="
                          f"{cache_length}]; received {prefill_lengths}.")
-    decode_windows = sorted(set(default_decode_windows(cache_length) if decode_windows is None
-                                else decode_windows))
-    if any(isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < cache_length
-           for n in decode_windows):
-        raise ValueError(f"`decode_windows` must be integers in [1, cache_length="
-                         f"{cache_length}); received {decode_windows}.")
+    decode_windows = check_windows(default_decode_windows(cache_length) if decode_windows is None
+                                   else decode_windows, cache_length, "decode_windows")
+    prefill_windows = check_windows(
+        default_prefill_windows(decode_windows) if prefill_windows is None else prefill_windows,
+        cache_length, "prefill_windows")
     model, name, large = export_tflite.model_to_export(preset, model, name, variants,
                                                        "export_tflite_causal_lm")
     lm = FalconCausalLM(model, cache_length=cache_length)
@@ -223,7 +260,7 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
         elif blocks > 1:  # the float table, in GPU-sized blocks
             embed, project = export_tflite.split_table(model, module, blocks)
         functions = signature_functions(lm, cache_length, prefill_lengths, embed,
-                                        decode_windows, project)
+                                        decode_windows, project, prefill_windows)
         with export_tflite.signatures_converter(model, functions, module) as conv:
             return conv.convert()
 
@@ -243,13 +280,14 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                 integer = variant in ("int8", "int4")
                 if large:
                     pieces = export_tflite_large.causal_lm_pieces(
-                        lm, cache_length, prefill_lengths, decode_windows, integer)
+                        lm, cache_length, prefill_lengths, decode_windows, integer,
+                        prefill_windows)
                     export_tflite_large.write_pieces(
                         *pieces, variant, path, rounding, calibration, model,
                         f"{variant}: converting pieces", recipes, converted)
                     del pieces
                     prompt_length, sequence, _ = reference
-                    parity = logit_parity(export_tflite_large.run_file(
+                    parity = runs_parity(export_tflite_large.run_file(
                         "causal_lm", path, {"sequence": np.array(sequence, np.int32),
                                             "prompt_length": np.array(prompt_length)}), reference)
                     versions = export_tflite_large.op_versions_of_file(path)
@@ -296,6 +334,7 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
             "cache_len": cache_length,
             "prefill_lengths": prefill_lengths,
             "decode_windows": decode_windows,
+            "prefill_windows": prefill_windows,
             "num_layers": config.num_layers,
             "kv_heads": config.kv_heads,
             "head_dim": config.head_dim,
@@ -305,7 +344,7 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
             "stop_token_ids": [tokenizer_entry["end_token_id"]] if tokenizer_entry else [],
             "signatures": contract.causal_lm_signatures(
                 prefill_lengths, decode_windows, cache_length, config.num_layers,
-                config.kv_heads, config.head_dim, config.vocabulary_size),
+                config.kv_heads, config.head_dim, config.vocabulary_size, prefill_windows),
         }
 
         def record(data):
@@ -315,7 +354,8 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
             variants_before = section.get("variants", {})
             if section.get("cache_len") not in (None, cache_length) or section.get(
                     "prefill_lengths") not in (None, prefill_lengths) or section.get(
-                    "decode_windows", decode_windows) != decode_windows:
+                    "decode_windows", decode_windows) != decode_windows or section.get(
+                    "prefill_windows", []) != prefill_windows:  # none before they existed
                 variants_before = {}  # other shapes: those files no longer match this entry
             bundles = section.get("litertlm") or {}
             if not variants_before:

@@ -65,9 +65,9 @@ def _spec(shape, dtype, name):
 
 
 def causal_lm_pieces(lm, cache_length, prefill_lengths, decode_windows=(),
-                     int8_embedding=False):
-    """The causal LM's pieces, each with every prefill_<L>, decode and decode_<W>
-    signature.
+                     int8_embedding=False, prefill_windows=()):
+    """The causal LM's pieces, each with every prefill_<L>, decode, decode_<W>
+    and windowed_prefill_<L>_<W> signature.
 
     Inputs and their specs are those of the small route's signatures
     (`export_tflite_causal_lm.signature_functions`); the pieces run the
@@ -86,8 +86,11 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths, decode_windows=(),
     backbone = lm.backbone
     specs = {name: {s.name: s for s in fn.input_signature} for name, fn in
              small.signature_functions(lm, cache_length, prefill_lengths,
-                                       decode_windows=decode_windows).items()}
+                                       decode_windows=decode_windows,
+                                       prefill_windows=prefill_windows).items()}
     windows = {contract.decode_window_signature(w): w for w in decode_windows}
+    windows.update({contract.windowed_prefill_signature(n, w): w for n, w in
+                    contract.windowed_prefills(prefill_lengths, prefill_windows)})
     dtype = backbone.compute_dtype
     blocks = 1 if int8_embedding else export_tflite.table_blocks(backbone)
     module = tf.Module() if int8_embedding or blocks > 1 else None
@@ -166,11 +169,11 @@ def causal_lm_pieces(lm, cache_length, prefill_lengths, decode_windows=(),
     pieces.append(Piece(name="head", variables=backbone.final_layernorm.variables
                         + ([] if project is not None else backbone.token_embedding.variables),
                         functions={s: head(s) for s in specs
-                                   if not s.startswith(contract.PREFILL_PREFIX)},
+                                   if not contract.is_prefill(s)},
                         block=None, module=head_module, kind=head_kind))
     names = contract.cache_names(backbone.num_layers)
     inputs = {s: list(spec) for s, spec in specs.items()}
-    outputs = {s: ([] if s.startswith(contract.PREFILL_PREFIX) else [contract.LOGITS]) + names
+    outputs = {s: ([] if contract.is_prefill(s) else [contract.LOGITS]) + names
                for s in specs}
     return pieces, inputs, outputs
 
@@ -503,9 +506,10 @@ kind, path, reference, out = sys.argv[2:6]
 data = dict(np.load(reference))
 if kind == "causal_lm":  # as falcon_tf.lite runs it: one buffer per cache for every signature
     from falcon_tf.lite.backbone import cpu_compiled_model
-    from falcon_tf.lite.causal_lm import SignatureRunners, run_steps
+    from falcon_tf.lite.causal_lm import SignatureRunners, run_steps_both_ways
     runners = SignatureRunners(compiled=cpu_compiled_model(path, int(sys.argv[6])))
-    got = run_steps(runners, [int(t) for t in data["sequence"]], int(data["prompt_length"]))
+    got = run_steps_both_ways(runners, [int(t) for t in data["sequence"]],
+                              int(data["prompt_length"]))
 else:
     interpreter = Interpreter(model_path=path, num_threads=int(sys.argv[6]))
     runner = interpreter.get_signature_runner(contract.BACKBONE_SIGNATURE)
@@ -520,7 +524,7 @@ def run_file(kind, path, reference, num_threads=2):
     """Runs the file at `path` on ai-edge-litert's CPU in a child process:
     `kind` "causal_lm" (prefill and decode steps over reference["sequence"],
     on the `CompiledModel` `falcon_tf.lite` uses, the caches in one buffer
-    each that every signature reads and updates) or "backbone"
+    each that every signature reads and updates; `run_steps_both_ways`) or "backbone"
     (serving_default on reference["token_ids"], ["padding_mask"], on the
     interpreter). Returns the output array."""
     import falcon_tf

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JAVA_CONTRACT = os.path.join(ROOT, "android_demo", "core", "src", "main", "java", "falcontf",
                              "core", "FalconContract.java")
 # The causal-LM names the app relies on; each must be in both files.
-CAUSAL_LM_NAMES = ("PREFILL_PREFIX", "DECODE_SIGNATURE", "TOKENS", "INPUT_POS", "MASK", "LOGITS",
+CAUSAL_LM_NAMES = ("PREFILL_PREFIX", "WINDOWED_PREFILL_PREFIX", "DECODE_SIGNATURE", "TOKENS", "INPUT_POS", "MASK", "LOGITS",
                    "CACHE_K_PREFIX", "CACHE_V_PREFIX", "MASK_VALUE", "TOKENIZER_FILE",
                    "MANIFEST_FILE")
 
@@ -89,6 +89,9 @@ def check_causal_lm_tflite(path, constants=None):
             lengths[name] = 1  # decode_<W>: decode over a window; the app uses `decode`
         elif re.fullmatch(re.escape(c["PREFILL_PREFIX"]) + r"[1-9][0-9]*", name):
             lengths[name] = int(name[len(c["PREFILL_PREFIX"]):])
+        elif re.fullmatch(re.escape(c["WINDOWED_PREFILL_PREFIX"]) + r"[1-9][0-9]*_[1-9][0-9]*",
+                          name):  # a prefill over a window; the app takes it within the window
+            lengths[name] = int(name[len(c["WINDOWED_PREFILL_PREFIX"]):].split("_")[0])
         else:
             problems.append(f"unexpected signature {name!r}")
     if c["DECODE_SIGNATURE"] not in signatures:
@@ -109,7 +112,7 @@ def check_causal_lm_tflite(path, constants=None):
         if not caches or sorted(want_caches) != caches:
             problems.append(f"{name}: cache inputs {caches} are not k_i/v_i pairs for layers 0..n-1")
         want_in = {c["TOKENS"], c["INPUT_POS"], c["MASK"], *caches}
-        prefill = name.startswith(c["PREFILL_PREFIX"])
+        prefill = name.startswith((c["PREFILL_PREFIX"], c["WINDOWED_PREFILL_PREFIX"]))
         want_out = set(caches) if prefill else {c["LOGITS"], *caches}
         if set(inputs) != want_in:
             problems.append(f"{name}: inputs {sorted(inputs)}, expected {sorted(want_in)}")
@@ -275,8 +278,11 @@ def test_real_export_signatures_match_java_constants_and_manifest(real_export):
         caches += [f"{java['CACHE_K_PREFIX']}{i}", f"{java['CACHE_V_PREFIX']}{i}"]
     expected_names = {java["DECODE_SIGNATURE"]} | {
         f"{java['PREFILL_PREFIX']}{n}" for n in section["prefill_lengths"]} | {
-        f"{java['DECODE_SIGNATURE']}_{w}" for w in section["decode_windows"]}
+        f"{java['DECODE_SIGNATURE']}_{w}" for w in section["decode_windows"]} | {
+        f"{java['WINDOWED_PREFILL_PREFIX']}{n}_{w}" for w in section["prefill_windows"]
+        for n in section["prefill_lengths"] if n <= w}
     assert section["decode_windows"], "the golden export has a decode window to check"
+    assert section["prefill_windows"], "the golden export has a prefill window to check"
     assert set(section["signatures"]) == expected_names
     assert java["TOKENIZER_FILE"] in manifest["tokenizer"]["files"]
     assert os.path.isfile(os.path.join(artifact_dir, java["TOKENIZER_FILE"]))
@@ -288,7 +294,9 @@ def test_real_export_signatures_match_java_constants_and_manifest(real_export):
             recorded = section["signatures"][name]
             assert set(tensors["inputs"]) == {java["TOKENS"], java["INPUT_POS"], java["MASK"],
                                               *caches} == set(recorded["inputs"]), name
-            logits = set() if name.startswith(java["PREFILL_PREFIX"]) else {java["LOGITS"]}
+            logits = set() if name.startswith((java["PREFILL_PREFIX"],
+                                               java["WINDOWED_PREFILL_PREFIX"])) else {
+                java["LOGITS"]}
             assert set(tensors["outputs"]) == {*logits, *caches} == set(
                 recorded["outputs"]), name
             runner = interpreter.get_signature_runner(name)

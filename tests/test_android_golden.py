@@ -120,7 +120,8 @@ def test_causal_lm_golden_is_self_consistent():
     # Without regenerating: the manifest describes the committed tokenizer.json, the
     # prefills feed the prompt but its last token and return no logits, the decodes
     # (decode_32 below slot 32, decode past it) feed that token then the generated
-    # ids at the following positions, and each
+    # ids at the following positions, the prefills of chunks that end by slot 32 run
+    # windowed_prefill_<L>_32 (the others prefill_<L>), and each
     # generated id is the first maximum of the logits row recorded for it (greedy).
     manifest = json.loads(committed_causal_lm("manifest.json"))
     data = json.loads(committed_causal_lm("generation.json"))
@@ -132,7 +133,12 @@ def test_causal_lm_golden_is_self_consistent():
     assert data["vocabulary_size"] == vocab
     for case in data["cases"]:
         calls, prompt, generated = case["calls"], case["prompt"], case["generated"]
-        prefills = [c for c in calls if c["signature"].startswith("prefill_")]
+        prefills = [c for c in calls if c["signature"].startswith(("prefill_",
+                                                                  "windowed_prefill_"))]
+        for c in prefills:
+            length, end = len(c["tokens"]), c["input_pos"][0] + len(c["tokens"])
+            assert c["signature"] == (f"windowed_prefill_{length}_32" if end <= 32
+                                      else f"prefill_{length}"), case["name"]
         assert all(c["logits"] is None for c in prefills), case["name"]
         fed = [t for c in prefills for t, p in zip(c["tokens"], c["input_pos"])
                if p < len(prompt) - 1]
@@ -177,7 +183,8 @@ def _java_relevant(manifest):
     a GPU driver was there to probe) cannot change what the app sees."""
     lm = manifest["causal_lm"]
     read = ("cache_len", "num_layers", "kv_heads", "head_dim", "vocabulary_size", "mask_value",
-            "prefill_lengths", "decode_windows", "signatures", "stop_token_ids", "start_token_id")
+            "prefill_lengths", "decode_windows", "prefill_windows", "signatures",
+            "stop_token_ids", "start_token_id")
     return {
         "format_version": manifest.get("format_version"),
         "preset": manifest.get("preset"),

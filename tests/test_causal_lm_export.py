@@ -79,16 +79,25 @@ def test_tflite_files_record_their_parity_and_hold_every_signature(exported):
         assert entry["parity"]["cosine_vs_keras"] >= COSINE[variant], variant
         assert entry["parity"]["greedy_tokens_equal_keras"], variant
         signatures = Interpreter(model_path=str(artifact / entry["file"])).get_signature_list()
-        assert sorted(signatures) == ["decode", "decode_32", "prefill_16", "prefill_8"]
+        # The smallest decode window is the prefill window by default: one windowed
+        # prefill per prefill length.
+        assert sorted(signatures) == ["decode", "decode_32", "prefill_16", "prefill_8",
+                                      "windowed_prefill_16_32", "windowed_prefill_8_32"]
+        assert sorted(signatures) == sorted(section["signatures"])
         names = contract.cache_names(lm.backbone.num_layers)
-        for name in ("decode", "decode_32"):
+        for name in signatures:
             assert sorted(signatures[name]["inputs"]) == sorted(
                 ["tokens", "input_pos", "mask"] + names)
+        for name in ("decode", "decode_32"):
             assert sorted(signatures[name]["outputs"]) == sorted(["logits"] + names)
-        for name in ("prefill_8", "prefill_16"):  # the caches only, as LiteRT-LM's prefill
+        for name in ("prefill_8", "prefill_16", "windowed_prefill_8_32",
+                     "windowed_prefill_16_32"):  # the caches only, as LiteRT-LM's prefill
             assert sorted(signatures[name]["outputs"]) == sorted(names)
             assert sorted(section["signatures"][name]["outputs"]) == sorted(names)
+            assert section["signatures"][name] == section["signatures"][
+                "prefill_" + name.split("_")[-2 if name.startswith("windowed") else 1]]
     assert section["decode_windows"] == list(WINDOWS)
+    assert section["prefill_windows"] == list(WINDOWS)
     assert entries["fp32"]["parity"]["max_abs_diff_vs_keras"] <= LOGIT_TOL
     # One copy of the weights serves all three signatures.
     assert entries["fp32"]["bytes"] < 1.3 * lm.backbone.count_params() * 4
@@ -140,22 +149,24 @@ def test_caches_are_written_in_place_and_a_windowed_decode_reads_its_window_only
     assert full == (1, config.kv_heads, CACHE, config.head_dim)  # head-major, slots on axis 2
     for variant, entry in entries.items():
         for signature, (tensors, ops) in graph(artifact / entry["file"]).items():
-            length = 1 if signature.startswith("decode") else int(signature.split("_")[1])
-            window = contract.decode_window(signature)
+            windowed = contract.windowed_prefill(signature)
+            length = (1 if signature.startswith("decode") else windowed[0] if windowed
+                      else int(signature.split("_")[1]))
+            window = windowed[1] if windowed else contract.decode_window(signature)
             writes = [op for op in ops if op[0] == "DYNAMIC_UPDATE_SLICE"]
             # One in-place write per cache tensor, of the L new rows.
             assert len(writes) == 2 * config.num_layers, (variant, signature)
             for _, inputs, outputs in writes:
                 assert tensors[inputs[0]][1] == full and tensors[outputs[0]][1] == full
                 assert tensors[inputs[1]][1] == (1, config.kv_heads, length, config.head_dim)
-            windows = set()  # a decode_<W>'s window of each cache
+            windows = set()  # a windowed step's window of each cache
             for name, inputs, outputs in ops:
                 if not any(tensors[i][1] == full for i in inputs if i >= 0):
                     continue
                 if name == "DYNAMIC_UPDATE_SLICE":
                     continue
                 # Nothing else touches every slot: the writer reads no cache
-                # row, a windowed decode SLICEs its window out, and a
+                # row, a windowed step SLICEs its window out, and a
                 # whole-cache step multiplies the cache as it lies: no
                 # TRANSPOSE of a cache (the layout is attention's own).
                 assert name == "STRIDED_SLICE" or (
@@ -207,7 +218,7 @@ def test_int8_and_int4_feed_integer_weights_straight_into_fully_connected(export
                        if name == "FULLY_CONNECTED" and tensors[inputs[1]][3]]
             # The four projections of each block and the tied LM head; a prefill
             # (no logits) stops at the last block's query/key/value projection.
-            if signature.startswith("prefill"):
+            if contract.is_prefill(signature):
                 assert len(weights) == 4 * (config.num_layers - 1) + 1, (variant, signature)
             else:
                 assert len(weights) == 4 * config.num_layers + 1, (variant, signature)
@@ -216,7 +227,7 @@ def test_int8_and_int4_feed_integer_weights_straight_into_fully_connected(export
                 assert (dtype, scales) in (("INT8", shape[0]), ("INT4", "blockwise")), (
                     variant, name, dtype, scales)
             head = [w for w in weights if w[1] == (config.vocabulary_size, config.hidden_dim)]
-            if signature.startswith("prefill"):
+            if contract.is_prefill(signature):
                 assert not head, (variant, signature)
             else:
                 assert len(head) == 1 and head[0][2] == "INT8" and head[0][4] == \
@@ -281,6 +292,47 @@ def test_each_decode_window_equals_decode_and_the_interpreter_loop_equals_keras(
             whole, _ = interpreter.run(contract.DECODE_SIGNATURE, *args, dict(caches))
             np.testing.assert_allclose(windowed, whole, atol=1e-5)
     assert _decode(interpreter, sequence[24], 24, caches)[0].shape == (lm.backbone.vocabulary_size,)
+
+
+def test_prompt_chunks_take_windowed_prefills_within_the_window_and_prefill_past_it(exported):
+    """A 40-token prompt, cache 64, prefill (8, 16), window 32: its first 39
+    tokens are windowed_prefill_16_32 at 0 and 16 (each chunk ends by slot
+    32), then prefill_8 at 32, whose chunk passes the window; the whole-cache
+    runners (as LiteRT-LM runs the file) take prefill_<L> only. Both give
+    Keras's logits, and a windowed prefill writes the caches prefill_<L> writes."""
+    from falcon_tf.lite import FalconCausalLM as LiteLM
+    from falcon_tf.lite.causal_lm import _mask, _prefill, run_steps
+
+    lm, artifact, _ = exported
+    runners = LiteLM.from_preset(str(artifact), variant="fp32")._runners
+    assert runners.prefill_windows == {8: [32], 16: [32]}
+    calls, run = [], runners.run
+    runners.run = lambda name, tokens, pos, *rest: (calls.append((name, int(pos[0]))),
+                                                    run(name, tokens, pos, *rest))[1]
+    sequence = np.random.default_rng(3).integers(0, lm.backbone.vocabulary_size, 44).tolist()
+    full = lm({"token_ids": np.array([sequence], "int32"),
+               "padding_mask": np.ones((1, len(sequence)), "int32")}).numpy()[0]
+    np.testing.assert_allclose(run_steps(runners, sequence, 40), full[39:], atol=LOGIT_TOL)
+    assert calls[:4] == [("windowed_prefill_16_32", 0), ("windowed_prefill_16_32", 16),
+                         ("prefill_8", 32), ("decode", 39)]
+    calls.clear()
+    np.testing.assert_allclose(run_steps(runners.whole_cache(), sequence, 40), full[39:],
+                               atol=LOGIT_TOL)
+    assert calls[:3] == [("prefill_16", 0), ("prefill_16", 16), ("prefill_8", 32)]
+    # After 24 tokens, a chunk ending at the window's edge: both signatures
+    # write the same caches (its keys and values, and the later layers' from
+    # attention over the 24 earlier slots).
+    chunk = np.array([sequence[24:32]], np.int32)
+    pos = np.arange(24, 32, dtype=np.int32)
+    written = {}
+    for name in ("windowed_prefill_8_32", "prefill_8"):
+        caches = _prefill(runners.whole_cache(), sequence[:24], runners.empty_cache())
+        _, caches = run(name, chunk, pos, _mask(24, 8, CACHE), caches)
+        written[name] = {n: b.copy() if isinstance(b, np.ndarray) else b.read(
+            int(np.prod(runners.cache_shape)), np.float32) for n, b in caches.items()}
+    for n in runners.cache_names:
+        np.testing.assert_allclose(written["windowed_prefill_8_32"][n], written["prefill_8"][n],
+                                   atol=1e-6)
 
 
 def test_tflite_loader_checks_before_running(exported, tmp_path):

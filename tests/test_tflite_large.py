@@ -75,10 +75,11 @@ def test_causal_lm_takes_the_large_route_and_matches_keras(causal_lm):
         assert os.path.getsize(path) == entry["bytes"]
         signatures = Interpreter(model_path=str(path)).get_signature_list()
         names = contract.cache_names(lm.backbone.num_layers)
-        assert sorted(signatures) == ["decode", "decode_32", "prefill_16", "prefill_8"]
+        assert sorted(signatures) == ["decode", "decode_32", "prefill_16", "prefill_8",
+                                      "windowed_prefill_16_32", "windowed_prefill_8_32"]
         for name, signature in signatures.items():
             assert sorted(signature["inputs"]) == sorted(["tokens", "input_pos", "mask"] + names)
-            logits = [] if name.startswith("prefill") else ["logits"]
+            logits = [] if contract.is_prefill(name) else ["logits"]
             assert sorted(signature["outputs"]) == sorted(logits + names)
         # The stitcher drops what a prefill's pieces compute for logits it does
         # not return: the head, and the last block past its keys and values.
@@ -87,7 +88,7 @@ def test_causal_lm_takes_the_large_route_and_matches_keras(causal_lm):
             fully_connected = [tensors[inputs[1]][1] for op, inputs, _ in ops
                                if op == "FULLY_CONNECTED"]
             head = fully_connected.count(table)
-            if name.startswith("prefill"):
+            if contract.is_prefill(name):
                 assert head == 0 and len(fully_connected) == 4 * lm.backbone.num_layers - 3, (
                     variant, name, len(fully_connected))
             else:
@@ -96,6 +97,7 @@ def test_causal_lm_takes_the_large_route_and_matches_keras(causal_lm):
     assert entries["fp32"]["parity"]["max_abs_diff_vs_keras"] <= LOGIT_TOL
     data = json.loads((artifact / "manifest.json").read_text())["causal_lm"]
     assert data["decode_windows"] == list(WINDOWS)
+    assert data["prefill_windows"] == list(WINDOWS)
 
 
 def test_large_integer_variants_compute_with_integer_kernels(causal_lm):

@@ -27,6 +27,14 @@ Causal LM, the on-device LLM convention (ai-edge-torch / LiteRT-LM), batch 1:
                  columns are read), so a step reads W slots of the cache, not
                  cache_length. Runtimes that know only `decode` lose nothing but
                  speed.
+    windowed_prefill_<L>_<W>:
+                 optional, the same as prefill_<L> for a chunk that ends at or
+                 before slot W (input_pos[0] + L <= W): it attends only the
+                 first W slots, so a prompt's first chunks read W slots of the
+                 cache, not cache_length. A file has one for every prefill
+                 length L <= W of each of its prefill windows W. The name does
+                 not start with `prefill`: LiteRT-LM takes every signature
+                 whose name does as a prefill of any position.
 
 `input_pos` holds the positions of the L tokens (rotary angles use each); the
 tokens' keys and values go to the contiguous cache slots input_pos[0] ..
@@ -49,6 +57,7 @@ PADDING_MASK = "padding_mask"
 SEQUENCE_OUTPUT = "sequence_output"
 
 PREFILL_PREFIX = "prefill_"
+WINDOWED_PREFILL_PREFIX = "windowed_prefill_"
 DECODE_SIGNATURE = "decode"
 TOKENS = "tokens"
 INPUT_POS = "input_pos"
@@ -117,6 +126,34 @@ def decode_window(name):
     return None
 
 
+def windowed_prefill_signature(length, window):
+    """The name of the prefill signature for chunks of `length` tokens that
+    attends the first `window` slots."""
+    return f"{WINDOWED_PREFILL_PREFIX}{int(length)}_{int(window)}"
+
+
+def windowed_prefill(name):
+    """(length, window) of a windowed_prefill_<L>_<W> name; None for any other name."""
+    if not name.startswith(WINDOWED_PREFILL_PREFIX):
+        return None
+    parts = name[len(WINDOWED_PREFILL_PREFIX):].split("_")
+    if len(parts) == 2 and all(p.isdigit() for p in parts):
+        return int(parts[0]), int(parts[1])
+    return None
+
+
+def is_prefill(name):
+    """Whether signature `name` is a prefill (prefill_<L> or
+    windowed_prefill_<L>_<W>): it returns the caches only."""
+    return name.startswith(PREFILL_PREFIX) or windowed_prefill(name) is not None
+
+
+def windowed_prefills(prefill_lengths, prefill_windows):
+    """[(L, W)] of the windowed_prefill_<L>_<W> signatures a file with these
+    prefill lengths and prefill windows has: every L <= W."""
+    return [(n, w) for w in sorted(prefill_windows) for n in sorted(prefill_lengths) if n <= w]
+
+
 def cache_shape(kv_heads, head_dim, cache_length, batch=1):
     """The shape of one layer's key or value cache: (batch, kv_heads,
     cache_length, head_dim), head-major, the layout attention reads (no
@@ -142,7 +179,8 @@ def backbone_signature(batch, seq, hidden_dim):
 def causal_lm_signature(length, cache_length, num_layers, kv_heads, head_dim, vocabulary_size,
                         logits=True):
     """{"inputs", "outputs"} of a causal-LM step over `length` tokens: decode
-    and decode_<W> (length 1, `logits`), or prefill_<length> (no `logits`)."""
+    and decode_<W> (length 1, `logits`), or prefill_<length> and
+    windowed_prefill_<length>_<W> (no `logits`)."""
     cache = tensor_spec(cache_shape(kv_heads, head_dim, cache_length), "float32")
     caches = {name: cache for name in cache_names(num_layers)}
     outputs = {LOGITS: tensor_spec((1, length, vocabulary_size), "float32")} if logits else {}
@@ -153,16 +191,18 @@ def causal_lm_signature(length, cache_length, num_layers, kv_heads, head_dim, vo
 
 
 def causal_lm_signatures(prefill_lengths, decode_windows, cache_length, num_layers, kv_heads,
-                         head_dim, vocabulary_size):
-    """{signature name: causal_lm_signature} for every prefill_<L>, decode and
-    decode_<W> of a causal-LM file."""
+                         head_dim, vocabulary_size, prefill_windows=()):
+    """{signature name: causal_lm_signature} for every prefill_<L>, decode,
+    decode_<W> and windowed_prefill_<L>_<W> of a causal-LM file."""
     def step(length, logits=True):
         return causal_lm_signature(length, cache_length, num_layers, kv_heads, head_dim,
                                    vocabulary_size, logits)
 
     return {**{prefill_signature(n): step(n, logits=False) for n in prefill_lengths},
             DECODE_SIGNATURE: step(1),
-            **{decode_window_signature(w): step(1) for w in decode_windows}}
+            **{decode_window_signature(w): step(1) for w in decode_windows},
+            **{windowed_prefill_signature(n, w): step(n, logits=False)
+               for n, w in windowed_prefills(prefill_lengths, prefill_windows)}}
 
 
 # The SavedModel's causal-LM signatures (TF Serving): any batch and cache

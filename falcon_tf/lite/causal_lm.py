@@ -2,6 +2,7 @@
 decode signatures (falcon_tf.artifacts.contract), with numpy and a TFLite runtime only.
 """
 
+import copy
 import os
 import threading
 
@@ -17,7 +18,7 @@ from falcon_tf.text.bpe import from_artifact
 
 
 class SignatureRunners:
-    """prefill_<L> and decode behind one call.
+    """prefill_<L>, decode and their windowed forms behind one call.
 
     On ai-edge-litert's `CompiledModel` (`compiled`, CPU or GPU accelerator),
     the caches live in the runtime's own tensor buffers: one buffer per cache
@@ -60,6 +61,10 @@ class SignatureRunners:
         # decode_<W> signatures, by W: a token below W attends W slots only.
         self.decode_windows = sorted(w for w in map(contract.decode_window, signatures)
                                      if w is not None)
+        # windowed_prefill_<L>_<W>: {L: [W, …]}, a chunk ending by W attends W slots only.
+        self.prefill_windows = {}
+        for length, window in sorted(filter(None, map(contract.windowed_prefill, signatures))):
+            self.prefill_windows.setdefault(length, []).append(window)
         decode = signatures[contract.DECODE_SIGNATURE]["inputs"]
         self.cache_names = sorted((n for n in decode if n.startswith(contract.CACHE_K_PREFIX)
                                    or n.startswith(contract.CACHE_V_PREFIX)),
@@ -70,6 +75,14 @@ class SignatureRunners:
         self._inputs = {}  # signature -> {tokens, input_pos, mask: TensorBuffer}
         self._logits = {}  # signature -> (TensorBuffer, shape)
         self._caches = None  # cache name -> TensorBuffer, shared by every signature
+
+    def whole_cache(self):
+        """The same runners without the windowed signatures: every step on
+        prefill_<L> or decode, as LiteRT-LM runs the file (the caches and
+        buffers shared)."""
+        whole = copy.copy(self)
+        whole.decode_windows, whole.prefill_windows = [], {}
+        return whole
 
     def empty_cache(self):
         """The caches, zeroed: numpy arrays (Interpreter), or the runtime's
@@ -93,12 +106,12 @@ class SignatureRunners:
             return self._run_compiled(name, tokens, input_pos, mask, caches)
         out = self._runners[name](**{contract.TOKENS: tokens, contract.INPUT_POS: input_pos,
                                      contract.MASK: mask, **caches})
-        logits = None if name.startswith(contract.PREFILL_PREFIX) else np.asarray(
+        logits = None if contract.is_prefill(name) else np.asarray(
             out[contract.LOGITS])[0]
         return logits, {n: np.asarray(out[n]) for n in self.cache_names}
 
     def _run_compiled(self, name, tokens, input_pos, mask, caches):
-        prefill = name.startswith(contract.PREFILL_PREFIX)
+        prefill = contract.is_prefill(name)
         if name not in self._inputs:
             self._inputs[name] = {n: self._compiled.create_input_buffer_by_name(name, n)
                                   for n in (contract.TOKENS, contract.INPUT_POS, contract.MASK)}
@@ -145,8 +158,9 @@ def _mask(start, length, cache_length):
 
 def _prefill(runners, tokens, caches):
     """Prefills `tokens` from slot 0, in chunks of the exported lengths that
-    fit the cache (a chunk must end at or before cache_length). Returns the
-    caches."""
+    fit the cache (a chunk must end at or before cache_length), each on the
+    smallest windowed_prefill_<L>_<W> whose window holds the chunk, else on
+    prefill_<L>. Returns the caches."""
     start, n = 0, len(tokens)
     while start < n:
         left = n - start
@@ -162,8 +176,12 @@ def _prefill(runners, tokens, caches):
         # Past the prompt the chunk's padding writes slots that decode
         # overwrites before any token attends them.
         pos = (start + np.arange(length)).astype(np.int32)
-        _, caches = runners.run(contract.prefill_signature(length), chunk, pos,
-                                _mask(start, length, runners.cache_length), caches)
+        window = next((w for w in runners.prefill_windows.get(length, ())
+                       if start + length <= w), None)
+        name = (contract.prefill_signature(length) if window is None
+                else contract.windowed_prefill_signature(length, window))
+        _, caches = runners.run(name, chunk, pos, _mask(start, length, runners.cache_length),
+                                caches)
         start += real
     return caches
 
@@ -177,6 +195,13 @@ def _decode(runners, token, position, caches):
                                  np.array([position], np.int32),
                                  _mask(position, 1, runners.cache_length), caches)
     return logits[0], caches
+
+
+def run_steps_both_ways(runners, sequence, prompt_length):
+    """`run_steps` on the windowed signatures the loop takes, then on
+    prefill_<L> and decode alone: (2, steps, vocab)."""
+    return np.stack([run_steps(r, sequence, prompt_length)
+                     for r in (runners, runners.whole_cache())])
 
 
 def run_steps(runners, sequence, prompt_length):

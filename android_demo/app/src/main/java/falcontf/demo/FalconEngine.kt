@@ -69,6 +69,9 @@ class FalconEngine(private val context: Context) : Closeable {
             !opened.decodeWindows().contentEquals(lm.decodeWindows) ->
                 "decode windows [${opened.decodeWindows().joinToString("/")}]; manifest.json says [" +
                     lm.decodeWindows.joinToString("/") + "]"
+            !opened.prefillWindows().contentEquals(lm.prefillWindows) ->
+                "prefill windows [${opened.prefillWindows().joinToString("/")}]; manifest.json says [" +
+                    lm.prefillWindows.joinToString("/") + "]"
             opened.numLayers != lm.numLayers ->
                 "${opened.numLayers} layers of KV cache; manifest.json says ${lm.numLayers}"
             else -> null

@@ -36,6 +36,7 @@ class LiteRtCausalLm(model: ByteBuffer, cpuThreads: Int, source: String) : Causa
     private val vocab: Int
     private val prefill: IntArray
     private val windows: IntArray
+    private val prefillWindowList: IntArray
     private var cacheIn: Map<String, ByteBuffer>
     private var cacheOut: Map<String, ByteBuffer>
     private val scratch = HashMap<String, ByteBuffer>()
@@ -81,6 +82,10 @@ class LiteRtCausalLm(model: ByteBuffer, cpuThreads: Int, source: String) : Causa
             require(prefill.isNotEmpty()) { "$source has no ${FalconContract.PREFILL_PREFIX}<L> signature." }
             // decode_<W>: decode's tensors, attending the first W slots; Generator takes them below W.
             windows = signatures.map { FalconContract.decodeWindow(it) }.filter { it > 0 }.sorted().toIntArray()
+            // windowed_prefill_<L>_<W>: prefill's tensors, attending the first W slots; Generator
+            // takes them for a chunk that ends by W.
+            prefillWindowList = signatures.mapNotNull { FalconContract.windowedPrefill(it)?.get(1) }
+                .distinct().sorted().toIntArray()
             val decodeInputs = interpreter.getSignatureInputs(FalconContract.DECODE_SIGNATURE).toSet()
             for (name in listOf(FalconContract.TOKENS, FalconContract.INPUT_POS, FalconContract.MASK)) {
                 require(name in decodeInputs) { "$source: signature decode lacks input `$name` (has $decodeInputs)." }
@@ -116,6 +121,8 @@ class LiteRtCausalLm(model: ByteBuffer, cpuThreads: Int, source: String) : Causa
 
     override fun decodeWindows(): IntArray = windows.clone()
 
+    override fun prefillWindows(): IntArray = prefillWindowList.clone()
+
     override fun resetCache() {
         // Stale slots are masked out, but a masked NaN still poisons the softmax sum.
         val zeros = ByteArray(minOf(cacheBytes, 1 shl 20))
@@ -135,7 +142,7 @@ class LiteRtCausalLm(model: ByteBuffer, cpuThreads: Int, source: String) : Causa
         inputs[FalconContract.MASK] = buffer("mask$length", 4 * mask.size).apply { asFloatBuffer().put(mask) }
         val outputs = HashMap<String, Any>()
         // A prefill has no logits output (a file exported earlier has one there: left unbound, unread).
-        val logits = if (FalconContract.prefillLength(signature) > 0) null
+        val logits = if (FalconContract.isPrefill(signature)) null
             else buffer("logits$length", 4 * length * vocab)
         if (logits != null) outputs[FalconContract.LOGITS] = logits
         for (name in cacheNames) {

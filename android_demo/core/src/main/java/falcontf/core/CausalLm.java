@@ -31,10 +31,19 @@ public interface CausalLm {
     }
 
     /**
-     * Runs {@code signature} ("decode", "decode_W" or "prefill_L"). For a decode, returns
-     * its vocabSize() logits; for a prefill, returns null (the caller ignores whatever a
-     * prefill returns, so an implementation over a file exported when prefill still had
-     * logits may return them or null).
+     * The windows W that have a {@code windowed_prefill_<L>_<W>} signature for every prefill
+     * length L <= W (prefill attending only the first W slots, with prefill_<L>'s inputs and
+     * outputs); none by default.
+     */
+    default int[] prefillWindows() {
+        return new int[0];
+    }
+
+    /**
+     * Runs {@code signature} ("decode", "decode_W", "prefill_L" or "windowed_prefill_L_W").
+     * For a decode, returns its vocabSize() logits; for a prefill, returns null (the caller
+     * ignores whatever a prefill returns, so an implementation over a file exported when
+     * prefill still had logits may return them or null).
      */
     float[] run(String signature, int[] tokens, int[] inputPos, float[] mask);
 

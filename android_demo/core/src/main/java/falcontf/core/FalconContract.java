@@ -15,12 +15,17 @@ package falcontf.core;
  * host prefills the prompt but its last token, then decodes that token for the first
  * logits. Files may also have {@code decode_<W>} signatures: decode's inputs and outputs,
  * attending only the first W slots, for a position below W ({@link Generator} takes the
- * smallest that holds the position, as the Python host does).
+ * smallest that holds the position, as the Python host does), and
+ * {@code windowed_prefill_<L>_<W>} signatures: prefill_<L>'s inputs and outputs, attending
+ * only the first W slots, for a chunk that ends by slot W (one for every prefill length
+ * L <= W of each prefill window W; the name does not start with "prefill", which LiteRT-LM
+ * would take for a prefill of any position).
  */
 public final class FalconContract {
     private FalconContract() {}
 
     public static final String PREFILL_PREFIX = "prefill_";
+    public static final String WINDOWED_PREFILL_PREFIX = "windowed_prefill_";
     public static final String DECODE_SIGNATURE = "decode";
     public static final String TOKENS = "tokens";
     public static final String INPUT_POS = "input_pos";
@@ -53,6 +58,29 @@ public final class FalconContract {
     /** The decode signature that attends only the first {@code window} slots. */
     public static String decodeWindowSignature(int window) {
         return DECODE_SIGNATURE + "_" + window;
+    }
+
+    /** The prefill signature for chunks of {@code length} tokens attending the first {@code window} slots. */
+    public static String windowedPrefillSignature(int length, int window) {
+        return WINDOWED_PREFILL_PREFIX + length + "_" + window;
+    }
+
+    /**
+     * {L, W} of a "windowed_prefill_L_W" name, or null for any other name.
+     */
+    public static int[] windowedPrefill(String signature) {
+        if (signature == null || !signature.startsWith(WINDOWED_PREFILL_PREFIX)) return null;
+        String rest = signature.substring(WINDOWED_PREFILL_PREFIX.length());
+        int split = rest.indexOf('_');
+        if (split < 0) return null;
+        int length = positiveSuffix(rest.substring(0, split), "");
+        int window = positiveSuffix(rest.substring(split + 1), "");
+        return length > 0 && window > 0 ? new int[] {length, window} : null;
+    }
+
+    /** Whether {@code signature} is a prefill (prefill_L or windowed_prefill_L_W): caches only. */
+    public static boolean isPrefill(String signature) {
+        return prefillLength(signature) > 0 || windowedPrefill(signature) != null;
     }
 
     /** The L of a "prefill_L" name, or -1 for any other name. */

@@ -11,7 +11,9 @@ import java.util.Arrays;
  * shortest prefill length that holds them all, else the longest, among the lengths whose
  * chunk ends within the cache (the export's cache update writes a chunk whole, so one
  * running past the cache end would land over earlier slots); tokens too near the cache
- * end for any prefill length go to {@code decode} one by one. A chunk shorter than
+ * end for any prefill length go to {@code decode} one by one. Each chunk runs on the
+ * smallest {@code windowed_prefill_<L>_<W>} of the file whose window holds it (it reads W
+ * slots, not the whole cache), else on {@code prefill_<L>}. A chunk shorter than
  * its signature is padded with token 0 at the following positions; no real query can
  * see those slots (the mask allows a query at position p only slots 0..p), and the
  * following tokens overwrite them. Then the prompt's last token goes to {@code decode} at
@@ -84,6 +86,7 @@ public final class Generator {
     private final int vocab;
     private final int[] prefillLengths;
     private final int[] decodeWindows;
+    private final int[] prefillWindows;
 
     public Generator(CausalLm model) {
         this.model = model;
@@ -105,15 +108,21 @@ public final class Generator {
             }
         }
         this.prefillLengths = lengths;
-        int[] windows = model.decodeWindows().clone();
+        this.decodeWindows = windows(model.decodeWindows(), "Decode");
+        this.prefillWindows = windows(model.prefillWindows(), "Prefill");
+    }
+
+    /** {@code windows} sorted, each checked to be in [1, cacheLength). */
+    private int[] windows(int[] windows, String what) {
+        windows = windows.clone();
         Arrays.sort(windows);
         for (int window : windows) {
             if (window <= 0 || window >= cacheLength) {
-                throw new IllegalArgumentException("Decode window " + window + " must be in [1, "
+                throw new IllegalArgumentException(what + " window " + window + " must be in [1, "
                         + cacheLength + "), below the cache length.");
             }
         }
-        this.decodeWindows = windows;
+        return windows;
     }
 
     /**
@@ -155,7 +164,7 @@ public final class Generator {
             int[] tokens = new int[length];
             System.arraycopy(prompt, position, tokens, 0, used);
             // A prefill returns no logits (a file exported earlier returns some: not read).
-            model.run(FalconContract.prefillSignature(length), tokens, inputPos(position, length),
+            model.run(prefillSignature(position, length), tokens, inputPos(position, length),
                     mask(position, length));
             position += used;
         }
@@ -215,6 +224,19 @@ public final class Generator {
             longest = length;
         }
         return longest;
+    }
+
+    /**
+     * The signature for a prefill chunk of {@code length} at {@code start}: the smallest
+     * {@code windowed_prefill_<L>_<W>} whose window holds the chunk, else {@code prefill_<L>}.
+     */
+    private String prefillSignature(int start, int length) {
+        for (int window : prefillWindows) {
+            if (start + length <= window) {
+                return FalconContract.windowedPrefillSignature(length, window);
+            }
+        }
+        return FalconContract.prefillSignature(length);
     }
 
     /** input_pos of a run over positions start .. start + length - 1. */

@@ -90,6 +90,11 @@ public final class Manifest {
         public final int[] prefillLengths;
         /** The W of the {@code decode_<W>} signatures (none in a manifest that lists none). */
         public final int[] decodeWindows;
+        /**
+         * The W of the {@code windowed_prefill_<L>_<W>} signatures, one per prefill length
+         * L <= W (none in a manifest that lists none).
+         */
+        public final int[] prefillWindows;
         public final int[] stopTokenIds;
         /** -1 when the model has none. */
         public final int startTokenId;
@@ -98,19 +103,20 @@ public final class Manifest {
         public final int headDim;
         public final int vocabularySize;
         /**
-         * {@code decode}, every {@code decode_<W>} and every {@code prefill_<L>}, checked
-         * against the contract (a decode's outputs are logits and the caches, a prefill's the
-         * caches only).
+         * {@code decode}, every {@code decode_<W>}, every {@code prefill_<L>} and every
+         * {@code windowed_prefill_<L>_<W>}, checked against the contract (a decode's outputs
+         * are logits and the caches, a prefill's the caches only).
          */
         public final Map<String, Signature> signatures;
 
         CausalLmInfo(Map<String, FileEntry> variants, int cacheLength, int[] prefillLengths, int[] decodeWindows,
-                     int[] stopTokenIds, int startTokenId, int numLayers, int kvHeads, int headDim, int vocabularySize,
+                     int[] prefillWindows, int[] stopTokenIds, int startTokenId, int numLayers, int kvHeads, int headDim, int vocabularySize,
                      Map<String, Signature> signatures) {
             this.variants = variants;
             this.cacheLength = cacheLength;
             this.prefillLengths = prefillLengths;
             this.decodeWindows = decodeWindows;
+            this.prefillWindows = prefillWindows;
             this.stopTokenIds = stopTokenIds;
             this.startTokenId = startTokenId;
             this.numLayers = numLayers;
@@ -263,30 +269,41 @@ public final class Manifest {
             }
         }
 
-        // Manifests written before decode_<W> have no `decode_windows`.
-        int[] windows = lm.get("decode_windows") == null ? new int[0]
-                : sortedPositives(lm, "decode_windows", where);
-        for (int window : windows) {
-            if (window >= cacheLength) {
-                throw new IllegalArgumentException(where + ": decode window " + window
-                        + " is not below cache_len " + cacheLength + ".");
-            }
-        }
+        // Manifests written before decode_<W> (windowed_prefill_<L>_<W>) have no
+        // `decode_windows` (`prefill_windows`).
+        int[] windows = windowsBelow(lm, "decode_windows", "decode", cacheLength, where);
+        int[] prefillWindows = windowsBelow(lm, "prefill_windows", "prefill", cacheLength, where);
 
         Map<String, Object> signaturesJson = Json.object(lm, "signatures", where);
         Map<String, Signature> signatures = new LinkedHashMap<>();
-        // prefill_<L> for each L, decode, then decode_<W> for each W (all decodes have L = 1).
-        String[] names = new String[prefill.length + 1 + windows.length];
-        int[] wanted = new int[names.length];
-        for (int k = 0; k < names.length; k++) {
-            boolean isPrefill = k < prefill.length;
-            wanted[k] = isPrefill ? prefill[k] : 1;
-            names[k] = isPrefill ? FalconContract.prefillSignature(prefill[k])
-                    : k == prefill.length ? FalconContract.DECODE_SIGNATURE
-                    : FalconContract.decodeWindowSignature(windows[k - prefill.length - 1]);
+        // prefill_<L> for each L, decode, decode_<W> for each W (all decodes have L = 1),
+        // then windowed_prefill_<L>_<W> for each W and L <= W.
+        List<String> names = new ArrayList<>();
+        List<Integer> wanted = new ArrayList<>();
+        List<Boolean> prefills = new ArrayList<>();
+        for (int length : prefill) {
+            names.add(FalconContract.prefillSignature(length));
+            wanted.add(length);
+            prefills.add(true);
         }
-        for (int k = 0; k < wanted.length; k++) {
-            String name = names[k];
+        names.add(FalconContract.DECODE_SIGNATURE);
+        wanted.add(1);
+        prefills.add(false);
+        for (int window : windows) {
+            names.add(FalconContract.decodeWindowSignature(window));
+            wanted.add(1);
+            prefills.add(false);
+        }
+        for (int window : prefillWindows) {
+            for (int length : prefill) {
+                if (length > window) break;
+                names.add(FalconContract.windowedPrefillSignature(length, window));
+                wanted.add(length);
+                prefills.add(true);
+            }
+        }
+        for (int k = 0; k < names.size(); k++) {
+            String name = names.get(k);
             String at = where + ".signatures." + name;
             if (!(signaturesJson.get(name) instanceof Map)) {
                 throw new IllegalArgumentException(where + ".signatures lacks `" + name + "` (it has "
@@ -296,7 +313,7 @@ public final class Manifest {
             Map<String, Object> sig = (Map<String, Object>) signaturesJson.get(name);
             Signature signature = new Signature(specs(Json.object(sig, "inputs", at), at + ".inputs"),
                     specs(Json.object(sig, "outputs", at), at + ".outputs"));
-            checkSignature(signature, wanted[k], k < prefill.length, cacheLength, numLayers, kvHeads, headDim,
+            checkSignature(signature, wanted.get(k), prefills.get(k), cacheLength, numLayers, kvHeads, headDim,
                     vocab, at);
             signatures.put(name, signature);
         }
@@ -310,7 +327,8 @@ public final class Manifest {
             }
         }
         int start = lm.get("start_token_id") == null ? -1 : tokenId(lm.get("start_token_id"), vocab, where + ".start_token_id");
-        return new CausalLmInfo(Collections.unmodifiableMap(variants), cacheLength, prefill, windows, stops, start,
+        return new CausalLmInfo(Collections.unmodifiableMap(variants), cacheLength, prefill, windows,
+                prefillWindows, stops, start,
                 numLayers, kvHeads, headDim, vocab, Collections.unmodifiableMap(signatures));
     }
 
@@ -419,6 +437,22 @@ public final class Manifest {
     }
 
     /** The list {@code key} of {@code object}, each a positive integer, sorted. */
+    /**
+     * The optional sorted windows under {@code key} (none when absent), each checked to be below
+     * {@code cacheLength}.
+     */
+    private static int[] windowsBelow(Map<String, Object> lm, String key, String what, int cacheLength,
+                                      String where) {
+        int[] windows = lm.get(key) == null ? new int[0] : sortedPositives(lm, key, where);
+        for (int window : windows) {
+            if (window >= cacheLength) {
+                throw new IllegalArgumentException(where + ": " + what + " window " + window
+                        + " is not below cache_len " + cacheLength + ".");
+            }
+        }
+        return windows;
+    }
+
     private static int[] sortedPositives(Map<String, Object> object, String key, String where) {
         List<Object> list = Json.list(object, key, where);
         int[] values = new int[list.size()];

@@ -47,6 +47,7 @@ public class CausalLmGoldenTest {
         @Override public int vocabSize() { return LM.vocabularySize; }
         @Override public int[] prefillLengths() { return LM.prefillLengths; }
         @Override public int[] decodeWindows() { return LM.decodeWindows; }
+        @Override public int[] prefillWindows() { return LM.prefillWindows; }
         @Override public void resetCache() { assertEquals("the cache is reset before the first call", 0, next); }
 
         @Override
@@ -68,7 +69,7 @@ public class CausalLmGoldenTest {
                 }
             }
             int vocab = vocabSize();
-            if (FalconContract.prefillLength(signature) > 0) {
+            if (FalconContract.isPrefill(signature)) {
                 assertEquals(at + ": a prefill records no logits", null, call.get("logits"));
                 if (!prefillLogits) return null;
                 float[] unread = new float[tokens.length * vocab];
@@ -157,7 +158,7 @@ public class CausalLmGoldenTest {
             int[] prompt = Golden.ints(c.get("prompt"));
             List<?> calls = (List<?>) c.get("calls");
             int prefills = 0;
-            while (FalconContract.prefillLength((String) Golden.map(calls.get(prefills)).get("signature")) > 0) {
+            while (FalconContract.isPrefill((String) Golden.map(calls.get(prefills)).get("signature"))) {
                 assertEquals(name, null, Golden.map(calls.get(prefills)).get("logits"));
                 prefills++;
             }
@@ -170,23 +171,32 @@ public class CausalLmGoldenTest {
 
     @Test
     public void promptsSpanningChunksAndTheCacheEndAreCovered() {
-        // The recorded cases exercise a padded prefill chunk after a full one, decodes
-        // below the file's window 32 (decode_32) and past it (decode), and a run that
-        // stops because prompt and new tokens fill the cache.
+        // The recorded cases exercise a padded prefill chunk after a full one, prefill
+        // chunks within the file's window 32 (windowed_prefill_<L>_32) and past it
+        // (prefill_<L>), decodes below the window (decode_32) and past it (decode), and a
+        // run that stops because prompt and new tokens fill the cache.
         Map<String, Object> ids = named("ids");
         List<?> calls = (List<?>) ids.get("calls");
         assertEquals(19, Golden.ints(ids.get("prompt")).length);
-        assertEquals("prefill_16", Golden.map(calls.get(0)).get("signature"));
-        assertEquals("prefill_8", Golden.map(calls.get(1)).get("signature"));
+        assertEquals("windowed_prefill_16_32", Golden.map(calls.get(0)).get("signature"));
+        assertEquals("windowed_prefill_8_32", Golden.map(calls.get(1)).get("signature"));
         assertArrayEquals(new int[] {16, 17, 18, 19, 20, 21, 22, 23}, Golden.ints(Golden.map(calls.get(1)).get("input_pos")));
         assertEquals("decode_32", Golden.map(calls.get(2)).get("signature"));
         assertArrayEquals(new int[] {18}, Golden.ints(Golden.map(calls.get(2)).get("input_pos")));
         assertArrayEquals(new int[] {32}, LM.decodeWindows);
+        assertArrayEquals(new int[] {32}, LM.prefillWindows);
+        List<String> endPrefills = new ArrayList<>();
+        for (Object call : (List<?>) named("cache_end").get("calls")) {
+            String signature = (String) Golden.map(call).get("signature");
+            if (FalconContract.isPrefill(signature)) endPrefills.add(signature);
+        }
+        assertEquals(Arrays.asList("windowed_prefill_16_32", "windowed_prefill_16_32", "prefill_16",
+                "prefill_16"), endPrefills);
         int below = 0, past = 0;
         for (Map<String, Object> c : cases()) {
             for (Object call : (List<?>) c.get("calls")) {
                 String signature = (String) Golden.map(call).get("signature");
-                if (FalconContract.prefillLength(signature) > 0) continue;
+                if (FalconContract.isPrefill(signature)) continue;
                 int position = Golden.ints(Golden.map(call).get("input_pos"))[0];
                 assertEquals(c.get("name") + " at " + position, position < 32 ? "decode_32" : "decode", signature);
                 if (position < 32) below++; else past++;

@@ -28,6 +28,7 @@ public class GeneratorTest {
         final List<String> calls = new ArrayList<>();
         boolean prefillLogits;
         int[] windows = new int[0];
+        int[] prefillWindows = new int[0];
 
         HashingModel(int cache, int vocab, int... prefill) {
             this.cache = cache;
@@ -40,17 +41,21 @@ public class GeneratorTest {
         @Override public int vocabSize() { return vocab; }
         @Override public int[] prefillLengths() { return prefill; }
         @Override public int[] decodeWindows() { return windows; }
+        @Override public int[] prefillWindows() { return prefillWindows; }
         @Override public void resetCache() { Arrays.fill(slots, -1); }
 
         @Override
         public float[] run(String signature, int[] tokens, int[] inputPos, float[] mask) {
             int length = tokens.length;
-            boolean decode = FalconContract.prefillLength(signature) < 0;
-            int window = FalconContract.decodeWindow(signature);
+            boolean decode = !FalconContract.isPrefill(signature);
+            int[] windowed = FalconContract.windowedPrefill(signature);
+            int window = windowed != null ? windowed[1] : FalconContract.decodeWindow(signature);
+            int prefillLength = windowed != null ? windowed[0] : FalconContract.prefillLength(signature);
             assertTrue(signature, signature.equals(FalconContract.DECODE_SIGNATURE)
-                    || Arrays.stream(windows).anyMatch(w -> w == window)
-                    || Arrays.stream(prefill).anyMatch(p -> p == FalconContract.prefillLength(signature)));
-            int expectedLength = decode ? 1 : FalconContract.prefillLength(signature);
+                    || (windowed == null && Arrays.stream(windows).anyMatch(w -> w == window))
+                    || (Arrays.stream(prefill).anyMatch(p -> p == prefillLength)
+                        && (windowed == null || Arrays.stream(prefillWindows).anyMatch(w -> w == window))));
+            int expectedLength = decode ? 1 : prefillLength;
             assertEquals(signature, expectedLength, length);
             assertTrue(signature, expectedLength == 1 || Arrays.stream(prefill).anyMatch(p -> p == length));
             assertEquals(length, inputPos.length);
@@ -60,6 +65,8 @@ public class GeneratorTest {
             // end would land over earlier slots.
             assertTrue(signature + "@" + inputPos[0] + " runs past the cache end",
                     inputPos[0] + length <= cache);
+            assertTrue(signature + "@" + inputPos[0] + " runs past its window",
+                    windowed == null || inputPos[0] + length <= window);
             for (int i = 0; i < length; i++) {
                 assertEquals("input_pos counts up from the chunk's start", inputPos[0] + i, inputPos[i]);
                 assertTrue("input_pos is not negative", inputPos[i] >= 0);
@@ -72,7 +79,8 @@ public class GeneratorTest {
                     float m = mask[i * cache + j];
                     assertTrue(m == 0f || m == FalconContract.MASK_VALUE);
                     if (m == 0f) {
-                        // As the export: decode_<W> attends the first W slots only.
+                        // As the export: decode_<W> and windowed_prefill_<L>_<W> attend the
+                        // first W slots only.
                         assertTrue(signature + " allows slot " + j, window < 0 || j < window);
                         assertTrue("a query sees an unwritten slot " + j, slots[j] >= 0);
                         hash = hash * 31 + slots[j] + 1;
@@ -230,6 +238,30 @@ public class GeneratorTest {
         HashingModel bad = new HashingModel(16, 50, 4);
         bad.windows = new int[] {16};
         assertEquals("Decode window 16 must be in [1, 16), below the cache length.",
+                assertThrows(IllegalArgumentException.class, () -> new Generator(bad)).getMessage());
+    }
+
+    @Test
+    public void eachPrefillChunkTakesTheSmallestWindowHoldingIt() {
+        // Prefill windows {8, 16}, cache 32, prefill {4, 8}: the 22 tokens before the
+        // prompt's last go 8 at 0 on windowed_prefill_8_8, 8 at 8 on windowed_prefill_8_16,
+        // 6 padded into 8 at 16 on prefill_8 (it passes both windows); same tokens as
+        // without windows.
+        HashingModel model = new HashingModel(32, 50, 4, 8);
+        model.prefillWindows = new int[] {16, 8};
+        Generator.Result r = new Generator(model).generate(prompt(23), 3, Sampler.greedy(), null, null);
+        assertArrayEquals(expectedHashTokens(prompt(23), 3, 50), r.tokens);
+        assertEquals(Arrays.asList("windowed_prefill_8_8@0", "windowed_prefill_8_16@8", "prefill_8@16",
+                "decode@22", "decode@23", "decode@24"), model.calls);
+        // A 3-token prompt: 2 tokens padded into 4 at 0, on the smallest window.
+        HashingModel small = new HashingModel(32, 50, 4, 8);
+        small.prefillWindows = new int[] {16, 8};
+        new Generator(small).generate(prompt(3), 1, Sampler.greedy(), null, null);
+        assertEquals(Arrays.asList("windowed_prefill_4_8@0", "decode@2"), small.calls);
+
+        HashingModel bad = new HashingModel(16, 50, 4);
+        bad.prefillWindows = new int[] {0};
+        assertEquals("Prefill window 0 must be in [1, 16), below the cache length.",
                 assertThrows(IllegalArgumentException.class, () -> new Generator(bad)).getMessage());
     }
 

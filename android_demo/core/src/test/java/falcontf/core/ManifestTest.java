@@ -59,8 +59,9 @@ public class ManifestTest {
         assertArrayEquals(new int[] {256}, lm.stopTokenIds);
         assertEquals(256, lm.startTokenId);
         assertArrayEquals(new int[] {32}, lm.decodeWindows);
-        assertEquals(Arrays.asList("prefill_8", "prefill_16", "decode", "decode_32"),
-                List.copyOf(lm.signatures.keySet()));
+        assertArrayEquals(new int[] {32}, lm.prefillWindows);
+        assertEquals(Arrays.asList("prefill_8", "prefill_16", "decode", "decode_32", "windowed_prefill_8_32",
+                "windowed_prefill_16_32"), List.copyOf(lm.signatures.keySet()));
         Manifest.Signature decode = lm.signatures.get(FalconContract.DECODE_SIGNATURE);
         assertArrayEquals(new int[] {1, 1, 1, 64}, decode.inputs.get(FalconContract.MASK).shape);
         // The caches are head-major: [1, kv_heads, cache_len, head_dim].
@@ -115,16 +116,27 @@ public class ManifestTest {
         assertTrue(error(REAL.replaceFirst("\"prefill_lengths\": \\[[^\\]]*\\]", "\"prefill_lengths\": [128]"))
                 .contains("prefill length 128 exceeds cache_len 64"));
         assertTrue(error(REAL.replaceFirst("\"prefill_lengths\": \\[[^\\]]*\\]", "\"prefill_lengths\": [8, 16, 32]"))
-                .contains("causal_lm.signatures lacks `prefill_32` (it has decode, decode_32, prefill_16, prefill_8)"));
+                .contains("causal_lm.signatures lacks `prefill_32` (it has decode, decode_32, prefill_16, prefill_8, windowed_prefill_16_32, windowed_prefill_8_32)"));
         // A listed decode window needs its signature, below the cache length.
         assertTrue(error(REAL.replaceFirst("\"decode_windows\": \\[[^\\]]*\\]", "\"decode_windows\": [32, 48]"))
-                .contains("causal_lm.signatures lacks `decode_48` (it has decode, decode_32, prefill_16, prefill_8)"));
+                .contains("causal_lm.signatures lacks `decode_48` (it has decode, decode_32, prefill_16, prefill_8, windowed_prefill_16_32, windowed_prefill_8_32)"));
         assertTrue(error(REAL.replaceFirst("\"decode_windows\": \\[[^\\]]*\\]", "\"decode_windows\": [64]"))
                 .contains("causal_lm: decode window 64 is not below cache_len 64."));
         // A manifest written before decode_<W> (no `decode_windows`) is read without windows.
         Manifest.CausalLmInfo old = Manifest.parse(REAL.replaceFirst("\"decode_windows\": \\[[^\\]]*\\],", ""),
                 "m.json").causalLm();
         assertArrayEquals(new int[0], old.decodeWindows);
+        // The same for prefill windows: a listed one needs a signature per prefill length
+        // up to it, below the cache length; an older manifest has none.
+        assertTrue(error(REAL.replaceFirst("\"prefill_windows\": \\[[^\\]]*\\]", "\"prefill_windows\": [16, 32]"))
+                .contains("causal_lm.signatures lacks `windowed_prefill_8_16`"));
+        assertTrue(error(REAL.replaceFirst("\"prefill_windows\": \\[[^\\]]*\\]", "\"prefill_windows\": [64]"))
+                .contains("causal_lm: prefill window 64 is not below cache_len 64."));
+        assertTrue(error(REAL.replaceFirst("\"prefill_windows\": \\[[^\\]]*\\]", "\"prefill_windows\": [0]"))
+                .contains("prefill_windows"));
+        Manifest.CausalLmInfo older = Manifest.parse(REAL.replaceFirst("\"prefill_windows\": \\[[^\\]]*\\],", ""),
+                "m.json").causalLm();
+        assertArrayEquals(new int[0], older.prefillWindows);
         assertTrue(error(REAL.replaceFirst("\"stop_token_ids\": \\[[^\\]]*\\]", "\"stop_token_ids\": [1024]"))
                 .contains("stop_token_ids[0] must be a token id in [0, 1024); found 1024"));
         assertTrue(error(REAL.replace(MODEL_PATH, "../../etc/x")).contains(
