@@ -7,7 +7,10 @@ pieces' subgraphs run one after the other, a piece's input wired to the
 latest earlier output of the same name (`hidden`, `kv_cache_k_3` …), or, if
 none, made an input of the signature. Buffers with equal bytes are stored
 once: a weight shared by the signatures, and the tied LM head, which is the
-embedding table's bytes again.
+embedding table's bytes again. Equal quantization parameters are written
+once in the FlatBuffer too, one table every signature's tensor refers to: a
+per-channel weight's scales and zero points are the same in each subgraph
+that reads it.
 
 Buffer bytes go to a temporary file as pieces arrive, so only the graph stays
 in memory. `write` lays the file out as LiteRT reads large models: the
@@ -62,6 +65,48 @@ def _detach(obj):
         elif hasattr(value, "__dict__"):
             _detach(value)
     return obj
+
+
+def _content(obj):
+    """A hashable key of a schema object's whole content (arrays by their bytes)."""
+    import numpy as np
+
+    items = []
+    for key, value in sorted(vars(obj).items()):
+        if isinstance(value, np.ndarray):
+            value = (value.dtype.str, value.shape, value.tobytes())
+        elif isinstance(value, list):
+            value = tuple(_content(v) if hasattr(v, "__dict__") else v for v in value)
+        elif hasattr(value, "__dict__"):
+            value = (type(value).__name__, _content(value))
+        items.append((key, value))
+    return tuple(items)
+
+
+def _packed(model):
+    """The FlatBuffer of `model` (a ModelT), each distinct QuantizationParameters
+    table written once and referred to by every tensor that has it (a
+    FlatBuffer may point to one table from many places). At falcon-rw-1b's
+    shape the per-channel scales and zero points of the int8 projections,
+    repeated in every signature's subgraph, were most of the graph's bytes."""
+    import flatbuffers
+
+    cls = _schema().QuantizationParametersT
+    original, written = cls.Pack, {}
+
+    def pack(self, builder):
+        key = _content(self)
+        if key not in written:
+            written[key] = original(self, builder)
+        return written[key]
+
+    builder = flatbuffers.Builder(1024)
+    cls.Pack = pack
+    try:
+        builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    finally:
+        cls.Pack = original
+    return builder.Output()
 
 
 def _drop_dead_operators(graph):
@@ -242,8 +287,6 @@ class Stitcher:
         """Writes the stitched model to `path` atomically (a temporary sibling,
         then a rename): the FlatBuffer, then the buffers' bytes at their
         offsets. Returns the file's size in bytes."""
-        from tensorflow.lite.tools import flatbuffer_utils
-
         model = self.model(inputs, outputs)
         located = [(i, loc) for i, loc in enumerate(self._buffers) if loc is not None]
         # offset/size are 8-byte fields, present when non-zero: the FlatBuffer
@@ -251,11 +294,11 @@ class Stitcher:
         # learn where the data starts, then again with the real offsets.
         for i, (start, size) in located:
             model.buffers[i].offset, model.buffers[i].size = 1, 1
-        head = len(flatbuffer_utils.convert_object_to_bytearray(model))
+        head = len(_packed(model))
         base = _align(head)
         for i, (start, size) in located:
             model.buffers[i].offset, model.buffers[i].size = base + start, size
-        flat = flatbuffer_utils.convert_object_to_bytearray(model)
+        flat = _packed(model)
         if len(flat) != head:
             raise AssertionError("the FlatBuffer changed size between the two packings")
         folder = os.path.dirname(os.path.abspath(path))

@@ -212,6 +212,19 @@ def test_int8_and_int4_feed_integer_weights_straight_into_fully_connected(export
                         config.vocabulary_size, config.hidden_dim):
                     tables.add(tensor.Buffer())
         assert len(tables) == 1, (variant, tables)
+        # A weight's per-channel scales, the same in every signature's subgraph,
+        # are one table of the FlatBuffer that each of its tensors refers to.
+        where = {}
+        for g in range(model.SubgraphsLength()):
+            graph_ = model.Subgraphs(g)
+            for t in range(graph_.TensorsLength()):
+                tensor = graph_.Tensors(t)
+                q = tensor.Quantization()
+                if q is not None and q.ScaleLength() > 1:
+                    key = (tensor.Buffer(), q.ScaleAsNumpy().tobytes(), q.QuantizedDimension())
+                    where.setdefault(key, []).append(q._tab.Pos)
+        assert max(map(len, where.values())) == model.SubgraphsLength(), variant
+        assert all(len(set(p)) == 1 for p in where.values()), variant
         for signature, (tensors, ops) in graph(path).items():
             assert "DEQUANTIZE" not in [op[0] for op in ops], (variant, signature)
             weights = [tensors[inputs[1]] for name, inputs, _ in ops
