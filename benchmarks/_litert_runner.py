@@ -27,12 +27,11 @@ class Runner:
         names = list(self.model.get_signature_list())
         self.whole_prefill = next(n for n in names if n.startswith("prefill"))
         # Ours: the windowed_prefill_<L>_<W> our host loop takes for a chunk at slot 0
-        # (the smallest window holding it), else prefill_<L>.
+        # (the smallest window; each holds L), else prefill_<L>.
         length = int(self.whole_prefill.split("_")[1])
-        windowed = sorted((int(n.split("_")[-1]), n) for n in names
-                          if n.startswith(f"windowed_prefill_{length}_"))
-        windowed = [n for w, n in windowed if length <= w]
-        self.prefill_signature = windowed[0] if windowed else self.whole_prefill
+        windowed = [(int(n.split("_")[-1]), n) for n in names
+                    if n.startswith(f"windowed_prefill_{length}_")]
+        self.prefill_signature = min(windowed)[1] if windowed else self.whole_prefill
         windows = sorted(int(n.split("_")[1]) for n in names
                          if n.startswith("decode_") and n.split("_")[1].isdigit())
         window = next((w for w in windows if self.position < w), None)
