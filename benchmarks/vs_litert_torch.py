@@ -13,7 +13,12 @@ tensorflow and torch beside it.
 Every file runs in ai-edge-litert's `CompiledModel` on the CPU (XNNPACK, 2
 threads, in-memory weight cache), the caches bound as one buffer for a
 signature's input and output, as LiteRT-LM binds them. Timed, interleaved
-round by round, each call after a call on another file, median of `--runs`:
+round by round, median of `--runs`, in three regimes: cold (the processor's
+caches evicted before each call, so the weights come from memory, as on a
+phone, whose caches are a few MB against these files' 24-97 MB), interleaved
+(each call after a call on another file: on a machine whose last-level cache
+holds several files, some of a file's weights may still be there) and warm
+(each call right after the same call, as a decode loop runs):
   prefill  32 prompt tokens from slot 0 (ours: the prefill signature our host
            loop takes there, windowed_prefill_32_<W> when the file has one;
            `prefill_32` over the whole cache also printed)
@@ -108,6 +113,33 @@ def write_checkpoint(backbone, path):
     save_file(state, os.path.join(path, "model.safetensors"))
 
 
+class Evictor:
+    """Called, leaves none of the files' bytes in the processor's caches: it
+    writes a buffer of twice the last-level cache (at least 1 GiB)."""
+
+    def __init__(self):
+        self.cache_bytes = last_level_cache_bytes()
+        self.buffer = np.zeros(max(2 * self.cache_bytes, 2**30) // 8, np.float64)
+
+    def __call__(self):
+        self.buffer += 1.0
+
+
+def last_level_cache_bytes():
+    """The largest CPU cache's size from sysfs (0 where unreadable)."""
+    sizes = [0]
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    for index in os.listdir(root) if os.path.isdir(root) else ():
+        try:
+            with open(os.path.join(root, index, "size")) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        scale = {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG")) * scale if text.rstrip("KMG").isdigit() else 0)
+    return max(sizes)
+
+
 def build_theirs(python, checkpoint, out, cache):
     files = {q: f"theirs_{v}_c{cache}" for v, q in VARIANTS.items()}
     args = {"checkpoint": checkpoint, "out": out, "cache": cache, "prefill": PROMPT,
@@ -196,18 +228,24 @@ def main():
         for _ in range(args.warmup):
             fn()
     # Each round runs every prefill, then every decode, then ours over the whole
-    # cache, so each call follows another file's: none finds its weights left in
-    # the processor's cache by a call on the same file just before.
+    # cache, so each call follows another file's.
     whats = ("prefill", "decode", "prefill over the whole cache", "decode over the whole cache")
     order = sorted(timings, key=lambda k: whats.index(k[-1]))
-    samples = {k: [] for k in timings}
-    for _ in range(args.runs):
-        for key in order:
-            fn = timings[key]
-            start = time.perf_counter()
-            fn()
-            samples[key].append(time.perf_counter() - start)
-    med = {k: float(np.median(v)) * 1e3 for k, v in samples.items()}
+    evictor = Evictor()
+    before = {"interleaved": lambda fn: None,  # the previous call was another file's
+              "cold": lambda fn: evictor(),  # no weights left in the processor's caches
+              "warm": lambda fn: fn()}  # the same call just before, as in a decode loop
+    med = {}
+    for regime, prepare in before.items():
+        samples = {k: [] for k in timings}
+        for _ in range(args.runs):
+            for key in order:
+                fn = timings[key]
+                prepare(fn)
+                start = time.perf_counter()
+                fn()
+                samples[key].append(time.perf_counter() - start)
+        med[regime] = {k: float(np.median(v)) * 1e3 for k, v in samples.items()}
 
     repo = os.path.dirname(os.path.abspath(__file__))
     # Written files whose pages are not yet on disk load with more resident
@@ -226,20 +264,28 @@ def main():
 
     import ai_edge_litert
 
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-          f"ai-edge-litert {getattr(ai_edge_litert, '__version__', '2.3')}, CompiledModel CPU, "
-          f"{THREADS} threads; median of {args.runs}, interleaved")
-    print(f"{'variant':8s} {'cache':>5s} {'what':28s} {'ours ms':>9s} {'theirs ms':>10s} "
-          f"{'ours/theirs':>12s}")
+    print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"last-level cache {evictor.cache_bytes / 2**20:.0f} MiB; ai-edge-litert "
+          f"{getattr(ai_edge_litert, '__version__', '2.3')}, CompiledModel CPU, {THREADS} threads; "
+          f"median of {args.runs} per regime, files interleaved")
+    print("regimes: cold = the processor's caches evicted before the call (weights from "
+          "memory, as on a phone, whose caches are far smaller than these files); "
+          "interleaved = after a call on another file; warm = after the same call "
+          "(a decode loop on this machine)")
+    print(f"{'variant':8s} {'cache':>5s} {'what':28s} " + " ".join(
+        f"{r + ' ours/theirs ms':>28s} {'ratio':>5s}" for r in med))
     for variant in VARIANTS:
         for cache in CACHES:
             for what in ("prefill", "decode"):
-                o, t = med[("ours", variant, cache, what)], med[("theirs", variant, cache, what)]
-                print(f"{variant:8s} {cache:5d} {what:28s} {o:9.2f} {t:10.2f} {o / t:12.2f}")
-                full = ("ours", variant, cache, f"{what} over the whole cache")
-                if full in med:
-                    print(f"{variant:8s} {cache:5d} {full[3]:28s} {med[full]:9.2f} {t:10.2f} "
-                          f"{med[full] / t:12.2f}")
+                theirs = ("theirs", variant, cache, what)
+                for label, key in ((what, ("ours", variant, cache, what)),
+                                   (f"{what} over the whole cache",
+                                    ("ours", variant, cache, f"{what} over the whole cache"))):
+                    if key not in timings:
+                        continue
+                    print(f"{variant:8s} {cache:5d} {label:28s} " + " ".join(
+                        f"{m[key]:18.2f} / {m[theirs]:7.2f} {m[key] / m[theirs]:5.2f}"
+                        for m in med.values()))
     print(f"\n{'variant':8s} {'cache':>5s} {'file MB ours':>13s} {'theirs':>8s} "
           f"{'RSS after load+run MB ours':>27s} {'theirs':>8s} {'ours/theirs':>12s}")
     for variant in VARIANTS:
