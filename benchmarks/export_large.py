@@ -14,6 +14,7 @@ its parity against Keras from the manifest.
     python benchmarks/export_large.py                      # causal LM: int4, int8, fp16, fp32
     python benchmarks/export_large.py --task backbone --variants int8
     python benchmarks/export_large.py --variants int8 --out /tmp/big   # keep the files
+    python benchmarks/export_large.py --variants int4 --int4-projections all  # under 0.85 GB
     # the GPU file: the table cut for lavapipe's 128 MiB buffers, prefill_8 and decode only
     python benchmarks/export_large.py --variants fp16 --cache-length 256 \
         --prefill-lengths 8 --decode-windows '' --gpu-buffer-mib 128 --out /tmp/gpu
@@ -43,12 +44,14 @@ windows = None if sys.argv[6] == "default" else [int(n) for n in sys.argv[6].spl
 if sys.argv[7] != "none":  # cut the vocabulary table into blocks of at most this many MiB
     from converters import export_tflite
     export_tflite.GPU_BUFFER_BYTES = int(sys.argv[7]) * 2 ** 20
+int4_projections = sys.argv[8]
 model = FalconBackbone.from_preset("falcon_refinedweb_1b_en", load_weights=False)
 # NAME is no preset, so no tokenizer is looked up (that would download it).
 if task == "causal_lm":
     from converters.export_tflite_causal_lm import export_tflite_causal_lm
     export_tflite_causal_lm(NAME, out, model=model, variants=(variant,), cache_length=cache,
-                            prefill_lengths=prefill, decode_windows=windows)
+                            prefill_lengths=prefill, decode_windows=windows,
+                            int4_projections=int4_projections)
 else:
     from converters.export_tflite import export_tflite
     export_tflite(NAME, out, model=model, variants=(variant,), batch=1, seq=128)
@@ -78,11 +81,12 @@ def _descendants(pid):
     return found
 
 
-def run(task, variant, out, cache_length, prefill="8,32", windows="default", gpu_buffer="none"):
+def run(task, variant, out, cache_length, prefill="8,32", windows="default", gpu_buffer="none",
+        int4_projections="mlp"):
     """-> (seconds, export process peak, verify process peak, together peak) bytes."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", CHILD, task, out, variant, str(cache_length),
-                             prefill, windows, gpu_buffer])
+                             prefill, windows, gpu_buffer, int4_projections])
     peaks = {"together": 0, "others": 0}
     done = threading.Event()
 
@@ -118,6 +122,8 @@ def main():
     parser.add_argument("--gpu-buffer-mib", default="none",
                         help="cut the vocabulary table for a GPU buffer cap of this many MiB "
                              "(export_tflite.GPU_BUFFER_BYTES; lavapipe's cap is 128)")
+    parser.add_argument("--int4-projections", choices=["mlp", "all"], default="mlp",
+                        help="causal LM: the projections int4 stores as int4")
     parser.add_argument("--out", default=None, help="where the artifacts stay (default: a "
                                                     "temporary directory, removed)")
     args = parser.parse_args()
@@ -126,7 +132,7 @@ def main():
         for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
             seconds, export_peak, verify_peak, together = run(
                 args.task, variant, out, args.cache_length, args.prefill_lengths,
-                args.decode_windows, args.gpu_buffer_mib)
+                args.decode_windows, args.gpu_buffer_mib, args.int4_projections)
             with open(os.path.join(out, NAME, "manifest.json")) as f:
                 data = json.load(f)
             section = data["causal_lm"] if args.task == "causal_lm" else data["tflite"]

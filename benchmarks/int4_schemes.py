@@ -17,6 +17,7 @@ and layer, mostly the per-channel int8 weights' quantization parameters).
     python benchmarks/int4_schemes.py current mlp64 --references 10
     python benchmarks/int4_schemes.py current --smooth 0.5  # with smoothing (below)
     python benchmarks/int4_schemes.py --table               # the tied table as int4
+    python benchmarks/int4_schemes.py --preset falcon_tiny_trained  # on real trained weights
 
 `--references K` also runs each file on K other prompts (seeds 100 ...) and
 prints the mean and worst cosine. `--smooth ALPHA` first re-parameterises the
@@ -33,6 +34,10 @@ reaches the output only through the attention weights, which sum to 1).
 rounded as int4 would store it (symmetric, per row or per block of 32; the
 file itself keeps int8 rows, whose grid holds those values to within 1/254 of
 a row's range), and compares with the unrounded model's Keras logits.
+`--preset NAME` measures each scheme on a preset's real trained weights
+instead: its causal LM's int4 file, GPTQ-rounded on the preset's calibration
+ids, scores the preset's held-out ids (perplexity, windows of 128) and
+continues 10 held-out prompts greedily; printed against Keras's.
 """
 
 import argparse
@@ -70,6 +75,8 @@ def schemes():
         "out4+mlp128": [rule(".*", 8), rule(MLP, 4, "BLOCKWISE_128"),
                         rule(OUT, 4, "BLOCKWISE_32")],
         "qkv4": [rule(".*", 8), rule(MLP, 4, "BLOCKWISE_32"), rule(QKV, 4, "BLOCKWISE_32")],
+        "qkv4+out4": [rule(".*", 8), rule(MLP, 4, "BLOCKWISE_32"), rule(QKV, 4, "BLOCKWISE_32"),
+                      rule(OUT, 4, "BLOCKWISE_32")],
     }
 
 
@@ -195,6 +202,47 @@ def measure(name, recipe, seed, smooth_alpha=None, table_block=False, references
     return cosine, others
 
 
+def measure_preset(names, all_schemes, preset, base):
+    """Prints each scheme's held-out perplexity and greedy agreement on `preset`."""
+    from converters import export_tflite
+    from converters.export_tflite_causal_lm import export_tflite_causal_lm
+    from falcon_tf import FalconCausalLM
+    from falcon_tf.runtime import evaluation
+
+    window = evaluation.DEFAULT_WINDOW
+    lm = FalconCausalLM.from_preset(preset, cache_length=window)
+    heldout = evaluation.preset_token_ids(preset)
+    calibration = evaluation.preset_token_ids(preset, evaluation.CALIBRATION_FILE)
+    if heldout is None or calibration is None:
+        raise SystemExit(f"{preset} ships no held-out or calibration ids.")
+    prompts = evaluation.heldout_prompts(heldout, lm.tokenizer.start_token_id)
+    expected = evaluation.greedy_continuations(lm, prompts)
+    keras = evaluation.perplexity(evaluation.keras_scorer(lm), heldout, window)["perplexity"]
+    print(f"{preset}: Keras perplexity {keras:.4f} on "
+          f"{evaluation.perplexity_tokens(heldout, window):,} held-out tokens (windows of "
+          f"{window}); int4 files GPTQ-rounded on its calibration ids", flush=True)
+    own = export_tflite.CAUSAL_LM_RECIPES["int4"]
+    for name in names:
+        export_tflite.CAUSAL_LM_RECIPES["int4"] = all_schemes[name]
+        try:
+            with tempfile.TemporaryDirectory() as out:
+                entries = export_tflite_causal_lm(
+                    preset, out, "q", model=lm.backbone, variants=("int4",),
+                    cache_length=window, prefill_lengths=(8, 32, 64), tokenizer=lm.tokenizer,
+                    calibration=calibration)
+                lite, scorer = evaluation.load_runtime(os.path.join(out, "q"), "tflite", "int4")
+                ppl = evaluation.perplexity(scorer, heldout, window)["perplexity"]
+                same = evaluation.agreement(expected, evaluation.greedy_continuations(
+                    lite, prompts))
+        finally:
+            export_tflite.CAUSAL_LM_RECIPES["int4"] = own
+        weights = full_size_weight_bytes(all_schemes[name])
+        print(f"{name}: file {entries['int4']['bytes']:,} B, perplexity {ppl:.4f} "
+              f"({(ppl / keras - 1) * 100:+.3f}% vs Keras), greedy continuations equal "
+              f"Keras's {round(same * len(prompts))}/{len(prompts)}; weights at full size "
+              f"{weights:,} B ({weights - base:+,} B)", flush=True)
+
+
 def main():
     all_schemes = schemes()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -202,12 +250,15 @@ def main():
     parser.add_argument("--smooth", type=float, default=None, metavar="ALPHA")
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--references", type=int, default=0)
+    parser.add_argument("--preset", default=None)
     args = parser.parse_args()
     unknown = [s for s in args.schemes if s not in all_schemes]
     if unknown:
         parser.error(f"unknown scheme(s) {', '.join(unknown)}; known: {', '.join(all_schemes)}")
     names = args.schemes or list(all_schemes)
     base = full_size_weight_bytes(all_schemes["current"])
+    if args.preset:
+        return measure_preset(names, all_schemes, args.preset, base)
     runs = [(n, False) for n in names]
     if args.table:
         runs = [("current", None), ("current", 32)]

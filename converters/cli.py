@@ -254,8 +254,11 @@ def _export_tflite(args, parser):
             parser.error("--prefill-lengths must be comma-separated integers")
         entries = export_tflite_causal_lm(
             args.preset, args.out, args.name, variants=variants,
-            cache_length=args.cache_length, prefill_lengths=lengths)
+            cache_length=args.cache_length, prefill_lengths=lengths,
+            int4_projections=args.int4_projections or "mlp")
     else:
+        if args.int4_projections:
+            parser.error("--int4-projections applies to --task causal_lm")
         from converters.export_tflite import export_tflite
 
         entries = export_tflite(args.preset, args.out, args.name, variants=variants,
@@ -319,6 +322,9 @@ def main(argv=None):
                         f"(default {contract.DEVICE_CACHE_LENGTH})")
     p.add_argument("--prefill-lengths", default="8,32",
                    help="tflite causal_lm: comma-separated prefill lengths (default 8,32)")
+    p.add_argument("--int4-projections", choices=["mlp", "all"], default=None,
+                   help="tflite causal_lm: the projections int4 stores as int4 (default mlp: "
+                        "attention keeps int8; all: a smaller file, see the README)")
     p = sub.add_parser("generate", help="generate text, streaming tokens as they come")
     p.add_argument("--preset", default=DEFAULT_PRESET,
                    help="keras: any preset or handle; saved_model and tflite: an artifact "

@@ -213,20 +213,23 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                             cache_length=DEFAULT_CACHE_LENGTH,
                             prefill_lengths=DEFAULT_PREFILL_LENGTHS, tokenizer=None,
                             rounding="gptq", calibration=None, decode_windows=None,
-                            prefill_windows=None):
+                            prefill_windows=None, int4_projections="mlp"):
     """Exports the causal LM of `preset` (or of `model`, a FalconBackbone) and
     its tokenizer. `rounding` and `calibration`: how int8 and int4 round their
     projection weights, as for the backbone (`export_tflite.convert`).
     `decode_windows`: the W of the decode_<W> signatures, each in [1,
     cache_length) (None: `default_decode_windows`). `prefill_windows`: the W
     of the windowed_prefill_<L>_<W> signatures, each in [1, cache_length)
-    (None: `default_prefill_windows`).
+    (None: `default_prefill_windows`). `int4_projections`: "mlp" (the int4
+    file's attention projections int8) or "all" (every projection int4;
+    `export_tflite.causal_lm_recipes`).
     Returns {variant: manifest entry}."""
     import tensorflow as tf
 
     from falcon_tf.model.causal_lm import FalconCausalLM
 
     contract.check_variants(variants)
+    recipes = export_tflite.causal_lm_recipes(int4_projections)
     if rounding not in export_tflite.ROUNDINGS:
         raise ValueError(f"`rounding` must be one of {', '.join(export_tflite.ROUNDINGS)}; "
                          f"received {rounding!r}.")
@@ -248,7 +251,6 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
     artifact_dir = os.path.abspath(os.path.join(out_dir, name))
     folder = os.path.join(artifact_dir, "tflite")
     os.makedirs(folder, exist_ok=True)
-    recipes = export_tflite.CAUSAL_LM_RECIPES
 
     def float_file(integer):
         """The float32 file; `integer`: with the int8/int4 variants' int8 lookup table."""
@@ -322,6 +324,7 @@ def export_tflite_causal_lm(preset, out_dir="artifacts", name=None, model=None,
                     "parity": parity,
                     "op_versions": versions,
                     "oldest_runtime": export_tflite.oldest_runtime(versions),
+                    **({"int4_projections": int4_projections} if variant == "int4" else {}),
                     **stamp("tensorflow"),
                 }
                 progress(done + 2, len(variants) + 1)

@@ -192,7 +192,55 @@ def int4_export(exported, tmp_path_factory):
                                       decode_windows=WINDOWS)
     assert entries["int4"]["parity"]["cosine_vs_keras"] >= 0.99
     assert entries["int4"]["oldest_runtime"].startswith("ai-edge-litert")
+    assert entries["int4"]["int4_projections"] == "mlp"
     return out / "tiny" / entries["int4"]["file"]
+
+
+def int4_weights(path, config):
+    """{signature: [(dtype, scales) of each projection weight]}, and every
+    signature's LM head weight's (dtype, scales), of a causal LM file."""
+    projections, heads = {}, set()
+    for signature, (tensors, ops) in graph(path).items():
+        weights = [tensors[inputs[1]] for name, inputs, _ in ops
+                   if name == "FULLY_CONNECTED" and tensors[inputs[1]][3]]
+        head = (config.vocabulary_size, config.hidden_dim)
+        projections[signature] = [(w[2], w[4]) for w in weights if w[1] != head]
+        heads.update((w[2], w[4]) for w in weights if w[1] == head)
+    return projections, heads
+
+
+def test_int4_projections_all_stores_every_projection_as_int4(exported, int4_export, tmp_path):
+    """int4_projections="all": the attention projections take int4 blocks as
+    the MLP's do, the LM head keeps its int8 rows; the file is smaller, verified
+    like the default's, and the manifest says which scheme it holds."""
+    lm, _, _ = exported
+    config = lm.backbone.falcon_config
+    entries = export_tflite_causal_lm("tiny", tmp_path, model=lm.backbone, variants=("int4",),
+                                      cache_length=CACHE, prefill_lengths=PREFILL,
+                                      decode_windows=WINDOWS, int4_projections="all")
+    entry = entries["int4"]
+    assert entry["int4_projections"] == "all" and entry["route"] == "whole"
+    assert entry["parity"]["cosine_vs_keras"] >= 0.99
+    assert entry["bytes"] < os.path.getsize(int4_export)
+    data = json.loads((tmp_path / "tiny" / "manifest.json").read_text())
+    assert data["causal_lm"]["variants"]["int4"]["int4_projections"] == "all"
+    projections, heads = int4_weights(tmp_path / "tiny" / entry["file"], config)
+    for signature, weights in projections.items():
+        assert weights and set(weights) == {("INT4", "blockwise")}, signature
+    assert heads == {("INT8", config.vocabulary_size)}
+    # The default's attention projections are int8, one scale per channel.
+    default, _ = int4_weights(int4_export, config)
+    assert {w[0] for w in default[contract.DECODE_SIGNATURE]} == {"INT4", "INT8"}
+
+
+def test_int4_projections_is_checked_before_any_work(exported, tmp_path):
+    lm, _, _ = exported
+    with pytest.raises(ValueError, match="`int4_projections` must be one of mlp, all; "
+                                         "received 'attention'"):
+        export_tflite_causal_lm("tiny", tmp_path, model=lm.backbone, variants=("int4",),
+                                cache_length=CACHE, prefill_lengths=PREFILL,
+                                int4_projections="attention")
+    assert not list(tmp_path.iterdir())
 
 
 def test_int8_and_int4_feed_integer_weights_straight_into_fully_connected(exported,

@@ -72,6 +72,15 @@ def test_an_output_folder_that_cannot_be_made_is_a_clear_error(tmp_path, capsys)
     assert "Traceback" not in err
 
 
+def test_int4_projections_of_a_backbone_export_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["export", "--preset", "falcon_tiny_random", "--format", "tflite",
+                  "--variants", "int4", "--int4-projections", "all", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "--int4-projections applies to --task causal_lm" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_presets_lists_every_builtin(capsys):
     assert cli.main(["presets"]) == 0
     out = capsys.readouterr().out

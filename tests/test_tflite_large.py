@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import randomize
-from test_causal_lm_export import graph
+from test_causal_lm_export import graph, int4_weights
 from converters import cli, export_tflite_large
 from converters.export_tflite import export_tflite
 from converters.export_tflite_causal_lm import export_tflite_causal_lm
@@ -253,11 +253,20 @@ def test_cli_exports_a_preset_directory_and_refuses_what_will_not_fit(forced, tm
     out = tmp_path / "artifacts"
     args = ["export", "--preset", str(preset), "--format", "tflite", "--task", "causal_lm",
             "--variants", "int4,int8,fp16", "--cache-length", "32", "--prefill-lengths", "8",
-            "--out", str(out)]
+            "--int4-projections", "all", "--out", str(out)]
     assert cli.main(args) == 0
     data = json.loads((out / "preset" / "manifest.json").read_text())
     assert sorted(data["causal_lm"]["variants"]) == ["fp16", "int4", "int8"]
     assert {e["route"] for e in data["causal_lm"]["variants"].values()} == {"pieces"}
+    # The pieces of --int4-projections all: every projection int4, the head int8 rows.
+    int4 = data["causal_lm"]["variants"]["int4"]
+    assert int4["int4_projections"] == "all"
+    assert int4["parity"]["cosine_vs_keras"] >= COSINE["int4"]
+    config = FalconBackbone.from_preset(str(preset)).falcon_config
+    projections, heads = int4_weights(out / "preset" / int4["file"], config)
+    for signature, weights in projections.items():
+        assert weights and set(weights) == {("INT4", "blockwise")}, signature
+    assert heads == {("INT8", config.vocabulary_size)}
     monkeypatch.setattr("converters.export_tflite._total_memory", lambda: 2 ** 20)
     other = tmp_path / "refused"
     assert cli.main(args[:-1] + [str(other)]) == 2
