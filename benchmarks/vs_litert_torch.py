@@ -40,8 +40,10 @@ Setting up that environment (CPU torch from the local wheel store):
 """
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -180,6 +182,7 @@ def main():
 
     backbone, _ = benchmark_backbone()
     tmp = tempfile.mkdtemp(prefix="falcon-tf-bench-litert-torch-")
+    atexit.register(shutil.rmtree, tmp, True)  # the files go when the run ends, however
     checkpoint = os.path.join(tmp, "checkpoint")
     write_checkpoint(backbone, checkpoint)
     prompt = np.random.default_rng(1).integers(0, SHAPE["vocabulary_size"], PROMPT).tolist()
