@@ -71,6 +71,19 @@ def test_engine_generates_the_same_greedy_text_as_falcon_tf_lite(bundled):
     assert check["engine_text"] == check["falcon_tf_lite_text"], check
 
 
+def test_engine_runs_the_int4_file_whose_every_projection_is_int4(bundled, tmp_path):
+    """The richest integer file (int4 blocks in every projection, int8 head
+    rows and lookup table) in the Engine: the same text as falcon_tf.lite."""
+    lm = bundled[0]
+    export_tflite_causal_lm("falcon_tiny_random", tmp_path, model=lm.backbone,
+                            tokenizer=lm.tokenizer, variants=("int4",), cache_length=CACHE,
+                            prefill_lengths=PREFILL, int4_projections="all")
+    check = export_litertlm(str(tmp_path / "falcon_tiny_random"), variant="int4")["runtime_check"]
+    assert check["ran"], check.get("error")
+    assert check["engine_prompt_ids_equal"]
+    assert check["engine_text"] == check["falcon_tf_lite_text"], check
+
+
 def test_export_litertlm_checks_its_inputs(bundled, tmp_path):
     _, artifact, _ = bundled
     with pytest.raises(ValueError, match=r"`max_tokens` must be an integer in \[1, 64\]"):
