@@ -61,9 +61,23 @@ OUT = ".*transformer_layer_.*output_dense.*"
 QKV = ".*transformer_layer_.*query_key_value.*"
 
 
+@contextlib.contextmanager
+def int4_recipe(recipe):
+    """The causal LM's int4 export uses `recipe` inside the block."""
+    from converters import export_tflite
+
+    own = export_tflite.CAUSAL_LM_RECIPES["int4"]
+    export_tflite.CAUSAL_LM_RECIPES["int4"] = recipe
+    try:
+        yield
+    finally:
+        export_tflite.CAUSAL_LM_RECIPES["int4"] = own
+
+
 def schemes():
     """{name: ai-edge-quantizer rules}; "current" is CAUSAL_LM_RECIPES["int4"]."""
-    from converters.export_tflite import CAUSAL_LM_RECIPES, _weight_rule as rule
+    from converters.export_tflite import (CAUSAL_LM_RECIPES, _weight_rule as rule,
+                                          causal_lm_recipes)
 
     return {
         "current": CAUSAL_LM_RECIPES["int4"],
@@ -75,8 +89,7 @@ def schemes():
         "out4+mlp128": [rule(".*", 8), rule(MLP, 4, "BLOCKWISE_128"),
                         rule(OUT, 4, "BLOCKWISE_32")],
         "qkv4": [rule(".*", 8), rule(MLP, 4, "BLOCKWISE_32"), rule(QKV, 4, "BLOCKWISE_32")],
-        "qkv4+out4": [rule(".*", 8), rule(MLP, 4, "BLOCKWISE_32"), rule(QKV, 4, "BLOCKWISE_32"),
-                      rule(OUT, 4, "BLOCKWISE_32")],
+        "qkv4+out4": causal_lm_recipes("all")["int4"],  # int4_projections="all"
     }
 
 
@@ -174,7 +187,7 @@ def measure(name, recipe, seed, smooth_alpha=None, table_block=False, references
     from falcon_tf.model.causal_lm import FalconCausalLM
     from trained_like import SHAPE, trained_like
 
-    from converters import export_tflite, export_tflite_causal_lm, export_tflite_large, gptq
+    from converters import export_tflite_causal_lm, export_tflite_large, gptq
 
     model = trained_like(FalconBackbone(**SHAPE), seed=seed)
     if smooth_alpha is not None:
@@ -186,17 +199,12 @@ def measure(name, recipe, seed, smooth_alpha=None, table_block=False, references
     if table_block is not False:
         table = model.token_embedding.embeddings
         table.assign(int4_rows(table.numpy(), table_block))
-    own = export_tflite.CAUSAL_LM_RECIPES["int4"]
-    export_tflite.CAUSAL_LM_RECIPES["int4"] = recipe
-    try:
-        with tempfile.TemporaryDirectory() as out:
-            entries = export_tflite_causal_lm.export_tflite_causal_lm(
-                "q", out, model=model, variants=("int4",), cache_length=CACHE,
-                prefill_lengths=PREFILL)
-            with open(os.path.join(out, "q", entries["int4"]["file"]), "rb") as f:
-                data = f.read()
-    finally:
-        export_tflite.CAUSAL_LM_RECIPES["int4"] = own
+    with int4_recipe(recipe), tempfile.TemporaryDirectory() as out:
+        entries = export_tflite_causal_lm.export_tflite_causal_lm(
+            "q", out, model=model, variants=("int4",), cache_length=CACHE,
+            prefill_lengths=PREFILL)
+        with open(os.path.join(out, "q", entries["int4"]["file"]), "rb") as f:
+            data = f.read()
     cosine = export_tflite_causal_lm.step_parity(data, main)["cosine_vs_keras"]
     others = [export_tflite_causal_lm.step_parity(data, r)["cosine_vs_keras"] for r in prompts]
     return cosine, others
@@ -204,7 +212,6 @@ def measure(name, recipe, seed, smooth_alpha=None, table_block=False, references
 
 def measure_preset(names, all_schemes, preset, base):
     """Prints each scheme's held-out perplexity and greedy agreement on `preset`."""
-    from converters import export_tflite
     from converters.export_tflite_causal_lm import export_tflite_causal_lm
     from falcon_tf import FalconCausalLM
     from falcon_tf.runtime import evaluation
@@ -221,21 +228,16 @@ def measure_preset(names, all_schemes, preset, base):
     print(f"{preset}: Keras perplexity {keras:.4f} on "
           f"{evaluation.perplexity_tokens(heldout, window):,} held-out tokens (windows of "
           f"{window}); int4 files GPTQ-rounded on its calibration ids", flush=True)
-    own = export_tflite.CAUSAL_LM_RECIPES["int4"]
     for name in names:
-        export_tflite.CAUSAL_LM_RECIPES["int4"] = all_schemes[name]
-        try:
-            with tempfile.TemporaryDirectory() as out:
-                entries = export_tflite_causal_lm(
-                    preset, out, "q", model=lm.backbone, variants=("int4",),
-                    cache_length=window, prefill_lengths=(8, 32, 64), tokenizer=lm.tokenizer,
-                    calibration=calibration)
-                lite, scorer = evaluation.load_runtime(os.path.join(out, "q"), "tflite", "int4")
-                ppl = evaluation.perplexity(scorer, heldout, window)["perplexity"]
-                same = evaluation.agreement(expected, evaluation.greedy_continuations(
-                    lite, prompts))
-        finally:
-            export_tflite.CAUSAL_LM_RECIPES["int4"] = own
+        with int4_recipe(all_schemes[name]), tempfile.TemporaryDirectory() as out:
+            entries = export_tflite_causal_lm(
+                preset, out, "q", model=lm.backbone, variants=("int4",),
+                cache_length=window, prefill_lengths=(8, 32, 64), tokenizer=lm.tokenizer,
+                calibration=calibration)
+            lite, scorer = evaluation.load_runtime(os.path.join(out, "q"), "tflite", "int4")
+            ppl = evaluation.perplexity(scorer, heldout, window)["perplexity"]
+            same = evaluation.agreement(expected, evaluation.greedy_continuations(
+                lite, prompts))
         weights = full_size_weight_bytes(all_schemes[name])
         print(f"{name}: file {entries['int4']['bytes']:,} B, perplexity {ppl:.4f} "
               f"({(ppl / keras - 1) * 100:+.3f}% vs Keras), greedy continuations equal "

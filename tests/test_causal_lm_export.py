@@ -209,6 +209,14 @@ def int4_weights(path, config):
     return projections, heads
 
 
+def assert_every_projection_int4(path, config):
+    """Every signature's projection weights are int4 blocks, the head int8 rows."""
+    projections, heads = int4_weights(path, config)
+    for signature, weights in projections.items():
+        assert weights and set(weights) == {("INT4", "blockwise")}, signature
+    assert heads == {("INT8", config.vocabulary_size)}
+
+
 def test_int4_projections_all_stores_every_projection_as_int4(exported, int4_export, tmp_path):
     """int4_projections="all": the attention projections take int4 blocks as
     the MLP's do, the LM head keeps its int8 rows; the file is smaller, verified
@@ -224,10 +232,7 @@ def test_int4_projections_all_stores_every_projection_as_int4(exported, int4_exp
     assert entry["bytes"] < os.path.getsize(int4_export)
     data = json.loads((tmp_path / "tiny" / "manifest.json").read_text())
     assert data["causal_lm"]["variants"]["int4"]["int4_projections"] == "all"
-    projections, heads = int4_weights(tmp_path / "tiny" / entry["file"], config)
-    for signature, weights in projections.items():
-        assert weights and set(weights) == {("INT4", "blockwise")}, signature
-    assert heads == {("INT8", config.vocabulary_size)}
+    assert_every_projection_int4(tmp_path / "tiny" / entry["file"], config)
     # The default's attention projections are int8, one scale per channel.
     default, _ = int4_weights(int4_export, config)
     assert {w[0] for w in default[contract.DECODE_SIGNATURE]} == {"INT4", "INT8"}

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import randomize
-from test_causal_lm_export import graph, int4_weights
+from test_causal_lm_export import assert_every_projection_int4, graph
 from converters import cli, export_tflite_large
 from converters.export_tflite import export_tflite
 from converters.export_tflite_causal_lm import export_tflite_causal_lm
@@ -263,10 +263,7 @@ def test_cli_exports_a_preset_directory_and_refuses_what_will_not_fit(forced, tm
     assert int4["int4_projections"] == "all"
     assert int4["parity"]["cosine_vs_keras"] >= COSINE["int4"]
     config = FalconBackbone.from_preset(str(preset)).falcon_config
-    projections, heads = int4_weights(out / "preset" / int4["file"], config)
-    for signature, weights in projections.items():
-        assert weights and set(weights) == {("INT4", "blockwise")}, signature
-    assert heads == {("INT8", config.vocabulary_size)}
+    assert_every_projection_int4(out / "preset" / int4["file"], config)
     monkeypatch.setattr("converters.export_tflite._total_memory", lambda: 2 ** 20)
     other = tmp_path / "refused"
     assert cli.main(args[:-1] + [str(other)]) == 2
